@@ -1,0 +1,258 @@
+"""The process-wide publisher behind the public functions: configure, emit, flush, stats, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import functools
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+from databricks_nats.errors import DatabricksNatsError, FlushTimeout, PublishError, StreamError
+from databricks_nats.model import catalog
+from databricks_nats.model.events import Event, encode, new_event
+from databricks_nats.settings import Settings, resolve_settings
+from databricks_nats.transport.publisher import FlushResult, Publisher
+from databricks_nats.transport.spool import open_spool
+
+__all__ = ["configure", "emit", "ensure_stream", "flush", "get_settings", "publish", "shutdown", "stats"]
+
+if TYPE_CHECKING:
+    from databricks_nats.transport.stream import StreamReport
+
+log = logging.getLogger("databricks_nats")
+
+
+class Transport(Protocol):
+    """What every publisher offers: hand over an event, flush, report, close."""
+
+    settings: Settings
+
+    def emit(self, event: Event) -> None: ...
+    def flush(self, timeout: float = 10.0) -> FlushResult: ...
+    def stats(self) -> dict[str, Any]: ...
+    def close(self, timeout: float = 5.0) -> FlushResult: ...
+
+
+class NoopPublisher:
+    """The publisher when ``disabled`` is set: accepts and discards everything."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._count = 0
+
+    def emit(self, event: Event) -> None:
+        self._count += 1
+
+    def flush(self, timeout: float = 10.0) -> FlushResult:
+        return FlushResult(True, 0)
+
+    def stats(self) -> dict[str, Any]:
+        return {"disabled": True, "emitted": self._count, "dropped": {"disabled": self._count}, "pending": 0}
+
+    def close(self, timeout: float = 5.0) -> FlushResult:
+        return FlushResult(True, 0)
+
+
+def base_context(settings: Settings) -> dict[str, Any]:
+    """The context every event carries; the Databricks integration adds cluster, notebook and job."""
+    return {"workspace": settings.workspace, "env": settings.env}
+
+
+def make_encoder(settings: Settings, context: Mapping[str, Any]) -> Any:
+    """The function the worker uses to turn an Event into (subject, payload)."""
+    return functools.partial(
+        encode,
+        namespace=settings.namespace,
+        workspace=settings.workspace,
+        env=settings.env,
+        context=dict(context),
+        max_bytes=settings.max_event_bytes,
+    )
+
+
+def build_transport(settings: Settings, context: Mapping[str, Any] | None = None) -> Transport:
+    """A publisher for these settings: no-op when disabled, else the background publisher."""
+    if settings.disabled:
+        return NoopPublisher(settings)
+    spool = open_spool(settings.spool_path, settings.spool_max_bytes)
+    publisher = Publisher(settings, spool, make_encoder(settings, context or base_context(settings)))
+    if getattr(spool, "adopted", 0):
+        publisher.stats_.replayed = spool.adopted  # type: ignore[attr-defined]
+        log.info("databricks-nats: re-publishing %d event(s) left by a previous process", spool.adopted)  # type: ignore[attr-defined]
+    return publisher
+
+
+_lock = threading.RLock()
+_transport: Transport | None = None
+_settings: Settings | None = None
+_overrides: dict[str, Any] = {}
+
+
+def configure(**settings: Any) -> Settings:
+    """Set up (or replace) the process-wide publisher; raise ConfigurationError on bad settings.
+
+    Keyword arguments override ``DATABRICKS_NATS_*`` variables, which override Spark conf.
+    """
+    global _transport, _settings, _overrides
+    resolved = resolve_settings(**settings)
+    with _lock:
+        old = _transport
+        _transport, _settings, _overrides = None, resolved, dict(settings)
+        if old is not None:
+            old.close(timeout=min(5.0, resolved.exit_flush_timeout))
+        _transport = build_transport(resolved)
+    return resolved
+
+
+def get_settings() -> Settings:
+    """The settings in effect (resolving them from the environment if ``configure`` was not called)."""
+    with _lock:
+        return _settings if _settings is not None else resolve_settings(**_overrides)
+
+
+def _current() -> Transport:
+    global _transport, _settings
+    t = _transport
+    if t is not None:
+        return t
+    with _lock:
+        if _transport is None:
+            _settings = _settings or resolve_settings(**_overrides)
+            _transport = build_transport(_settings)
+        return _transport
+
+
+def set_transport(transport: Transport | None) -> Transport | None:
+    """Swap the process-wide transport (used by ``testing.capture``); return the previous one."""
+    global _transport
+    with _lock:
+        old, _transport = _transport, transport
+        return old
+
+
+def _fail(e: Exception, what: str) -> None:
+    t = _transport
+    strict = t.settings.strict if t is not None else False
+    if strict:
+        if isinstance(e, DatabricksNatsError):
+            raise e
+        raise PublishError(f"{what}: {type(e).__name__}: {e}") from e
+    log.warning("databricks-nats: %s failed (%s: %s); training continues", what, type(e).__name__, e)
+    if isinstance(t, Publisher):
+        t.stats_.dropped["invalid"] += 1
+        t.stats_.error("emit", f"{type(e).__name__}: {e}")
+
+
+def emit(event_type: str, data: Mapping[str, Any] | None = None, *, keys: Any = None, dataref: str | None = None) -> Event | None:
+    """Publish an event without blocking; return it, or None when it could not be created (never raises).
+
+    ``event_type`` is ``<source>.<entity>.<action>``; catalogued types take their subject keys from
+    ``data``, custom types from ``keys``. ``dataref`` is the event's main pointer URI.
+    """
+    try:
+        catalog.lookup(event_type)
+        if data is not None and not isinstance(data, Mapping):
+            raise TypeError(f"data must be a mapping, got {type(data).__name__}")
+        event = new_event(event_type, data or {}, keys=keys, dataref=dataref)
+        _current().emit(event)
+        return event
+    except Exception as e:  # noqa: BLE001 - fail-open: training code never sees publishing errors
+        _fail(e, f"emit({event_type!r})")
+        return None
+
+
+publish = emit
+
+
+def flush(timeout: float = 10.0) -> FlushResult:
+    """Wait until every event emitted before the call is acknowledged; in strict mode raise on timeout."""
+    result = _current().flush(timeout)
+    if not result.ok and _current().settings.strict:
+        raise FlushTimeout(result.pending, timeout)
+    return result
+
+
+def stats() -> dict[str, Any]:
+    """Counters and gauges of the process-wide publisher (see README "Stats")."""
+    return _current().stats()
+
+
+def shutdown(timeout: float = 5.0) -> FlushResult:
+    """Flush for at most ``timeout`` seconds and stop the publisher; unacked events stay spooled."""
+    global _transport
+    with _lock:
+        t, _transport = _transport, None
+    return t.close(timeout) if t is not None else FlushResult(True, 0)
+
+
+def ensure_stream(*, update: bool = False, timeout: float = 10.0, **settings: Any) -> StreamReport:
+    """Create or check the JetStream stream of this namespace; raise StreamMismatch when it differs.
+
+    Uses its own short-lived connection, so it works before (or without) ``configure``.
+    """
+    import nats
+
+    from databricks_nats.transport.auth import auth_options
+    from databricks_nats.transport.stream import ensure_stream_async
+
+    resolved = resolve_settings(**settings) if settings else get_settings()
+
+    async def run() -> StreamReport:
+        try:
+            nc = await nats.connect(list(resolved.url), connect_timeout=resolved.connect_timeout,
+                                    allow_reconnect=False, **auth_options(resolved))
+        except Exception as e:  # noqa: BLE001
+            raise StreamError(f"cannot connect to NATS at {', '.join(resolved.url)}: {type(e).__name__}") from e
+        try:
+            return await ensure_stream_async(nc.jetstream(), resolved, update=update)
+        finally:
+            await nc.close()
+
+    return _run_sync(run(), timeout)
+
+
+def _run_sync(coro: Any, timeout: float) -> Any:
+    """Run a coroutine to completion from sync code, even when the caller is inside a running loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(asyncio.wait_for(coro, timeout))
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(asyncio.wait_for(coro, timeout))
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = e
+
+    th = threading.Thread(target=target, daemon=True)
+    th.start()
+    th.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _at_exit() -> None:
+    t = _transport
+    if t is not None:
+        t.close(timeout=t.settings.exit_flush_timeout)
+
+
+def _after_fork_in_child() -> None:
+    """A forked child must not use the parent's worker thread or spool: it starts its own lazily."""
+    global _transport, _lock
+    _lock = threading.RLock()
+    t = _transport
+    _transport = None
+    if isinstance(t, Publisher):
+        t._spool_forget_after_fork()
+
+
+atexit.register(_at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,1 @@
+"""Integrations (MLflow, Spark, Databricks, Airflow, Prefect): they use the model and the transport."""

@@ -1,0 +1,1 @@
+"""The event model: events and their CloudEvents envelope, subjects, and the catalogue of types."""

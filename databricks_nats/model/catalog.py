@@ -1,0 +1,143 @@
+"""The catalogue of event types: subject keys, main pointer and JSON Schema of each.
+
+A type name is ``<source>.<entity>.<action>`` (the entity may span several tokens). Its subject is
+``<namespace>.<source>.<entity>.<key…>.<action>`` where the keys are the listed data fields, encoded by
+``subjects.encode``. Types outside the catalogue (custom events) are accepted when their name follows
+the grammar; their keys come from the caller and their schema is the generic one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from databricks_nats.errors import SubjectError
+from databricks_nats.model.subjects import validate_name
+
+__all__ = ["EventType", "all_types", "envelope_schema", "lookup", "register"]
+
+_NON_FINITE = {"type": "string", "enum": ["NaN", "Infinity", "-Infinity"]}
+_FIELD_TYPES: dict[str, dict[str, Any]] = {
+    "string": {"type": "string"},
+    "string?": {"type": ["string", "null"]},
+    "integer": {"type": "integer"},
+    "integer?": {"type": ["integer", "null"]},
+    "number": {"anyOf": [{"type": "number"}, _NON_FINITE]},
+    "number?": {"anyOf": [{"type": "number"}, _NON_FINITE, {"type": "null"}]},
+    "boolean": {"type": "boolean"},
+    "object": {"type": "object"},
+    "array": {"type": "array"},
+    "metrics": {"type": "object", "additionalProperties": {"anyOf": [{"type": "number"}, _NON_FINITE, {"type": "object"}]}},
+}
+
+
+@dataclass(frozen=True)
+class EventType:
+    """One kind of event: where it goes (subject keys), what it points at, and its data fields."""
+
+    name: str
+    keys: tuple[str, ...] = ()
+    dataref: str | None = None
+    fields: dict[str, str] = field(default_factory=dict)
+    required: tuple[str, ...] = ()
+    description: str = ""
+
+    @property
+    def source(self) -> str:
+        return self.name.split(".", 1)[0]
+
+    @property
+    def action(self) -> str:
+        return self.name.rsplit(".", 1)[1]
+
+    @property
+    def entity(self) -> str:
+        return self.name.split(".", 1)[1].rsplit(".", 1)[0]
+
+    @property
+    def protected(self) -> frozenset[str]:
+        """Top-level data fields trimmed only as a last resort: the keys and the pointer."""
+        return frozenset(self.keys) | ({self.dataref} if self.dataref else set())
+
+    def schema(self) -> dict[str, Any]:
+        """The JSON Schema (2020-12) of this type's ``data``."""
+        props: dict[str, Any] = {name: dict(_FIELD_TYPES[kind]) for name, kind in self.fields.items()}
+        props["context"] = {"type": "object", "additionalProperties": {"type": ["string", "integer", "null"]}}
+        props["truncated"] = {"type": "boolean"}
+        props["truncated_fields"] = {"type": "object", "additionalProperties": {"type": "integer"}}
+        return {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": f"urn:databricks-nats:schema:{self.name}:1",
+            "title": self.name,
+            "description": self.description,
+            "type": "object",
+            "properties": props,
+            "required": list(self.required or self.keys),
+            "additionalProperties": True,
+        }
+
+
+_REGISTRY: dict[str, EventType] = {}
+
+
+def register(etype: EventType) -> EventType:
+    """Add a type to the catalogue (validating its name and fields) and return it."""
+    parts = etype.name.split(".")
+    if len(parts) < 3:
+        raise SubjectError(f"event type {etype.name!r} must be <source>.<entity>.<action>")
+    for part in parts:
+        validate_name("event type token", part)
+    unknown = {k for k in etype.fields.values() if k not in _FIELD_TYPES}
+    if unknown:
+        raise ValueError(f"event type {etype.name!r} uses unknown field kinds {sorted(unknown)}")
+    _REGISTRY[etype.name] = etype
+    lookup.cache_clear()
+    return etype
+
+
+@lru_cache(maxsize=1024)
+def lookup(name: str) -> EventType:
+    """Return the catalogued type, or a generic one for a well-formed custom type name."""
+    found = _REGISTRY.get(name)
+    if found is not None:
+        return found
+    parts = name.split(".") if isinstance(name, str) else []
+    if len(parts) < 3:
+        raise SubjectError(f"event type {name!r} must be <source>.<entity>.<action>")
+    for part in parts:
+        validate_name("event type token", part)
+    return EventType(name, description="custom event")
+
+
+def all_types() -> list[EventType]:
+    """Every catalogued type, sorted by name."""
+    from databricks_nats.model import types as _types  # noqa: F401 - registers the built-in types
+
+    return sorted(_REGISTRY.values(), key=lambda t: t.name)
+
+
+def envelope_schema() -> dict[str, Any]:
+    """The JSON Schema of the CloudEvents envelope every event is sent in."""
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "urn:databricks-nats:schema:envelope:1",
+        "type": "object",
+        "required": ["specversion", "id", "source", "type", "subject", "time", "datacontenttype", "dataschema", "data"],
+        "properties": {
+            "specversion": {"const": "1.0"},
+            "id": {"type": "string", "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"},
+            "source": {"type": "string", "minLength": 1},
+            "type": {"type": "string", "pattern": "^databricks\\.[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+){2,}$"},
+            "subject": {"type": "string", "pattern": "^[^.*> \\t\\r\\n]+(\\.[^.*> \\t\\r\\n]+)*$"},
+            "time": {"type": "string", "format": "date-time"},
+            "datacontenttype": {"const": "application/json"},
+            "dataschema": {"type": "string", "format": "uri"},
+            "dataref": {"type": "string"},
+            "traceparent": {"type": "string", "pattern": "^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"},
+            "workspace": {"type": "string"},
+            "env": {"type": "string"},
+            "data": {"type": "object"},
+        },
+        "additionalProperties": False,
+    }

@@ -1,0 +1,150 @@
+"""The event: a lean pointer wrapped in a CloudEvents 1.0 structured-mode JSON envelope.
+
+An ``Event`` is created in the caller's thread (id and time fixed there, so every retry carries the same
+id) and encoded later, off the caller's path, by ``encode``::
+
+    {"specversion": "1.0", "id": "<uuidv7>", "source": "/databricks/<workspace>/<env>/<source>",
+     "type": "databricks.<source>.<entity>.<action>", "subject": "<nats subject>", "time": "<RFC 3339>",
+     "datacontenttype": "application/json", "dataschema": "urn:databricks-nats:schema:<type>:1",
+     "dataref": "<main pointer URI, when there is one>", "traceparent": "<W3C, when a trace is active>",
+     "workspace": "<workspace>", "env": "<env>", "data": {..., "context": {...}}}
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from databricks_nats.model import catalog, jsonsafe, subjects
+from databricks_nats.model.ids import uuid7
+
+__all__ = ["CE_CONTENT_TYPE", "Event", "encode", "new_event"]
+
+CE_CONTENT_TYPE = "application/cloudevents+json"
+_ENVELOPE_KEYS = frozenset({"context"})
+
+
+class Event:
+    """One event: its type, its data, the subject keys and pointer, and its fixed id and time."""
+
+    __slots__ = ("data", "dataref", "id", "keys", "subject", "time_ns", "traceparent", "type")
+
+    def __init__(
+        self,
+        type: str,
+        data: Mapping[str, Any],
+        *,
+        keys: tuple[str, ...] | None = None,
+        dataref: str | None = None,
+        id: str | None = None,
+        time_ns: int | None = None,
+        traceparent: str | None = None,
+        subject: str | None = None,
+    ) -> None:
+        self.type = type
+        self.data = data
+        self.keys = keys
+        self.dataref = dataref
+        self.id = id or uuid7()
+        self.time_ns = time_ns if time_ns is not None else time.time_ns()
+        self.traceparent = traceparent
+        self.subject = subject
+
+    @property
+    def time(self) -> _dt.datetime:
+        """The event time as an aware UTC datetime."""
+        return _dt.datetime.fromtimestamp(self.time_ns / 1e9, tz=_dt.timezone.utc)
+
+    def __repr__(self) -> str:
+        return f"Event(type={self.type!r}, id={self.id!r}, subject={self.subject!r})"
+
+
+def _current_traceparent() -> str | None:
+    """The W3C traceparent of the active OpenTelemetry span, if OpenTelemetry is in use."""
+    trace = sys.modules.get("opentelemetry.trace")
+    if trace is None:
+        return None
+    try:
+        ctx = trace.get_current_span().get_span_context()  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - a tracing bug must never reach the caller
+        return None
+    if not getattr(ctx, "is_valid", False):
+        return None
+    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
+
+
+def new_event(type: str, data: Mapping[str, Any], *, keys: Any = None, dataref: str | None = None) -> Event:
+    """Create an event in the caller's thread (cheap: id, time and trace context only)."""
+    return Event(
+        type,
+        data,
+        keys=tuple(str(k) for k in keys) if keys is not None else None,
+        dataref=dataref,
+        traceparent=_current_traceparent(),
+    )
+
+
+def _rfc3339(time_ns: int) -> str:
+    secs, ns = divmod(time_ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{ns // 1000:06d}Z"
+
+
+def encode(
+    event: Event,
+    *,
+    namespace: str,
+    workspace: str,
+    env: str,
+    context: Mapping[str, Any],
+    max_bytes: int,
+) -> tuple[str, bytes]:
+    """Resolve the subject and return it with the envelope as strict JSON bytes no larger than ``max_bytes``.
+
+    Raises SubjectError (a programming error in the caller) when the event type is malformed.
+    """
+    etype = catalog.lookup(event.type)
+    data = dict(event.data)
+    if event.subject is None:
+        keys = event.keys if event.keys is not None else tuple(str(data.get(k, "")) for k in etype.keys)
+        event.subject = subjects.build_subject(namespace, etype.source, etype.entity, keys, etype.action)
+    dataref = event.dataref
+    if dataref is None and etype.dataref and data.get(etype.dataref):
+        dataref = str(data[etype.dataref])
+    if context:
+        data.setdefault("context", dict(context))
+    env_obj: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": event.id,
+        "source": f"/databricks/{workspace}/{env}/{etype.source}",
+        "type": f"databricks.{event.type}",
+        "subject": event.subject,
+        "time": _rfc3339(event.time_ns),
+        "datacontenttype": "application/json",
+        "dataschema": f"urn:databricks-nats:schema:{etype.name}:1",
+        "workspace": workspace,
+        "env": env,
+    }
+    if dataref:
+        env_obj["dataref"] = dataref[:2048]
+    if event.traceparent:
+        env_obj["traceparent"] = event.traceparent
+    env_obj["data"] = data
+    payload = jsonsafe.dumps(env_obj)
+    if len(payload) <= max_bytes:
+        return event.subject, payload
+
+    def fits(candidate: dict[str, Any]) -> bool:
+        env_obj["data"] = candidate
+        return len(jsonsafe.dumps(env_obj)) <= max_bytes
+
+    trimmed = jsonsafe.trim_to_fit(jsonsafe.sanitize(data), fits, protected=etype.protected | _ENVELOPE_KEYS)
+    env_obj["data"] = trimmed
+    return event.subject, jsonsafe.dumps(env_obj)
+
+
+Encoder = Callable[[Event], tuple[str, bytes]]
+
+from databricks_nats.model import types as _types  # noqa: E402,F401 - registers the built-in types

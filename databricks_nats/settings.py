@@ -1,0 +1,240 @@
+"""Settings: one frozen object, resolved from kwargs > ``DATABRICKS_NATS_*`` > Spark conf > defaults.
+
+Each field knows its environment variable (``DATABRICKS_NATS_<NAME>``), its Spark conf key
+(``spark.databricks_nats.<name>``) and whether it is a secret. Secrets are held as ``Secret``, whose
+repr and str are masked, so no repr, log line or error message can show them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from databricks_nats.errors import ConfigurationError, SubjectError
+from databricks_nats.model.subjects import encode, validate_name, validate_prefix
+
+__all__ = ["Secret", "Settings", "resolve_settings"]
+
+ENV_PREFIX = "DATABRICKS_NATS_"
+SPARK_PREFIX = "spark.databricks_nats."
+
+
+class Secret:
+    """A secret value: masked in repr/str; call ``reveal()`` at the one place that needs it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('****')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def _bool(v: str) -> bool:
+    low = v.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected true/false")
+
+
+def _urls(v: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    items = [u.strip() for u in (v.split(",") if isinstance(v, str) else v) if u.strip()]
+    if not items:
+        raise ValueError("expected one or more server URLs, comma-separated")
+    for u in items:
+        scheme = u.split("://", 1)[0] if "://" in u else ""
+        if scheme not in ("nats", "tls", "ws", "wss"):
+            raise ValueError(f"URL must start with nats://, tls://, ws:// or wss:// (got scheme {scheme or 'none'!r})")
+    return tuple(items)
+
+
+def _positive(kind: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def parse(v: Any) -> Any:
+        x = kind(v)
+        if x <= 0:
+            raise ValueError("must be positive")
+        return x
+
+    return parse
+
+
+def _choice(*options: str) -> Callable[[Any], str]:
+    def parse(v: Any) -> str:
+        s = str(v).strip().lower()
+        if s not in options:
+            raise ValueError(f"expected one of {', '.join(options)}")
+        return s
+
+    return parse
+
+
+def _secret(v: Any) -> Secret | None:
+    if v is None or isinstance(v, Secret):
+        return v
+    s = str(v)
+    return Secret(s) if s else None
+
+
+def _opt_str(v: Any) -> str | None:
+    return str(v) if v not in (None, "") else None
+
+
+def _default_spool_dir() -> str:
+    if os.path.isdir("/local_disk0") and os.access("/local_disk0", os.W_OK):  # Databricks driver's local SSD
+        return "/local_disk0/tmp/databricks-nats/spool"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "databricks-nats", "spool")
+
+
+def _f(default: Any, parse: Callable[[Any], Any], secret: bool = False, doc: str = "") -> Any:
+    return field(default=default, metadata={"parse": parse, "secret": secret, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the publisher needs; build with ``resolve_settings`` (or ``configure``)."""
+
+    url: tuple[str, ...] = _f(("nats://127.0.0.1:4222",), _urls, doc="NATS server URLs, comma-separated")
+    env: str = _f("dev", str, doc="environment name; a subject token (dev, staging, prod…)")
+    workspace: str = _f("local", str, doc="workspace token in subjects; the numeric workspace id on Databricks")
+    subject_prefix: str = _f("dbx", str, doc="first token(s) of every subject")
+    mode: str = _f("jetstream", _choice("jetstream", "core"), doc="jetstream (acked, durable) or core")
+    creds: Secret | None = _f(None, _secret, True, "NATS .creds: a file path or the content")
+    token: Secret | None = _f(None, _secret, True, "NATS token")
+    user: str | None = _f(None, _opt_str, doc="NATS user name")
+    password: Secret | None = _f(None, _secret, True, "NATS password")
+    nkey_seed: Secret | None = _f(None, _secret, True, "NKey seed: a file path or the seed")
+    disabled: bool = _f(False, _bool, doc="true gives a no-op publisher")
+    strict: bool = _f(False, _bool, doc="raise publishing errors instead of logging them (tests)")
+    spool_dir: str = _f("", str, doc="directory of the durable spool; empty for the default cache dir")
+    spool_max_bytes: int = _f(512 * 1024 * 1024, _positive(int), doc="disk bound of the spool; oldest dropped beyond")
+    memory_max_events: int = _f(10_000, _positive(int), doc="events held in memory before spilling to disk only")
+    max_event_bytes: int = _f(8192, _positive(int), doc="size cap of one event; data is trimmed to fit")
+    max_inflight: int = _f(1024, _positive(int), doc="JetStream publishes awaiting their ack")
+    ack_timeout: float = _f(5.0, _positive(float), doc="seconds before an unacked publish is retried")
+    exit_flush_timeout: float = _f(5.0, float, doc="seconds the atexit flush waits")
+    connect_timeout: float = _f(2.0, _positive(float), doc="seconds per connection attempt")
+    stream: str = _f("", str, doc="JetStream stream name; empty for DBX_<WORKSPACE>_<ENV>")
+    auto_create_stream: bool = _f(True, _bool, doc="create the stream at first connect when it is missing")
+    stream_max_age: float = _f(7 * 86400.0, _positive(float), doc="stream retention in seconds")
+    stream_max_bytes: int = _f(-1, int, doc="stream size bound in bytes (-1: unlimited)")
+    stream_duplicate_window: float = _f(3600.0, _positive(float), doc="JetStream de-duplication window in seconds")
+    stream_replicas: int = _f(1, _positive(int), doc="stream replicas (3 on a cluster)")
+    stream_storage: str = _f("file", _choice("file", "memory"), doc="stream storage")
+    client_name: str = _f("databricks-nats", str, doc="connection name shown in NATS monitoring")
+
+    def __post_init__(self) -> None:
+        try:
+            validate_prefix(self.subject_prefix)
+        except SubjectError as e:
+            raise ConfigurationError("subject_prefix", str(e)) from None
+        for name in ("env", "workspace"):
+            try:
+                validate_name(name, getattr(self, name))
+            except SubjectError as e:
+                raise ConfigurationError(name, str(e)) from None
+        if self.stream and not all(c.isalnum() or c in "_-" for c in self.stream):
+            raise ConfigurationError("stream", "stream names may hold only letters, digits, '_' and '-'")
+        if self.stream_duplicate_window > self.stream_max_age:
+            raise ConfigurationError("stream_duplicate_window", "must not exceed stream_max_age")
+        if self.max_event_bytes < 1024:
+            raise ConfigurationError("max_event_bytes", "must be at least 1024")
+
+    @property
+    def namespace(self) -> str:
+        """``prefix.workspace.env``: the subject namespace this process publishes under."""
+        return f"{self.subject_prefix}.{self.workspace}.{self.env}"
+
+    @property
+    def stream_name(self) -> str:
+        if self.stream:
+            return self.stream
+        return f"DBX_{encode(self.workspace)}_{encode(self.env)}".upper().replace("-", "_")
+
+    @property
+    def spool_path(self) -> str:
+        """The spool directory of this namespace (separate namespaces never replay into each other)."""
+        return os.path.join(self.spool_dir or _default_spool_dir(), self.namespace)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self) if getattr(self, f.name) != f.default
+        )
+        return f"Settings({shown})"
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def _spark_conf() -> Mapping[str, str]:
+    """Our keys from the active Spark session's conf, only if PySpark is already imported."""
+    if "pyspark.sql" not in sys.modules:
+        return {}
+    try:
+        from pyspark.sql import SparkSession
+
+        spark = SparkSession.getActiveSession()
+        if spark is None:
+            return {}
+        out = {}
+        for name in _FIELDS:
+            value = spark.conf.get(SPARK_PREFIX + name, None)
+            if value is not None:
+                out[name] = value
+        return out
+    except Exception:  # noqa: BLE001 - a broken or stopped session must not stop configuration
+        return {}
+
+
+def resolve_settings(environ: Mapping[str, str] | None = None, spark_conf: Mapping[str, str] | None = None, **kwargs: Any) -> Settings:
+    """Resolve settings: explicit kwargs > environment > Spark conf > defaults; raise ConfigurationError."""
+    environ = os.environ if environ is None else environ
+    unknown = set(kwargs) - set(_FIELDS)
+    if unknown:
+        raise ConfigurationError(sorted(unknown)[0], f"unknown setting; known: {', '.join(sorted(_FIELDS))}")
+    conf = _spark_conf() if spark_conf is None else spark_conf
+    values: dict[str, Any] = {}
+    for name, f in _FIELDS.items():
+        env_key = ENV_PREFIX + name.upper()
+        if name in kwargs and kwargs[name] is not None:
+            raw, origin = kwargs[name], f"argument {name}"
+        elif env_key in environ:
+            raw, origin = environ[env_key], env_key
+        elif name in conf:
+            raw, origin = conf[name], SPARK_PREFIX + name
+        else:
+            continue
+        try:
+            values[name] = f.metadata["parse"](raw)
+        except (TypeError, ValueError) as e:
+            shown = "****" if f.metadata["secret"] else repr(raw)[:80]
+            raise ConfigurationError(name, f"{e} (from {origin}, value {shown})") from None
+    return Settings(**values)
+
+
+def describe() -> list[tuple[str, str, bool, str]]:
+    """(setting, environment variable, secret, description) for every setting, for docs and the CLI."""
+    return [(n, ENV_PREFIX + n.upper(), f.metadata["secret"], f.metadata["doc"]) for n, f in _FIELDS.items()]
+
+
+def as_path(value: str) -> Path:
+    return Path(value).expanduser()

@@ -1,0 +1,1 @@
+"""The transport: settings-driven connection, the durable spool and the background publisher."""

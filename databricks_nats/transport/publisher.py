@@ -1,0 +1,503 @@
+"""The background publisher: a daemon thread owning an asyncio loop, fed by a non-blocking ``emit``.
+
+Flow of one event::
+
+    emit() ── deque.append ──► inbox ──(loop woken once per burst)──► encode ─► spool (SQLite, one commit
+    per burst) ─► ready ─► publish (JetStream: reply inbox per event; core: publish + flush) ─► ack ─►
+    delete from spool
+
+* The caller only appends to a deque and, when the loop is not already woken, schedules one wake-up
+  with ``call_soon_threadsafe``: no polling anywhere; an idle worker sleeps in ``select``.
+* Every unacknowledged event is in the spool; at most ``memory_max_events`` are also in memory, the rest
+  are read back from disk when there is room (spill-to-disk backpressure). The spool is bounded by
+  ``spool_max_bytes``: beyond it the oldest events are dropped and counted (``dropped.spool_full``).
+* JetStream: at most ``max_inflight`` publishes await an ack; an ack that does not come within
+  ``ack_timeout`` (or a reconnect) sends the event again with the same ``Nats-Msg-Id``, so the stream
+  stores it once; duplicate acks are counted.
+* The connection is retried forever with capped exponential backoff (the first connect too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import re
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from typing import TYPE_CHECKING
+
+from databricks_nats.model.events import CE_CONTENT_TYPE, Event
+from databricks_nats.settings import Settings
+from databricks_nats.transport.spool import MemorySpool, Record, Spool
+from databricks_nats.transport.stats import RateLimitedLog, Stats
+
+if TYPE_CHECKING:  # nats-py is imported by the worker thread, keeping it off the caller's import time
+    from nats.aio.client import Client as NATS
+    from nats.aio.msg import Msg
+
+    from databricks_nats.transport.stream import StreamReport
+
+__all__ = ["FlushResult", "Publisher"]
+
+log = logging.getLogger("databricks_nats")
+_PERMISSION = re.compile(r'permissions violation for publish to "([^"]+)"', re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class FlushResult:
+    """The outcome of ``flush``: ``ok`` when everything emitted before it is acked; else what is pending."""
+
+    ok: bool
+    pending: int
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+class Publisher:
+    """One process's publisher (see the module docstring); ``emit`` may be called from any thread."""
+
+    def __init__(self, settings: Settings, spool: Spool, encoder: Callable[[Event], tuple[str, bytes]]) -> None:
+        self.settings = settings
+        self._spool = spool
+        self._encode = encoder
+        self.stats_ = Stats()
+        self._say = RateLimitedLog(log)
+        self._inbox: deque[Event] = deque()
+        self._inbox_max = settings.memory_max_events * 10
+        self._wake_scheduled = False
+        self._ingested = 0
+        self._last_seq = 0
+        self._ready: OrderedDict[int, Record] = OrderedDict()
+        self._inflight: OrderedDict[int, tuple[Record, float]] = OrderedDict()
+        self._loaded_upto = 0
+        self._spilled = True  # the spool may hold events from a dead process: look first
+        self._acked: list[int] = []
+        self._flushers: list[tuple[int, asyncio.Future[None]]] = []
+        self._nc: NATS | None = None
+        self._reply_prefix = ""
+        self._connected = False
+        self._stream_checked = False
+        self.stream_report: StreamReport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._closing = False
+        self._loop = asyncio.new_event_loop()
+        self._work = asyncio.Event()
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="databricks-nats-publisher", daemon=True)
+        self._thread.start()
+        self._started.wait()
+
+    # ---- caller side (any thread) -------------------------------------------------------------
+
+    def emit(self, event: Event) -> None:
+        """Hand an event to the worker; never blocks and never raises."""
+        if len(self._inbox) >= self._inbox_max:
+            self.stats_.dropped["queue_full"] += 1  # the worker is wedged; never grow without bound
+            return
+        self._inbox.append(event)
+        if not self._wake_scheduled:
+            self._wake_scheduled = True
+            try:
+                self._loop.call_soon_threadsafe(self._on_wake)
+            except RuntimeError:  # loop closed: publisher shut down
+                self.stats_.dropped["closed"] += 1
+
+    def flush(self, timeout: float = 10.0) -> FlushResult:
+        """Block until every event emitted before this call is acknowledged, or ``timeout`` passes."""
+        if self._closing or not self._thread.is_alive():
+            return FlushResult(self._pending() == 0, self._pending())
+        fut = asyncio.run_coroutine_threadsafe(self._flush(), self._loop)
+        try:
+            fut.result(timeout)
+            return FlushResult(True, self._pending())
+        except Exception:  # noqa: BLE001 - timeout (or loop stopped): report what is left
+            fut.cancel()
+            return FlushResult(False, max(1, self._pending()))
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and gauges (see README "Stats")."""
+        return self.stats_.snapshot(
+            emitted=self._ingested + len(self._inbox) + self.stats_.dropped["queue_full"],
+            queue_depth=len(self._inbox),
+            in_memory=len(self._ready),
+            inflight=len(self._inflight),
+            pending=self._pending(),
+            spool_bytes=self._spool.bytes,
+            spool_durable=self._spool.durable,
+            spool_path=self._spool.path,
+            mode=self.settings.mode,
+            namespace=self.settings.namespace,
+        )
+
+    def close(self, timeout: float = 5.0) -> FlushResult:
+        """Flush for at most ``timeout`` seconds, then stop the worker; unacked events stay spooled."""
+        result = self.flush(timeout) if timeout > 0 else FlushResult(self._pending() == 0, self._pending())
+        if self._closing:
+            return result
+        self._closing = True
+        try:
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(max(1.0, timeout))
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
+        self._thread.join(max(1.0, timeout))
+        return result
+
+    def _pending(self) -> int:
+        return len(self._inbox) + self._spool.count()
+
+    # ---- worker side (loop thread) --------------------------------------------------------------
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.call_soon(self._started.set)
+        self._loop.call_soon(self._on_wake)
+        self._connector = self._loop.create_task(self._connect_forever())
+        self._sender = self._loop.create_task(self._send_forever())
+        try:
+            self._loop.run_forever()
+        finally:
+            self._loop.close()
+
+    def _on_wake(self) -> None:
+        self._wake_scheduled = False
+        self._ingest()
+        self._work.set()
+
+    def _ingest(self) -> None:
+        """Move the inbox into the spool (one transaction), and into memory while there is room."""
+        rows: list[tuple[str, str, bytes]] = []
+        taken = 0
+        while self._inbox:
+            event = self._inbox.popleft()
+            taken += 1
+            try:
+                subject, payload = self._encode(event)
+            except Exception as e:  # noqa: BLE001 - a bad event is dropped, counted and logged
+                self.stats_.dropped["invalid"] += 1
+                self.stats_.error("invalid_event", f"{type(e).__name__}: {e}")
+                self._say(logging.WARNING, "invalid", "databricks-nats: dropped invalid event %s: %s", event.type, e)
+                continue
+            rows.append((event.id, subject, payload))
+        if rows:
+            try:
+                seqs, dropped = self._spool.append(rows)
+            except Exception as e:  # noqa: BLE001 - disk full or similar: keep going in memory
+                self.stats_.error("spool", f"{type(e).__name__}: {e}")
+                self._say(logging.ERROR, "spool", "databricks-nats: spool write failed: %s", e)
+                seqs, dropped = self._spool_fallback(rows)
+            self.stats_.spooled += len(seqs)
+            if dropped:
+                self._forget(dropped, "spool_full")
+            room = self.settings.memory_max_events - len(self._ready) - len(self._inflight)
+            for seq, (rid, subject, payload) in zip(seqs, rows):
+                if not self._spilled and room > 0 and seq > self._loaded_upto:
+                    self._ready[seq] = Record(seq, rid, subject, payload)
+                    self._loaded_upto = seq
+                    room -= 1
+                else:
+                    self._spilled = True
+            if seqs:
+                self._last_seq = seqs[-1]
+        self._ingested += taken
+        self._update_flushers()
+
+    def _spool_fallback(self, rows: list[tuple[str, str, bytes]]) -> tuple[list[int], list[int]]:
+        old = self._spool
+        self._spool = MemorySpool(min(self.settings.spool_max_bytes, 64 * 1024 * 1024), first_seq=self._last_seq + 1)
+        self._say(logging.WARNING, "spool_fallback", "databricks-nats: spool %s failed; holding events in memory", old.path)
+        return self._spool.append(rows)
+
+    def _forget(self, seqs: list[int], reason: str) -> None:
+        """Remove dropped events from memory and count them."""
+        for seq in seqs:
+            self._ready.pop(seq, None)
+            self._inflight.pop(seq, None)
+        self.stats_.dropped[reason] += len(seqs)
+        self._say(logging.WARNING, reason, "databricks-nats: dropped %d event(s): %s", len(seqs), reason)
+
+    def _refill(self) -> None:
+        """Read spilled events back from the spool when memory has room."""
+        room = self.settings.memory_max_events - len(self._ready) - len(self._inflight)
+        if room <= 0:
+            return
+        batch = self._spool.load(self._loaded_upto, min(room, 1000))
+        for rec in batch:
+            if rec.seq not in self._inflight:
+                self._ready[rec.seq] = rec
+            self._loaded_upto = rec.seq
+        if len(batch) < min(room, 1000):
+            self._spilled = False
+
+    async def _send_forever(self) -> None:
+        while True:
+            await self._work.wait()
+            self._work.clear()
+            if self._spilled and len(self._ready) < 100:
+                self._refill()
+            while self._connected and self._ready and len(self._inflight) < self.settings.max_inflight:
+                seq, rec = self._ready.popitem(last=False)
+                if not await self._send(rec):
+                    await asyncio.sleep(0.2)  # the connection is failing; its callbacks will say more
+                    self._work.set()
+                    break
+                if self._spilled and not self._ready:
+                    self._refill()
+            if self._connected and self.settings.mode == "core" and self._inflight:
+                await self._core_flush()
+
+    async def _send(self, rec: Record) -> bool:
+        nc = self._nc
+        assert nc is not None
+        headers = {"Nats-Msg-Id": rec.id, "Content-Type": CE_CONTENT_TYPE}
+        reply = f"{self._reply_prefix}{rec.seq}" if self.settings.mode == "jetstream" else ""
+        self._inflight[rec.seq] = (rec, time.monotonic())
+        try:
+            await nc.publish(rec.subject, rec.payload, reply=reply, headers=headers)
+        except Exception as e:  # noqa: BLE001 - disconnected, buffer full, payload too big
+            self._inflight.pop(rec.seq, None)
+            if type(e).__name__ == "MaxPayloadError":
+                self._drop_acked([rec.seq], "too_large")
+                return True
+            self._ready[rec.seq] = rec
+            self._ready.move_to_end(rec.seq, last=False)
+            self.stats_.error("publish", f"{type(e).__name__}: {e}")
+            return False
+        self.stats_.published += 1
+        if self._timer is None and self.settings.mode == "jetstream":
+            self._timer = self._loop.call_later(self.settings.ack_timeout, self._check_timeouts)
+        return True
+
+    async def _core_flush(self) -> None:
+        assert self._nc is not None
+        sent = list(self._inflight)
+        try:
+            await self._nc.flush(timeout=max(1, int(self.settings.ack_timeout)))
+        except Exception as e:  # noqa: BLE001 - not flushed: send again after reconnect
+            self.stats_.error("flush", f"{type(e).__name__}: {e}")
+            self._requeue(sent)
+            return
+        now = time.monotonic()
+        for seq in sent:
+            entry = self._inflight.pop(seq, None)
+            if entry is not None:
+                self.stats_.ack_latency(now - entry[1])
+        self._ack(sent)
+
+    def _requeue(self, seqs: list[int]) -> None:
+        """Put in-flight events back at the front of the ready queue, oldest first."""
+        for seq in sorted(seqs, reverse=True):
+            entry = self._inflight.pop(seq, None)
+            if entry is not None:
+                self._ready[seq] = entry[0]
+                self._ready.move_to_end(seq, last=False)
+        self._work.set()
+
+    def _check_timeouts(self) -> None:
+        self._timer = None
+        deadline = time.monotonic() - self.settings.ack_timeout
+        late = [seq for seq, (_, sent) in self._inflight.items() if sent <= deadline]
+        if late:
+            self.stats_.retried += len(late)
+            self.stats_.error("ack_timeout", f"{len(late)} publish(es) not acknowledged in {self.settings.ack_timeout:g}s")
+            self._requeue(late)
+        if self._inflight:
+            oldest = next(iter(self._inflight.values()))[1]
+            delay = max(0.05, oldest + self.settings.ack_timeout - time.monotonic())
+            self._timer = self._loop.call_later(delay, self._check_timeouts)
+
+    async def _on_ack(self, msg: Msg) -> None:
+        seq = int(msg.subject.rsplit(".", 1)[1])
+        entry = self._inflight.pop(seq, None)
+        if entry is None:
+            return  # a late ack for an event already re-sent or acked
+        rec, sent = entry
+        if msg.headers and msg.headers.get("Status") == "503":
+            self._inflight[seq] = entry
+            await self._no_stream()
+            return
+        try:
+            resp = json.loads(msg.data)
+        except ValueError:
+            resp = {"error": {"description": "unreadable ack"}}
+        err = resp.get("error")
+        if err:
+            self.stats_.error("jetstream", str(err.get("description", err))[:200])
+            self._say(logging.WARNING, "js_error", "databricks-nats: JetStream refused an event: %s", err)
+            self._inflight[seq] = (rec, sent)  # retried by the ack timer
+            return
+        if resp.get("duplicate"):
+            self.stats_.duplicates += 1
+        self.stats_.ack_latency(time.monotonic() - sent)
+        self._ack([seq])
+
+    async def _no_stream(self) -> None:
+        """No stream listens on our subjects: create it once per connection when allowed."""
+        if self._stream_checked:
+            self.stats_.error("no_stream", f"no JetStream stream for {self.settings.namespace}.>")
+            return
+        self._stream_checked = True
+        await self._ensure_stream(initial=False)
+        self._requeue(list(self._inflight))
+
+    def _ack(self, seqs: list[int]) -> None:
+        self.stats_.acked += len(seqs)
+        if not self._acked:
+            self._loop.call_soon(self._commit_acks)
+        self._acked.extend(seqs)
+        self._work.set()
+
+    def _drop_acked(self, seqs: list[int], reason: str) -> None:
+        self._forget(seqs, reason)
+        if not self._acked:
+            self._loop.call_soon(self._commit_acks)
+        self._acked.extend(seqs)
+
+    def _commit_acks(self) -> None:
+        seqs, self._acked = self._acked, []
+        try:
+            self._spool.delete(seqs)
+        except Exception as e:  # noqa: BLE001 - re-sent later; JetStream drops the duplicates
+            self.stats_.error("spool", f"{type(e).__name__}: {e}")
+        self._update_flushers()
+
+    # ---- flush ----------------------------------------------------------------------------------
+
+    async def _flush(self) -> None:
+        """Wait until no event spooled up to now is left (everything appended before the call is ingested)."""
+        self._ingest()
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._flushers.append((self._last_seq, fut))
+        self._update_flushers()
+        self._work.set()
+        await fut
+
+    def _update_flushers(self) -> None:
+        if not self._flushers:
+            return
+        lowest = self._spool.min_seq()
+        still = []
+        for boundary, fut in self._flushers:
+            if fut.done():
+                continue
+            if lowest is None or lowest > boundary:
+                fut.set_result(None)
+            else:
+                still.append((boundary, fut))
+        self._flushers = still
+
+    # ---- connection ------------------------------------------------------------------------------
+
+    async def _connect_forever(self) -> None:
+        import nats
+
+        from databricks_nats.transport.auth import auth_options
+
+        delay = 0.1
+        while not self._closing:
+            try:
+                nc = await nats.connect(
+                    list(self.settings.url),
+                    name=self.settings.client_name,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=1,
+                    connect_timeout=self.settings.connect_timeout,
+                    error_cb=self._on_error,
+                    disconnected_cb=self._on_disconnect,
+                    reconnected_cb=self._on_reconnect,
+                    closed_cb=self._on_closed,
+                    **auth_options(self.settings),
+                )
+            except Exception as e:  # noqa: BLE001 - retried with backoff while events keep spooling
+                self.stats_.connection = "disconnected"
+                self.stats_.error("connect", f"{type(e).__name__}: {e}")
+                self._say(logging.WARNING, "connect", "databricks-nats: cannot connect to NATS (%s); retrying, events are spooled", type(e).__name__)
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 5.0)
+                continue
+            self._nc = nc
+            self.stats_.connects += 1
+            if self.settings.mode == "jetstream":
+                self._reply_prefix = f"{nc.new_inbox()}."
+                await nc.subscribe(self._reply_prefix + "*", cb=self._on_ack)
+                if self.settings.auto_create_stream:
+                    await self._ensure_stream(initial=True)
+            self._set_connected(True)
+            return
+
+    async def _ensure_stream(self, initial: bool) -> None:
+        from databricks_nats.transport.stream import ensure_stream_async
+
+        assert self._nc is not None
+        try:
+            self.stream_report = await ensure_stream_async(self._nc.jetstream(), self.settings, check=False)
+            if self.stream_report.action == "differs":
+                self._say(logging.WARNING, "stream_differs", "databricks-nats: stream %s differs from settings: %s",
+                          self.stream_report.name, self.stream_report.differences)
+        except Exception as e:  # noqa: BLE001 - no permission to manage streams is a normal set-up
+            self.stats_.error("stream", str(e))
+            if not initial:
+                self._say(logging.WARNING, "stream", "databricks-nats: %s", e)
+
+    def _set_connected(self, up: bool) -> None:
+        self._connected = up
+        self.stats_.connection = "connected" if up else "disconnected"
+        if up:
+            self._stream_checked = False
+            self._requeue(list(self._inflight))  # acks may be lost; the stream drops duplicates
+
+    async def _on_disconnect(self) -> None:
+        if self._nc is not None and not self._closing:
+            self._set_connected(False)
+            self._say(logging.WARNING, "disconnect", "databricks-nats: disconnected from NATS; events are spooled")
+
+    async def _on_reconnect(self) -> None:
+        self._set_connected(True)
+        self._say(logging.INFO, "reconnect", "databricks-nats: reconnected to NATS")
+
+    async def _on_closed(self) -> None:
+        self._connected = False
+        self.stats_.connection = "closed"
+
+    async def _on_error(self, e: Exception) -> None:
+        text = str(e)
+        self.stats_.error("nats", f"{type(e).__name__}: {text}")
+        denied = _PERMISSION.search(text)
+        if denied:
+            subject = denied.group(1)
+            seqs = [seq for seq, (rec, _) in self._inflight.items() if rec.subject == subject]
+            self._say(logging.ERROR, "permission", "databricks-nats: NATS refused publish to %s (permissions); "
+                      "events for it are dropped: check the user's publish permissions", subject)
+            self._drop_acked(seqs, "permission_denied")
+            self.stats_.errors["permission_denied"] += 1
+        else:
+            self._say(logging.WARNING, "nats_error", "databricks-nats: NATS error: %s", type(e).__name__)
+
+    async def _shutdown(self) -> None:
+        self._closing = True
+        for task in (self._connector, self._sender):
+            task.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._acked:
+            self._commit_acks()
+        if self._nc is not None:
+            try:
+                await asyncio.wait_for(self._nc.close(), 2)
+            except Exception:  # noqa: BLE001
+                pass
+        self._spool.close()
+        self._loop.call_soon(self._loop.stop)
+
+    def _spool_forget_after_fork(self) -> None:
+        forget = getattr(self._spool, "forget_after_fork", None)
+        if forget is not None:
+            forget()

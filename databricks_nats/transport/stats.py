@@ -1,0 +1,83 @@
+"""Counters and gauges of one publisher, updated by its worker thread and read by ``stats()``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, deque
+from typing import Any
+
+__all__ = ["RateLimitedLog", "Stats"]
+
+
+class Stats:
+    """Counters (monotonic), gauges (set by the worker) and a window of recent ack latencies."""
+
+    def __init__(self) -> None:
+        self.published = 0  # publish attempts sent to the server (retries included)
+        self.acked = 0  # events confirmed (JetStream ack, or core flush)
+        self.duplicates = 0  # acks saying the stream already had this event id
+        self.retried = 0
+        self.spooled = 0  # events written to the spool
+        self.replayed = 0  # events adopted from a dead process's spool
+        self.dropped: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.connection = "connecting"
+        self.connects = 0
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self._latencies: deque[float] = deque(maxlen=4096)
+
+    def ack_latency(self, seconds: float) -> None:
+        self._latencies.append(seconds)
+
+    def error(self, kind: str, message: str) -> None:
+        self.errors[kind] += 1
+        self.last_error = f"{kind}: {message}"[:500]
+        self.last_error_at = time.time()
+
+    def snapshot(self, **gauges: Any) -> dict[str, Any]:
+        lat = sorted(self._latencies)
+
+        def pct(p: float) -> float | None:
+            return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 3) if lat else None
+
+        return {
+            "published": self.published,
+            "acked": self.acked,
+            "duplicates": self.duplicates,
+            "retried": self.retried,
+            "spooled": self.spooled,
+            "replayed": self.replayed,
+            "dropped": dict(self.dropped),
+            "dropped_total": sum(self.dropped.values()),
+            "errors": dict(self.errors),
+            "connection": self.connection,
+            "connects": self.connects,
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
+            "ack_latency_ms": {"p50": pct(0.50), "p95": pct(0.95), "p99": pct(0.99)},
+            **gauges,
+        }
+
+
+class RateLimitedLog:
+    """Log each kind of message at most once per interval, reporting how many were suppressed."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 30.0) -> None:
+        self._log = logger
+        self._interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: Counter[str] = Counter()
+
+    def __call__(self, level: int, kind: str, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        last = self._last.get(kind)
+        if last is not None and now - last < self._interval:
+            self._suppressed[kind] += 1
+            return
+        self._last[kind] = now
+        extra = self._suppressed.pop(kind, 0)
+        if extra:
+            msg += f" ({extra} similar message(s) suppressed)"
+        self._log.log(level, msg, *args)
