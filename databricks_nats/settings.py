@@ -47,8 +47,10 @@ class Secret:
         return hash(self._value)
 
 
-def _bool(v: str) -> bool:
-    low = v.strip().lower()
+def _bool(v: str | bool) -> bool:
+    if isinstance(v, bool):
+        return v
+    low = str(v).strip().lower()
     if low in ("1", "true", "yes", "on"):
         return True
     if low in ("0", "false", "no", "off", ""):
@@ -127,7 +129,8 @@ class Settings:
     strict: bool = _f(False, _bool, doc="raise publishing errors instead of logging them (tests)")
     spool_dir: str = _f("", str, doc="directory of the durable spool; empty for the default cache dir")
     spool_max_bytes: int = _f(512 * 1024 * 1024, _positive(int), doc="disk bound of the spool; oldest dropped beyond")
-    memory_max_events: int = _f(10_000, _positive(int), doc="events held in memory before spilling to disk only")
+    memory_max_events: int = _f(10_000, _positive(int), doc="encoded events held in memory before spilling to disk only")
+    queue_max_events: int = _f(100_000, _positive(int), doc="emitted events awaiting the worker; beyond it new ones are dropped")
     max_event_bytes: int = _f(8192, _positive(int), doc="size cap of one event; data is trimmed to fit")
     max_inflight: int = _f(1024, _positive(int), doc="JetStream publishes awaiting their ack")
     ack_timeout: float = _f(5.0, _positive(float), doc="seconds before an unacked publish is retried")

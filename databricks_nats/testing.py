@@ -13,6 +13,7 @@ port, reads the port from its ports file, and stops it with terminate â†’ wait â
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import glob
 import json
@@ -31,7 +32,7 @@ from databricks_nats.model.events import Event
 from databricks_nats.settings import Settings, resolve_settings
 from databricks_nats.transport.publisher import FlushResult
 
-__all__ = ["CapturedEvent", "Capture", "NatsServer", "capture", "find_nats_server"]
+__all__ = ["Capture", "CapturedEvent", "NatsServer", "capture", "find_nats_server", "read_stream"]
 
 
 class CapturedEvent:
@@ -112,13 +113,13 @@ class NatsServer:
     """A real nats-server on a free loopback port (JetStream on by default), for tests and the demo."""
 
     def __init__(self, *, jetstream: bool = True, config: str | None = None, store_dir: str | None = None,
-                 args: tuple[str, ...] = ()) -> None:
+                 args: tuple[str, ...] = (), port: int | None = None) -> None:
         self._tmp = tempfile.mkdtemp(prefix="dbx-nats-")
         self.store_dir = store_dir or os.path.join(self._tmp, "js")
         self.jetstream = jetstream
         self.config = config
         self.extra = args
-        self.port: int | None = None
+        self.port: int | None = port
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -194,3 +195,33 @@ class NatsServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def read_stream(url: str, stream: str) -> list[dict[str, Any]]:
+    """Every message stored in a JetStream stream, in order: seq, subject, headers and parsed envelope."""
+
+    async def read() -> list[dict[str, Any]]:
+        import nats
+        from nats.js.errors import NotFoundError
+
+        nc = await nats.connect(url)
+        try:
+            js = nc.jetstream()
+            try:
+                info = await js.stream_info(stream)
+            except NotFoundError:
+                return []
+            out = []
+            if info.state.messages:
+                for seq in range(info.state.first_seq, info.state.last_seq + 1):
+                    try:
+                        msg = await js.get_msg(stream, seq)
+                    except NotFoundError:
+                        continue
+                    out.append({"seq": seq, "subject": msg.subject, "headers": msg.headers or {},
+                                 "envelope": json.loads(msg.data or b"{}")})
+            return out
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())

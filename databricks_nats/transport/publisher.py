@@ -71,10 +71,10 @@ class Publisher:
         self.stats_ = Stats()
         self._say = RateLimitedLog(log)
         self._inbox: deque[Event] = deque()
-        self._inbox_max = settings.memory_max_events * 10
+        self._inbox_max = settings.queue_max_events
         self._wake_scheduled = False
         self._ingested = 0
-        self._last_seq = 0
+        self._last_seq = spool.max_seq()  # replayed events count as emitted before any flush
         self._ready: OrderedDict[int, Record] = OrderedDict()
         self._inflight: OrderedDict[int, tuple[Record, float]] = OrderedDict()
         self._loaded_upto = 0

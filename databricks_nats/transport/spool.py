@@ -46,6 +46,7 @@ class Spool(Protocol):
     def delete(self, seqs: list[int]) -> None: ...
     def load(self, after: int, limit: int) -> list[Record]: ...
     def min_seq(self) -> int | None: ...
+    def max_seq(self) -> int: ...
     def count(self) -> int: ...
     def close(self) -> None: ...
 
@@ -101,6 +102,9 @@ class MemorySpool:
 
     def min_seq(self) -> int | None:
         return next(iter(self._rows), None)
+
+    def max_seq(self) -> int:
+        return self._next - 1
 
     def count(self) -> int:
         return len(self._rows)
@@ -227,6 +231,9 @@ class SqliteSpool:
     def min_seq(self) -> int | None:
         row = self._db.execute("SELECT MIN(seq) FROM events").fetchone()
         return None if row[0] is None else int(row[0])
+
+    def max_seq(self) -> int:
+        return int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
 
     def count(self) -> int:
         return self._count

@@ -1,0 +1,437 @@
+"""Core benchmark: emit() caller cost, and library vs raw nats-py throughput (JetStream and core NATS).
+
+    python -m benchmarks.bench_core            # full run (~1-3 minutes)
+    python -m benchmarks.bench_core --quick    # smaller N, fewer repetitions
+    python -m benchmarks.bench_core --profile  # also profile the publisher's worker thread (pyinstrument)
+
+Everything runs in one process against one real ``nats-server`` (JetStream, file storage) started by
+``databricks_nats.testing.NatsServer``:
+
+1. emit() caller cost: ``perf_counter_ns`` around every ``databricks_nats.emit`` call (connected, jetstream
+   mode, worker running), in batches; median and p99 per call. Target: median <= 10 us.
+2. Acked JetStream throughput: emit N + flush through the library vs raw ``js.publish_async`` of
+   payloads of the same size with ``Nats-Msg-Id`` headers + ``publish_async_completed``. Each side writes
+   to its own file-storage stream of identical configuration, purged before every run; runs alternate.
+   Target: lib/raw >= 0.8.
+3. Core throughput: the library in ``mode="core"`` (emit N + flush) vs raw ``nc.publish`` N + ``nc.flush``
+   (with the same headers the library sends; a header-less raw run is reported for information).
+   Target: lib/raw >= 0.8.
+
+Results: a table on stdout and ``benchmarks/results/bench_core.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import logging
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from typing import Any
+
+import nats
+
+import databricks_nats as dn
+from databricks_nats import _api
+from databricks_nats.model.events import CE_CONTENT_TYPE
+from databricks_nats.testing import NatsServer
+
+from benchmarks._common import median, percentile, print_table, ratio, verdict, write_results
+
+WORKSPACE = "bench"
+EVENT_TYPE = "mlflow.run.metrics"
+# A small metric-like event (one training step's metrics).
+DATA: dict[str, Any] = {
+    "experiment_id": "1234567890",
+    "run_id": "0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+    "metrics": {"loss": 0.4231, "accuracy": 0.8812, "lr": 0.0003},
+    "points": 3,
+    "final": False,
+}
+
+EMIT_TARGET_US = 10.0
+RATIO_TARGET = 0.8
+
+
+# ---- helpers ---------------------------------------------------------------------------------------
+
+
+def _configure(url: str, env: str, mode: str) -> str:
+    spool = tempfile.mkdtemp(prefix="dbx-nats-bench-spool-")
+    dn.configure(url=url, spool_dir=spool, workspace=WORKSPACE, env=env, mode=mode)
+    return spool
+
+
+def _warm_up_library() -> None:
+    """Wait for the connection (and the stream check) with one acknowledged event."""
+    dn.emit(EVENT_TYPE, DATA)
+    res = dn.flush(timeout=30)
+    if not res.ok:
+        raise RuntimeError(f"library warm-up flush failed: {res}, stats={dn.stats()}")
+
+
+def _sample_subject_payload(env: str) -> tuple[str, bytes]:
+    """The subject and the encoded envelope the library produces for DATA (for the raw side's sizes)."""
+    settings = dn.Settings(workspace=WORKSPACE, env=env)
+    encoder = _api.make_encoder(settings, _api.base_context(settings))
+    event = dn.Event(EVENT_TYPE, DATA)
+    return encoder(event)
+
+
+def _msg_id_prefix() -> str:
+    return uuid.uuid4().hex[:27]  # + 9 digits: 36 characters, the length of the library's UUIDv7 ids
+
+
+async def _admin(url: str, fn: Any) -> Any:
+    nc = await nats.connect(url)
+    try:
+        return await fn(nc.jetstream())
+    finally:
+        await nc.close()
+
+
+def purge(url: str, stream: str) -> None:
+    asyncio.run(_admin(url, lambda js: js.purge_stream(stream)))
+
+
+def stored(url: str, stream: str) -> int:
+    async def count(js: Any) -> int:
+        info = await js.stream_info(stream)
+        return int(info.state.messages)
+
+    return int(asyncio.run(_admin(url, count)))
+
+
+def stream_name(env: str) -> str:
+    return dn.Settings(workspace=WORKSPACE, env=env).stream_name
+
+
+# ---- 1. emit() caller cost ----------------------------------------------------------------------
+
+
+def bench_emit_cost(url: str, batches: int, per_batch: int) -> dict[str, Any]:
+    spool = _configure(url, "emitcost", "jetstream")
+    try:
+        _warm_up_library()
+        pc = time.perf_counter_ns
+        overhead = []
+        for _ in range(10_000):
+            t0 = pc()
+            overhead.append(pc() - t0)
+        timer_ns = median(overhead)
+        emit = dn.emit
+        data = DATA
+        all_samples: list[int] = []
+        batch_rows = []
+        for b in range(batches):
+            samples = [0] * per_batch
+            gc.collect()
+            for i in range(per_batch):
+                t0 = pc()
+                emit(EVENT_TYPE, data)
+                samples[i] = pc() - t0
+            res = dn.flush(timeout=120)  # not timed: the next batch starts with an idle worker
+            if not res.ok:
+                raise RuntimeError(f"emit-cost flush failed: {res}")
+            batch_rows.append({
+                "batch": b,
+                "median_us": median(samples) / 1000,
+                "p99_us": percentile(samples, 99) / 1000,
+                "max_us": max(samples) / 1000,
+            })
+            all_samples.extend(samples)
+        st = dn.stats()
+    finally:
+        dn.shutdown()
+        shutil.rmtree(spool, ignore_errors=True)
+    med = median(all_samples) / 1000
+    return {
+        "batches": batches,
+        "calls_per_batch": per_batch,
+        "timer_overhead_ns": timer_ns,
+        "median_us": med,
+        "p99_us": percentile(all_samples, 99) / 1000,
+        "p999_us": percentile(all_samples, 99.9) / 1000,
+        "median_of_batch_medians_us": median(r["median_us"] for r in batch_rows),
+        "per_batch": batch_rows,
+        "dropped": st.get("dropped"),
+        "target_us": EMIT_TARGET_US,
+        "met": med <= EMIT_TARGET_US,
+    }
+
+
+# ---- 2./3. throughput -----------------------------------------------------------------------------
+
+
+def lib_run(url: str, n: int, env: str, mode: str, stream: str | None) -> dict[str, Any]:
+    """Emit n events then flush through the library; events/s over emit+flush."""
+    spool = _configure(url, env, mode)
+    try:
+        _warm_up_library()
+        if stream:
+            purge(url, stream)
+        base = dn.stats()
+        emit = dn.emit
+        data = DATA
+        gc.collect()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            emit(EVENT_TYPE, data)
+        emitted = time.perf_counter()
+        res = dn.flush(timeout=300)
+        t1 = time.perf_counter()
+        st = dn.stats()
+    finally:
+        dn.shutdown()
+        shutil.rmtree(spool, ignore_errors=True)
+    if not res.ok:
+        raise RuntimeError(f"library flush timed out ({res}); stats={st}")
+    out = {
+        "side": "lib",
+        "n": n,
+        "seconds": t1 - t0,
+        "emit_seconds": emitted - t0,
+        "events_per_s": n / (t1 - t0),
+        "published": st["published"] - base["published"],
+        "acked": st["acked"] - base["acked"],
+        "retried": st["retried"] - base["retried"],
+        "duplicates": st["duplicates"] - base["duplicates"],
+        "dropped": st["dropped"],
+        "errors": st["errors"],
+    }
+    if stream:
+        out["stored"] = stored(url, stream)
+    return out
+
+
+async def _raw_js(url: str, n: int, subject: str, payload: bytes, stream: str) -> dict[str, Any]:
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        prefix = _msg_id_prefix()
+        # warm-up: the async reply subscription and the stream path
+        await js.publish_async(subject, payload, headers={"Nats-Msg-Id": f"{prefix}warm-up", "Content-Type": CE_CONTENT_TYPE})
+        await js.publish_async_completed()
+        await js.purge_stream(stream)
+        futures = []
+        append = futures.append
+        t0 = time.perf_counter()
+        for i in range(n):
+            append(await js.publish_async(
+                subject, payload, headers={"Nats-Msg-Id": f"{prefix}{i:09d}", "Content-Type": CE_CONTENT_TYPE}
+            ))
+        await js.publish_async_completed()
+        t1 = time.perf_counter()
+        failed = sum(1 for f in futures if f.cancelled() or f.exception() is not None)
+        duplicates = sum(1 for f in futures if not f.cancelled() and f.exception() is None and f.result().duplicate)
+    finally:
+        await nc.close()
+    return {"side": "raw", "n": n, "seconds": t1 - t0, "events_per_s": n / (t1 - t0), "failed": failed,
+            "duplicates": duplicates}
+
+
+def raw_js_run(url: str, n: int, subject: str, payload: bytes, stream: str) -> dict[str, Any]:
+    gc.collect()
+    out = asyncio.run(_raw_js(url, n, subject, payload, stream))
+    out["stored"] = stored(url, stream)
+    return out
+
+
+async def _raw_core(url: str, n: int, subject: str, payload: bytes, headers: bool) -> dict[str, Any]:
+    nc = await nats.connect(url)
+    try:
+        await nc.publish(subject, payload)
+        await nc.flush()
+        prefix = _msg_id_prefix()
+        t0 = time.perf_counter()
+        if headers:
+            for i in range(n):
+                await nc.publish(subject, payload,
+                                 headers={"Nats-Msg-Id": f"{prefix}{i:09d}", "Content-Type": CE_CONTENT_TYPE})
+        else:
+            for _ in range(n):
+                await nc.publish(subject, payload)
+        await nc.flush(timeout=60)
+        t1 = time.perf_counter()
+    finally:
+        await nc.close()
+    return {"side": "raw" if headers else "raw_noheaders", "n": n, "seconds": t1 - t0, "events_per_s": n / (t1 - t0)}
+
+
+def raw_core_run(url: str, n: int, subject: str, payload: bytes, headers: bool = True) -> dict[str, Any]:
+    gc.collect()
+    return asyncio.run(_raw_core(url, n, subject, payload, headers))
+
+
+def _summary(runs: list[dict[str, Any]], side: str) -> dict[str, float]:
+    eps = [r["events_per_s"] for r in runs if r["side"] == side]
+    return {"median_events_per_s": median(eps), "min_events_per_s": min(eps), "max_events_per_s": max(eps),
+            "runs": len(eps)}
+
+
+def bench_jetstream(url: str, n: int, reps: int) -> dict[str, Any]:
+    lib_env, raw_env = "libjs", "rawjs"
+    for env in (lib_env, raw_env):
+        dn.ensure_stream(url=url, workspace=WORKSPACE, env=env)
+    lib_stream, raw_stream = stream_name(lib_env), stream_name(raw_env)
+    subject, payload = _sample_subject_payload(raw_env)
+    runs: list[dict[str, Any]] = []
+    for i in range(reps):
+        order = ("lib", "raw") if i % 2 == 0 else ("raw", "lib")
+        for side in order:
+            if side == "lib":
+                r = lib_run(url, n, lib_env, "jetstream", lib_stream)
+            else:
+                r = raw_js_run(url, n, subject, payload, raw_stream)
+            r["rep"] = i
+            runs.append(r)
+            print(f"  jetstream rep {i} {side:>3}: {r['events_per_s']:>10,.0f} ev/s  stored={r.get('stored')}", flush=True)
+    lib, raw = _summary(runs, "lib"), _summary(runs, "raw")
+    r_ = ratio(lib["median_events_per_s"], raw["median_events_per_s"])
+    problems = [r for r in runs if r.get("stored") != n or r.get("failed") or r.get("dropped")]
+    return {"n": n, "payload_bytes": len(payload), "subject": subject, "streams": [lib_stream, raw_stream],
+            "lib": lib, "raw": raw, "ratio": r_, "target": RATIO_TARGET, "met": r_ >= RATIO_TARGET,
+            "integrity_ok": not problems, "runs": runs}
+
+
+def bench_core_mode(url: str, n: int, reps: int) -> dict[str, Any]:
+    lib_env = "libcore"
+    subject, payload = _sample_subject_payload("rawcore")  # no stream listens on either namespace
+    runs: list[dict[str, Any]] = []
+    for i in range(reps):
+        order = ("lib", "raw") if i % 2 == 0 else ("raw", "lib")
+        for side in order:
+            r = lib_run(url, n, lib_env, "core", None) if side == "lib" else raw_core_run(url, n, subject, payload)
+            r["rep"] = i
+            runs.append(r)
+            print(f"  core      rep {i} {side:>3}: {r['events_per_s']:>10,.0f} ev/s", flush=True)
+        r = raw_core_run(url, n, subject, payload, headers=False)
+        r["rep"] = i
+        runs.append(r)
+    lib, raw, bare = _summary(runs, "lib"), _summary(runs, "raw"), _summary(runs, "raw_noheaders")
+    r_ = ratio(lib["median_events_per_s"], raw["median_events_per_s"])
+    return {"n": n, "payload_bytes": len(payload), "lib": lib, "raw": raw, "raw_noheaders": bare,
+            "ratio": r_, "ratio_vs_noheaders": ratio(lib["median_events_per_s"], bare["median_events_per_s"]),
+            "target": RATIO_TARGET, "met": r_ >= RATIO_TARGET, "runs": runs}
+
+
+# ---- optional: profile the worker thread --------------------------------------------------------
+
+
+def profile_worker(url: str, n: int, interval: float = 0.0005) -> str:
+    """Run one library JetStream run with pyinstrument attached to the publisher's worker thread."""
+    from pyinstrument import Profiler
+
+    env = "libjs"
+    dn.ensure_stream(url=url, workspace=WORKSPACE, env=env)
+    spool = _configure(url, env, "jetstream")
+    worker_prof = Profiler(interval=interval, async_mode="disabled")
+    caller_prof = Profiler(interval=interval, async_mode="disabled")
+    try:
+        _warm_up_library()
+        purge(url, stream_name(env))
+        pub = _api._transport
+        loop = pub._loop  # type: ignore[union-attr]
+
+        def in_worker(fn: Any) -> None:
+            done = threading.Event()
+
+            def run() -> None:
+                fn()
+                done.set()
+
+            loop.call_soon_threadsafe(run)
+            done.wait(10)
+
+        in_worker(worker_prof.start)
+        caller_prof.start()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            dn.emit(EVENT_TYPE, DATA)
+        t_emit = time.perf_counter()
+        res = dn.flush(timeout=300)
+        t1 = time.perf_counter()
+        caller_prof.stop()
+        in_worker(worker_prof.stop)
+    finally:
+        dn.shutdown()
+        shutil.rmtree(spool, ignore_errors=True)
+    head = (f"profiled library JetStream run: n={n} emit={t_emit - t0:.2f}s total={t1 - t0:.2f}s "
+            f"({n / (t1 - t0):,.0f} ev/s under the profiler), flush ok={res.ok}\n")
+    text = worker_prof.output_text(unicode=False, color=False, show_all=False)
+    caller = caller_prof.output_text(unicode=False, color=False, show_all=False)
+    return head + "\n=== worker thread (databricks-nats-publisher) ===\n" + text + "\n=== caller thread ===\n" + caller
+
+
+# ---- main -----------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smaller N and fewer repetitions")
+    ap.add_argument("-n", type=int, default=None, help="events per throughput run (default 50000, quick 10000)")
+    ap.add_argument("--reps", type=int, default=None, help="repetitions per side (default 3, quick 3)")
+    ap.add_argument("--profile", action="store_true", help="also profile one library JetStream run (pyinstrument)")
+    ap.add_argument("--profile-only", action="store_true", help="only run the profile")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    n = args.n or (10_000 if args.quick else 50_000)
+    reps = args.reps or 3
+    batches, per_batch = (3, 5_000) if args.quick else (5, 20_000)
+
+    started = time.perf_counter()
+    with NatsServer(jetstream=True) as server:
+        url = server.url
+        print(f"nats-server at {url} (JetStream, store {server.store_dir})", flush=True)
+        if args.profile_only:
+            print(profile_worker(url, n))
+            return 0
+
+        print(f"[1/3] emit() caller cost: {batches} x {per_batch:,} calls", flush=True)
+        emit_cost = bench_emit_cost(url, batches, per_batch)
+        print(f"[2/3] acked JetStream throughput: n={n:,}, {reps} reps per side", flush=True)
+        js = bench_jetstream(url, n, reps)
+        print(f"[3/3] core NATS throughput: n={n:,}, {reps} reps per side", flush=True)
+        core = bench_core_mode(url, n, reps)
+        profile_text = profile_worker(url, n) if args.profile else None
+
+    elapsed = time.perf_counter() - started
+    rows = [
+        ("emit() caller cost, median", f"{emit_cost['median_us']:.2f} us", "-", "-",
+         f"<= {EMIT_TARGET_US:g} us", verdict(emit_cost["met"])),
+        ("emit() caller cost, p99", f"{emit_cost['p99_us']:.2f} us", "-", "-", "-", "-"),
+        ("JetStream acked, emit+flush", f"{js['lib']['median_events_per_s']:,.0f} ev/s",
+         f"{js['raw']['median_events_per_s']:,.0f} ev/s", f"{js['ratio']:.2f}", f">= {RATIO_TARGET}",
+         verdict(js["met"])),
+        ("core NATS, emit+flush", f"{core['lib']['median_events_per_s']:,.0f} ev/s",
+         f"{core['raw']['median_events_per_s']:,.0f} ev/s", f"{core['ratio']:.2f}", f">= {RATIO_TARGET}",
+         verdict(core["met"])),
+        ("  (raw core without headers)", "-", f"{core['raw_noheaders']['median_events_per_s']:,.0f} ev/s",
+         f"{core['ratio_vs_noheaders']:.2f}", "info", "-"),
+    ]
+    print_table(("measure", "library", "raw nats-py", "lib/raw", "target", "result"), rows,
+                title=f"bench_core ({'quick' if args.quick else 'full'}; n={n:,}, reps={reps}, "
+                      f"payload {js['payload_bytes']} B; medians; {elapsed:.0f}s)")
+    if not js["integrity_ok"]:
+        print("WARNING: a JetStream run did not store exactly n messages, or had failures/drops (see JSON)")
+    path = write_results("bench_core", {
+        "mode": "quick" if args.quick else "full",
+        "elapsed_s": elapsed,
+        "event": {"type": EVENT_TYPE, "data": DATA},
+        "emit_cost": emit_cost,
+        "jetstream": js,
+        "core": core,
+    })
+    print(f"\nresults: {path}")
+    if profile_text:
+        print("\n" + profile_text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

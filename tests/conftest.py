@@ -1,0 +1,57 @@
+"""Shared fixtures: a real nats-server per module (JetStream), one per test for fault tests, stream readers."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import databricks_nats
+from databricks_nats import _api
+from databricks_nats.settings import Settings, resolve_settings
+from databricks_nats.testing import NatsServer
+
+
+@pytest.fixture(scope="module")
+def nats_server() -> Iterator[NatsServer]:
+    """One real JetStream-enabled nats-server shared by the tests of a module."""
+    with NatsServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def fresh_server() -> Iterator[NatsServer]:
+    """A real nats-server of its own, for tests that stop, kill or restart it."""
+    with NatsServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def namespace() -> dict[str, str]:
+    """A unique workspace/env pair, so every test has its own subjects, stream and spool."""
+    return {"workspace": f"ws{uuid.uuid4().hex[:10]}", "env": "test"}
+
+
+@pytest.fixture
+def make_settings(tmp_path: Any, namespace: dict[str, str]) -> Any:
+    """Build settings for a server with a temporary spool (ignoring the caller's environment)."""
+
+    def make(server: NatsServer | str, **kw: Any) -> Settings:
+        url = server if isinstance(server, str) else server.url
+        base: dict[str, Any] = {"url": url, "spool_dir": str(tmp_path / "spool"), **namespace, "ack_timeout": 1.0}
+        base.update(kw)
+        return resolve_settings(environ={}, spark_conf={}, **base)
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def _reset_global_publisher() -> Iterator[None]:
+    """Every test starts and ends without a process-wide publisher."""
+    databricks_nats.shutdown(timeout=0)
+    yield
+    databricks_nats.shutdown(timeout=0)
+    _api._settings = None
+    _api._overrides = {}
