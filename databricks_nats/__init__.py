@@ -1,9 +1,9 @@
 """databricks-nats: Databricks ML announces itself on NATS as lean CloudEvents pointer events.
 
-    import databricks_nats as dn
-    dn.configure(url="nats://nats.internal:4222", env="prod")
-    dn.emit("myteam.features.refreshed", {"table": "main.features.users"}, keys=["users"])
-    dn.flush(timeout=5)
+import databricks_nats as dn
+dn.configure(url="nats://nats.internal:4222", env="prod")
+dn.emit("myteam.features.refreshed", {"table": "main.features.users"}, keys=["users"])
+dn.flush(timeout=5)
 """
 
 from databricks_nats._api import configure, emit, ensure_stream, flush, get_settings, publish, shutdown, stats

@@ -63,14 +63,13 @@ def base_context(settings: Settings) -> dict[str, Any]:
 
 
 def make_encoder(settings: Settings, context: Mapping[str, Any]) -> Any:
-    """The function the worker uses to turn an Event into (subject, payload)."""
+    """The function the worker uses to turn an Event into (subject, payload), given ``max_bytes``."""
     return functools.partial(
         encode,
         namespace=settings.namespace,
         workspace=settings.workspace,
         env=settings.env,
         context=dict(context),
-        max_bytes=settings.max_event_bytes,
     )
 
 
@@ -147,7 +146,9 @@ def _fail(e: Exception, what: str) -> None:
         t.stats_.error("emit", f"{type(e).__name__}: {e}")
 
 
-def emit(event_type: str, data: Mapping[str, Any] | None = None, *, keys: Any = None, dataref: str | None = None) -> Event | None:
+def emit(
+    event_type: str, data: Mapping[str, Any] | None = None, *, keys: Any = None, dataref: str | None = None
+) -> Event | None:
     """Publish an event without blocking; return it, or None when it could not be created (never raises).
 
     ``event_type`` is ``<source>.<entity>.<action>``; catalogued types take their subject keys from
@@ -203,16 +204,21 @@ def ensure_stream(*, update: bool = False, timeout: float = 10.0, **settings: An
 
     async def run() -> StreamReport:
         try:
-            nc = await nats.connect(list(resolved.url), connect_timeout=resolved.connect_timeout,
-                                    allow_reconnect=False, **auth_options(resolved))
-        except Exception as e:  # noqa: BLE001
+            nc = await nats.connect(
+                list(resolved.url),
+                connect_timeout=resolved.connect_timeout,
+                allow_reconnect=False,
+                **auth_options(resolved),
+            )
+        except Exception as e:
             raise StreamError(f"cannot connect to NATS at {', '.join(resolved.url)}: {type(e).__name__}") from e
         try:
             return await ensure_stream_async(nc.jetstream(), resolved, update=update)
         finally:
             await nc.close()
 
-    return _run_sync(run(), timeout)
+    report: StreamReport = _run_sync(run(), timeout)
+    return report
 
 
 def _run_sync(coro: Any, timeout: float) -> Any:

@@ -129,8 +129,12 @@ class Settings:
     strict: bool = _f(False, _bool, doc="raise publishing errors instead of logging them (tests)")
     spool_dir: str = _f("", str, doc="directory of the durable spool; empty for the default cache dir")
     spool_max_bytes: int = _f(512 * 1024 * 1024, _positive(int), doc="disk bound of the spool; oldest dropped beyond")
-    memory_max_events: int = _f(10_000, _positive(int), doc="encoded events held in memory before spilling to disk only")
-    queue_max_events: int = _f(100_000, _positive(int), doc="emitted events awaiting the worker; beyond it new ones are dropped")
+    memory_max_events: int = _f(
+        10_000, _positive(int), doc="encoded events held in memory before spilling to disk only"
+    )
+    queue_max_events: int = _f(
+        100_000, _positive(int), doc="emitted events awaiting the worker; beyond it new ones are dropped"
+    )
     max_event_bytes: int = _f(8192, _positive(int), doc="size cap of one event; data is trimmed to fit")
     max_inflight: int = _f(1024, _positive(int), doc="JetStream publishes awaiting their ack")
     ack_timeout: float = _f(5.0, _positive(float), doc="seconds before an unacked publish is retried")
@@ -180,7 +184,9 @@ class Settings:
 
     def __repr__(self) -> str:
         shown = ", ".join(
-            f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self) if getattr(self, f.name) != f.default
+            f"{f.name}={getattr(self, f.name)!r}"
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != f.default
         )
         return f"Settings({shown})"
 
@@ -208,7 +214,9 @@ def _spark_conf() -> Mapping[str, str]:
         return {}
 
 
-def resolve_settings(environ: Mapping[str, str] | None = None, spark_conf: Mapping[str, str] | None = None, **kwargs: Any) -> Settings:
+def resolve_settings(
+    environ: Mapping[str, str] | None = None, spark_conf: Mapping[str, str] | None = None, **kwargs: Any
+) -> Settings:
     """Resolve settings: explicit kwargs > environment > Spark conf > defaults; raise ConfigurationError."""
     environ = os.environ if environ is None else environ
     unknown = set(kwargs) - set(_FIELDS)

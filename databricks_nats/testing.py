@@ -65,7 +65,7 @@ class Capture(list[CapturedEvent]):
         self._encode = _api.make_encoder(settings, _api.base_context(settings))
 
     def emit(self, event: Event) -> None:
-        subject, payload = self._encode(event)
+        subject, payload = self._encode(event, max_bytes=self.settings.max_event_bytes)
         self.append(CapturedEvent(event, subject, payload))
 
     def flush(self, timeout: float = 10.0) -> FlushResult:
@@ -112,8 +112,15 @@ def find_nats_server() -> str:
 class NatsServer:
     """A real nats-server on a free loopback port (JetStream on by default), for tests and the demo."""
 
-    def __init__(self, *, jetstream: bool = True, config: str | None = None, store_dir: str | None = None,
-                 args: tuple[str, ...] = (), port: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        jetstream: bool = True,
+        config: str | None = None,
+        store_dir: str | None = None,
+        args: tuple[str, ...] = (),
+        port: int | None = None,
+    ) -> None:
         self._tmp = tempfile.mkdtemp(prefix="dbx-nats-")
         self.store_dir = store_dir or os.path.join(self._tmp, "js")
         self.jetstream = jetstream
@@ -140,7 +147,7 @@ class NatsServer:
         if self.config:
             cmd += ["-c", self.config]
         cmd += list(self.extra)
-        self._log = open(os.path.join(self._tmp, "server.log"), "ab")
+        self._log = open(os.path.join(self._tmp, "server.log"), "ab")  # noqa: SIM115 - lives as long as the server
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -218,8 +225,14 @@ def read_stream(url: str, stream: str) -> list[dict[str, Any]]:
                         msg = await js.get_msg(stream, seq)
                     except NotFoundError:
                         continue
-                    out.append({"seq": seq, "subject": msg.subject, "headers": msg.headers or {},
-                                 "envelope": json.loads(msg.data or b"{}")})
+                    out.append(
+                        {
+                            "seq": seq,
+                            "subject": msg.subject,
+                            "headers": msg.headers or {},
+                            "envelope": json.loads(msg.data or b"{}"),
+                        }
+                    )
             return out
         finally:
             await nc.close()

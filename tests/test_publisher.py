@@ -17,6 +17,7 @@ from databricks_nats import _api
 from databricks_nats.model.events import new_event
 from databricks_nats.transport.publisher import Publisher
 
+from databricks_nats.testing import read_stream
 from databricks_nats.testing import read_stream as stream_messages
 
 
@@ -263,3 +264,21 @@ def test_initial_connection_failure_is_retried_until_the_server_appears(make_set
         assert pub.flush(30).ok
         pub.close()
         assert [m["envelope"]["id"] for m in stream_messages(srv.url, settings.stream_name)] == [e.id for e in events]
+
+
+def test_event_size_cap_is_clamped_below_the_servers_max_payload(make_settings, tmp_path):
+    """A server with a 4 KiB max_payload still receives every event, trimmed to fit, never rejected."""
+    from databricks_nats.testing import NatsServer
+
+    conf = tmp_path / "small.conf"
+    conf.write_text("max_payload: 4096\n")
+    with NatsServer(config=str(conf)) as srv:
+        settings = make_settings(srv, max_event_bytes=65536)
+        pub = _api.build_transport(settings)
+        pub.emit(new_event("mlflow.run.params", {"experiment_id": "1", "run_id": "r", "params": {f"p{i}": "x" * 100 for i in range(500)}}))
+        assert pub.flush(10).ok
+        pub.close()
+        [msg] = read_stream(srv.url, settings.stream_name)
+    data = msg["envelope"]["data"]
+    assert data["truncated"] is True and data["run_id"] == "r"
+    assert len(json.dumps(msg["envelope"]).encode()) < 4096

@@ -28,7 +28,10 @@ _FIELD_TYPES: dict[str, dict[str, Any]] = {
     "boolean": {"type": "boolean"},
     "object": {"type": "object"},
     "array": {"type": "array"},
-    "metrics": {"type": "object", "additionalProperties": {"anyOf": [{"type": "number"}, _NON_FINITE, {"type": "object"}]}},
+    "metrics": {
+        "type": "object",
+        "additionalProperties": {"anyOf": [{"type": "number"}, _NON_FINITE, {"type": "object"}]},
+    },
 }
 
 
@@ -126,7 +129,10 @@ def envelope_schema() -> dict[str, Any]:
         "required": ["specversion", "id", "source", "type", "subject", "time", "datacontenttype", "dataschema", "data"],
         "properties": {
             "specversion": {"const": "1.0"},
-            "id": {"type": "string", "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"},
+            "id": {
+                "type": "string",
+                "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$",
+            },
             "source": {"type": "string", "minLength": 1},
             "type": {"type": "string", "pattern": "^databricks\\.[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+){2,}$"},
             "subject": {"type": "string", "pattern": "^[^.*> \\t\\r\\n]+(\\.[^.*> \\t\\r\\n]+)*$"},

@@ -13,6 +13,7 @@ id) and encoded later, off the caller's path, by ``encode``::
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -21,7 +22,7 @@ from typing import Any
 from databricks_nats.model import catalog, jsonsafe, subjects
 from databricks_nats.model.ids import uuid7
 
-__all__ = ["CE_CONTENT_TYPE", "Event", "encode", "new_event"]
+__all__ = ["CE_CONTENT_TYPE", "Event", "encode", "new_event", "shrink"]
 
 CE_CONTENT_TYPE = "application/cloudevents+json"
 _ENVELOPE_KEYS = frozenset({"context"})
@@ -68,7 +69,7 @@ def _current_traceparent() -> str | None:
     if trace is None:
         return None
     try:
-        ctx = trace.get_current_span().get_span_context()  # type: ignore[attr-defined]
+        ctx = trace.get_current_span().get_span_context()
     except Exception:  # noqa: BLE001 - a tracing bug must never reach the caller
         return None
     if not getattr(ctx, "is_valid", False):
@@ -148,3 +149,18 @@ def encode(
 Encoder = Callable[[Event], tuple[str, bytes]]
 
 from databricks_nats.model import types as _types  # noqa: E402,F401 - registers the built-in types
+
+
+def shrink(payload: bytes, max_bytes: int) -> bytes:
+    """Re-trim an already encoded envelope to ``max_bytes`` (the server allows less than we encoded for)."""
+    envelope = json.loads(payload)
+    etype = catalog.lookup(str(envelope.get("type", "")).removeprefix("databricks."))
+
+    def fits(candidate: dict[str, Any]) -> bool:
+        envelope["data"] = candidate
+        return len(jsonsafe.dumps(envelope)) <= max_bytes
+
+    envelope["data"] = jsonsafe.trim_to_fit(
+        envelope.get("data") or {}, fits, protected=etype.protected | _ENVELOPE_KEYS
+    )
+    return jsonsafe.dumps(envelope)

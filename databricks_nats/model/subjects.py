@@ -48,8 +48,7 @@ def encode(name: str) -> str:
         out = name
     else:
         out = "".join(
-            ch if ch in _SAFE else "".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
-            for ch in name
+            ch if ch in _SAFE else "".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass")) for ch in name
         )
     if len(out) > MAX_TOKEN:
         digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:32]

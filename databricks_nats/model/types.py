@@ -6,7 +6,13 @@ from databricks_nats.model.catalog import EventType, register
 
 __all__: list[str] = []
 
-_RUN = {"experiment_id": "string", "run_id": "string", "run_name": "string?", "run_url": "string?", "artifact_uri": "string?"}
+_RUN = {
+    "experiment_id": "string",
+    "run_id": "string",
+    "run_name": "string?",
+    "run_url": "string?",
+    "artifact_uri": "string?",
+}
 _RUN_KEYS = ("experiment_id", "run_id")
 _MODEL = {"name": "string", "model_uri": "string?", "catalog_name": "string?", "is_unity_catalog": "boolean"}
 
@@ -37,8 +43,16 @@ for _action in ("logged", "finalized"):
             f"mlflow.logged_model.{_action}",
             keys=("experiment_id", "model_id"),
             dataref="model_uri",
-            fields={"experiment_id": "string", "model_id": "string", "name": "string?", "source_run_id": "string?",
-                    "artifact_location": "string?", "model_uri": "string?", "flavors": "array", "status": "string?"},
+            fields={
+                "experiment_id": "string",
+                "model_id": "string",
+                "name": "string?",
+                "source_run_id": "string?",
+                "artifact_location": "string?",
+                "model_uri": "string?",
+                "flavors": "array",
+                "status": "string?",
+            },
             description=f"MLflow 3 LoggedModel {_action}",
         )
     )
@@ -65,8 +79,14 @@ for _action, _extra in {
 
 for _action, _extra in {
     "started": {},
-    "progress": {"batch_id": "integer", "input_rows": "integer", "input_rows_per_second": "number?",
-                 "processed_rows_per_second": "number?", "sources": "array", "sink": "object"},
+    "progress": {
+        "batch_id": "integer",
+        "input_rows": "integer",
+        "input_rows_per_second": "number?",
+        "processed_rows_per_second": "number?",
+        "sources": "array",
+        "sink": "object",
+    },
     "idle": {},
     "terminated": {"error_class": "string?", "error": "string?"},
 }.items():
@@ -84,8 +104,16 @@ for _action in ("succeeded", "failed", "summary"):
         EventType(
             f"spark.execution.{_action}",
             keys=("app_id",),
-            fields={"app_id": "string", "execution_id": "integer?", "description": "string?", "duration_ms": "integer?",
-                    "jobs": "integer?", "stages": "integer?", "error": "string?", "mlflow_run_id": "string?"},
+            fields={
+                "app_id": "string",
+                "execution_id": "integer?",
+                "description": "string?",
+                "duration_ms": "integer?",
+                "jobs": "integer?",
+                "stages": "integer?",
+                "error": "string?",
+                "mlflow_run_id": "string?",
+            },
             description=f"Spark SQL execution / action {_action}",
         )
     )
@@ -95,7 +123,13 @@ register(
         "data.table.updated",
         keys=("table",),
         dataref="location",
-        fields={"table": "string", "location": "string?", "format": "string?", "version": "integer?", "operation": "string?"},
+        fields={
+            "table": "string",
+            "location": "string?",
+            "format": "string?",
+            "version": "integer?",
+            "operation": "string?",
+        },
         description="A table has new data",
     )
 )

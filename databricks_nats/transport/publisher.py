@@ -20,6 +20,7 @@ Flow of one event::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -29,11 +30,9 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from typing import TYPE_CHECKING
-
-from databricks_nats.model.events import CE_CONTENT_TYPE, Event
+from databricks_nats.model.events import CE_CONTENT_TYPE, Event, shrink
 from databricks_nats.settings import Settings
 from databricks_nats.transport.spool import MemorySpool, Record, Spool
 from databricks_nats.transport.stats import RateLimitedLog, Stats
@@ -64,10 +63,11 @@ class FlushResult:
 class Publisher:
     """One process's publisher (see the module docstring); ``emit`` may be called from any thread."""
 
-    def __init__(self, settings: Settings, spool: Spool, encoder: Callable[[Event], tuple[str, bytes]]) -> None:
+    def __init__(self, settings: Settings, spool: Spool, encoder: Callable[..., tuple[str, bytes]]) -> None:
         self.settings = settings
         self._spool = spool
         self._encode = encoder
+        self._max_bytes = settings.max_event_bytes
         self.stats_ = Stats()
         self._say = RateLimitedLog(log)
         self._inbox: deque[Event] = deque()
@@ -130,7 +130,7 @@ class Publisher:
             in_memory=len(self._ready),
             inflight=len(self._inflight),
             pending=self._pending(),
-            spool_bytes=self._spool.bytes,
+            spool_bytes=self._spool.size_bytes,
             spool_durable=self._spool.durable,
             spool_path=self._spool.path,
             mode=self.settings.mode,
@@ -143,10 +143,8 @@ class Publisher:
         if self._closing:
             return result
         self._closing = True
-        try:
+        with contextlib.suppress(Exception):  # best effort: the loop may already be gone at exit
             asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(max(1.0, timeout))
-        except Exception:  # noqa: BLE001 - best effort at exit
-            pass
         self._thread.join(max(1.0, timeout))
         return result
 
@@ -179,7 +177,7 @@ class Publisher:
             event = self._inbox.popleft()
             taken += 1
             try:
-                subject, payload = self._encode(event)
+                subject, payload = self._encode(event, max_bytes=self._max_bytes)
             except Exception as e:  # noqa: BLE001 - a bad event is dropped, counted and logged
                 self.stats_.dropped["invalid"] += 1
                 self.stats_.error("invalid_event", f"{type(e).__name__}: {e}")
@@ -197,7 +195,7 @@ class Publisher:
             if dropped:
                 self._forget(dropped, "spool_full")
             room = self.settings.memory_max_events - len(self._ready) - len(self._inflight)
-            for seq, (rid, subject, payload) in zip(seqs, rows):
+            for seq, (rid, subject, payload) in zip(seqs, rows, strict=False):
                 if not self._spilled and room > 0 and seq > self._loaded_upto:
                     self._ready[seq] = Record(seq, rid, subject, payload)
                     self._loaded_upto = seq
@@ -212,7 +210,9 @@ class Publisher:
     def _spool_fallback(self, rows: list[tuple[str, str, bytes]]) -> tuple[list[int], list[int]]:
         old = self._spool
         self._spool = MemorySpool(min(self.settings.spool_max_bytes, 64 * 1024 * 1024), first_seq=self._last_seq + 1)
-        self._say(logging.WARNING, "spool_fallback", "databricks-nats: spool %s failed; holding events in memory", old.path)
+        self._say(
+            logging.WARNING, "spool_fallback", "databricks-nats: spool %s failed; holding events in memory", old.path
+        )
         return self._spool.append(rows)
 
     def _forget(self, seqs: list[int], reason: str) -> None:
@@ -243,7 +243,7 @@ class Publisher:
             if self._spilled and len(self._ready) < 100:
                 self._refill()
             while self._connected and self._ready and len(self._inflight) < self.settings.max_inflight:
-                seq, rec = self._ready.popitem(last=False)
+                _seq, rec = self._ready.popitem(last=False)
                 if not await self._send(rec):
                     await asyncio.sleep(0.2)  # the connection is failing; its callbacks will say more
                     self._work.set()
@@ -256,6 +256,8 @@ class Publisher:
     async def _send(self, rec: Record) -> bool:
         nc = self._nc
         assert nc is not None
+        if len(rec.payload) > self._max_bytes:  # encoded before the server told us its max_payload
+            rec = rec._replace(payload=shrink(rec.payload, self._max_bytes))
         headers = {"Nats-Msg-Id": rec.id, "Content-Type": CE_CONTENT_TYPE}
         reply = f"{self._reply_prefix}{rec.seq}" if self.settings.mode == "jetstream" else ""
         self._inflight[rec.seq] = (rec, time.monotonic())
@@ -306,7 +308,9 @@ class Publisher:
         late = [seq for seq, (_, sent) in self._inflight.items() if sent <= deadline]
         if late:
             self.stats_.retried += len(late)
-            self.stats_.error("ack_timeout", f"{len(late)} publish(es) not acknowledged in {self.settings.ack_timeout:g}s")
+            self.stats_.error(
+                "ack_timeout", f"{len(late)} publish(es) not acknowledged in {self.settings.ack_timeout:g}s"
+            )
             self._requeue(late)
         if self._inflight:
             oldest = next(iter(self._inflight.values()))[1]
@@ -419,12 +423,19 @@ class Publisher:
             except Exception as e:  # noqa: BLE001 - retried with backoff while events keep spooling
                 self.stats_.connection = "disconnected"
                 self.stats_.error("connect", f"{type(e).__name__}: {e}")
-                self._say(logging.WARNING, "connect", "databricks-nats: cannot connect to NATS (%s); retrying, events are spooled", type(e).__name__)
+                self._say(
+                    logging.WARNING,
+                    "connect",
+                    "databricks-nats: cannot connect to NATS (%s); retrying, events are spooled",
+                    type(e).__name__,
+                )
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 5.0)
                 continue
             self._nc = nc
             self.stats_.connects += 1
+            # Headers and the reply subject ride in the same message: keep 1 KiB for them.
+            self._max_bytes = min(self.settings.max_event_bytes, max(1024, nc.max_payload - 1024))
             if self.settings.mode == "jetstream":
                 self._reply_prefix = f"{nc.new_inbox()}."
                 await nc.subscribe(self._reply_prefix + "*", cb=self._on_ack)
@@ -440,8 +451,13 @@ class Publisher:
         try:
             self.stream_report = await ensure_stream_async(self._nc.jetstream(), self.settings, check=False)
             if self.stream_report.action == "differs":
-                self._say(logging.WARNING, "stream_differs", "databricks-nats: stream %s differs from settings: %s",
-                          self.stream_report.name, self.stream_report.differences)
+                self._say(
+                    logging.WARNING,
+                    "stream_differs",
+                    "databricks-nats: stream %s differs from settings: %s",
+                    self.stream_report.name,
+                    self.stream_report.differences,
+                )
         except Exception as e:  # noqa: BLE001 - no permission to manage streams is a normal set-up
             self.stats_.error("stream", str(e))
             if not initial:
@@ -474,8 +490,13 @@ class Publisher:
         if denied:
             subject = denied.group(1)
             seqs = [seq for seq, (rec, _) in self._inflight.items() if rec.subject == subject]
-            self._say(logging.ERROR, "permission", "databricks-nats: NATS refused publish to %s (permissions); "
-                      "events for it are dropped: check the user's publish permissions", subject)
+            self._say(
+                logging.ERROR,
+                "permission",
+                "databricks-nats: NATS refused publish to %s (permissions); "
+                "events for it are dropped: check the user's publish permissions",
+                subject,
+            )
             self._drop_acked(seqs, "permission_denied")
             self.stats_.errors["permission_denied"] += 1
         else:
@@ -490,10 +511,8 @@ class Publisher:
         if self._acked:
             self._commit_acks()
         if self._nc is not None:
-            try:
+            with contextlib.suppress(Exception):  # closing a broken connection may fail in many ways
                 await asyncio.wait_for(self._nc.close(), 2)
-            except Exception:  # noqa: BLE001
-                pass
         self._spool.close()
         self._loop.call_soon(self._loop.stop)
 

@@ -13,6 +13,7 @@ not writable.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import glob
 import logging
@@ -37,8 +38,12 @@ class Record(NamedTuple):
 
 
 class Spool(Protocol):
-    durable: bool
-    path: str | None
+    """What the publisher needs from a spool; ``count`` and ``bytes`` are cached and safe from any thread."""
+
+    @property
+    def durable(self) -> bool: ...
+    @property
+    def path(self) -> str | None: ...
 
     def append(self, rows: list[tuple[str, str, bytes]]) -> tuple[list[int], list[int]]:
         """Store rows in order; return (their sequences, the sequences dropped to stay in bounds)."""
@@ -51,14 +56,14 @@ class Spool(Protocol):
     def close(self) -> None: ...
 
     @property
-    def bytes(self) -> int: ...
+    def size_bytes(self) -> int: ...
 
 
 class MemorySpool:
     """A bounded in-memory spool (not durable)."""
 
     durable = False
-    path = None
+    path: str | None = None
 
     def __init__(self, max_bytes: int, first_seq: int = 1) -> None:
         self._rows: OrderedDict[int, Record] = OrderedDict()
@@ -67,7 +72,7 @@ class MemorySpool:
         self._max = max_bytes
 
     @property
-    def bytes(self) -> int:
+    def size_bytes(self) -> int:
         return self._bytes
 
     def append(self, rows: list[tuple[str, str, bytes]]) -> tuple[list[int], list[int]]:
@@ -113,7 +118,9 @@ class MemorySpool:
         pass
 
 
-_SCHEMA = "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT, subject TEXT, payload BLOB)"
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT, subject TEXT, payload BLOB)"
+)
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -132,24 +139,25 @@ class SqliteSpool:
     def __init__(self, directory: str, max_bytes: int) -> None:
         os.makedirs(directory, exist_ok=True)
         name = f"spool-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.path = os.path.join(directory, name + ".db")
+        self.path: str | None = os.path.join(directory, name + ".db")
+        self._file = self.path
         self._lock_fd = os.open(os.path.join(directory, name + ".lock"), os.O_CREAT | os.O_RDWR, 0o600)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        self._db = _connect(self.path)
+        self._db = _connect(self._file)
         self._max = max_bytes
         self.adopted = self._adopt_orphans(directory)
         row = self._db.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0), COUNT(*) FROM events").fetchone()
         self._bytes, self._count = int(row[0]), int(row[1])
 
     @property
-    def bytes(self) -> int:
+    def size_bytes(self) -> int:
         return self._bytes
 
     def _adopt_orphans(self, directory: str) -> int:
         adopted = 0
         for lock_path in sorted(glob.glob(os.path.join(directory, "spool-*.lock"))):
             db_path = lock_path[: -len(".lock")] + ".db"
-            if db_path == self.path:
+            if db_path == self._file:
                 continue
             fd = os.open(lock_path, os.O_RDWR)
             try:
@@ -162,16 +170,15 @@ class SqliteSpool:
                     self._db.execute("ATTACH DATABASE ? AS orphan", (db_path,))
                     try:
                         cur = self._db.execute(
-                            "INSERT INTO events (id, subject, payload) SELECT id, subject, payload FROM orphan.events ORDER BY seq"
+                            "INSERT INTO events (id, subject, payload) "
+                            "SELECT id, subject, payload FROM orphan.events ORDER BY seq"
                         )
                         adopted += cur.rowcount
                     finally:
                         self._db.execute("DETACH DATABASE orphan")
                 for suffix in (".db", ".db-wal", ".db-shm", ".lock"):
-                    try:
+                    with contextlib.suppress(FileNotFoundError):
                         os.unlink(lock_path[: -len(".lock")] + suffix)
-                    except FileNotFoundError:
-                        pass
             except sqlite3.DatabaseError as e:
                 log.warning("databricks-nats: could not adopt spool %s: %s", db_path, e)
             finally:
@@ -184,7 +191,9 @@ class SqliteSpool:
         try:
             seqs = []
             for row in rows:
-                seqs.append(db.execute("INSERT INTO events (id, subject, payload) VALUES (?, ?, ?)", row).lastrowid)
+                seqs.append(
+                    int(db.execute("INSERT INTO events (id, subject, payload) VALUES (?, ?, ?)", row).lastrowid or 0)
+                )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -216,7 +225,9 @@ class SqliteSpool:
         for i in range(0, len(seqs), 500):
             chunk = seqs[i : i + 500]
             marks = ",".join("?" * len(chunk))
-            freed += db.execute(f"SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM events WHERE seq IN ({marks})", chunk).fetchone()[0]
+            freed += db.execute(
+                f"SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM events WHERE seq IN ({marks})", chunk
+            ).fetchone()[0]
             removed += db.execute(f"DELETE FROM events WHERE seq IN ({marks})", chunk).rowcount
         db.execute("COMMIT")
         self._bytes -= int(freed)
@@ -244,18 +255,14 @@ class SqliteSpool:
         self._db.close()
         if empty:
             for suffix in (".db", ".db-wal", ".db-shm", ".lock"):
-                try:
-                    os.unlink(self.path[: -len(".db")] + suffix)
-                except FileNotFoundError:
-                    pass
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._file[: -len(".db")] + suffix)
         os.close(self._lock_fd)
 
     def forget_after_fork(self) -> None:
         """In a forked child: drop the inherited lock descriptor without touching the parent's database."""
-        try:
+        with contextlib.suppress(OSError):
             os.close(self._lock_fd)
-        except OSError:
-            pass
 
 
 def open_spool(directory: str, max_bytes: int) -> Spool:
@@ -265,6 +272,8 @@ def open_spool(directory: str, max_bytes: int) -> Spool:
     except (OSError, sqlite3.Error) as e:
         log.warning(
             "databricks-nats: spool directory %s is not usable (%s); events are held in memory only "
-            "and are lost if the process dies", directory, type(e).__name__,
+            "and are lost if the process dies",
+            directory,
+            type(e).__name__,
         )
         return MemorySpool(min(max_bytes, 64 * 1024 * 1024))

@@ -58,7 +58,9 @@ def _differences(have: StreamConfig, want: StreamConfig) -> dict[str, tuple[Any,
     return out
 
 
-async def ensure_stream_async(js: JetStreamContext, settings: Settings, *, update: bool = False, check: bool = True) -> StreamReport:
+async def ensure_stream_async(
+    js: JetStreamContext, settings: Settings, *, update: bool = False, check: bool = True
+) -> StreamReport:
     """Create the stream if missing; otherwise compare it and update only when ``update`` is true.
 
     With ``check`` false a differing stream is reported, not raised (the publisher's start-up path).
@@ -69,7 +71,7 @@ async def ensure_stream_async(js: JetStreamContext, settings: Settings, *, updat
         info = await js.stream_info(name)
     except NotFoundError:
         info = None
-    except Exception as e:  # noqa: BLE001 - turned into our error with the cause attached
+    except Exception as e:
         raise StreamError(f"cannot read stream {name!r}: {type(e).__name__}: {e}") from e
     try:
         if info is None:
@@ -81,7 +83,7 @@ async def ensure_stream_async(js: JetStreamContext, settings: Settings, *, updat
         if update:
             updated = await js.update_stream(want)
             return StreamReport(name, "updated", list(want.subjects or []), diff, updated.config.as_dict())
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise StreamError(f"cannot provision stream {name!r}: {type(e).__name__}: {e}") from e
     if check:
         raise StreamMismatch(name, diff)
