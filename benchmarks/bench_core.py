@@ -17,7 +17,7 @@ Everything runs in one process against one real ``nats-server`` (JetStream, file
    (with the same headers the library sends; a header-less raw run is reported for information).
    Target: lib/raw >= 0.8.
 
-Results: a table on stdout and ``benchmarks/results/bench_core.json``.
+Results: a table on stdout and ``benchmarks/results/bench_core.json`` (``bench_core_quick.json`` with --quick).
 """
 
 from __future__ import annotations
@@ -36,11 +36,10 @@ from typing import Any
 import nats
 
 import databricks_nats as dn
+from benchmarks._common import median, percentile, print_table, ratio, verdict, write_results
 from databricks_nats import _api
 from databricks_nats.model.events import CE_CONTENT_TYPE
-from databricks_nats.testing import NatsServer
-
-from benchmarks._common import median, percentile, print_table, ratio, verdict, write_results
+from databricks_nats.testing import NatsServer, capture
 
 WORKSPACE = "bench"
 EVENT_TYPE = "mlflow.run.metrics"
@@ -76,10 +75,11 @@ def _warm_up_library() -> None:
 
 def _sample_subject_payload(env: str) -> tuple[str, bytes]:
     """The subject and the encoded envelope the library produces for DATA (for the raw side's sizes)."""
-    settings = dn.Settings(workspace=WORKSPACE, env=env)
-    encoder = _api.make_encoder(settings, _api.base_context(settings))
-    event = dn.Event(EVENT_TYPE, DATA)
-    return encoder(event)
+    with capture(workspace=WORKSPACE, env=env) as events:
+        dn.emit(EVENT_TYPE, DATA)
+    if len(events) != 1:
+        raise RuntimeError("could not capture a sample event")
+    return events[0].subject, events[0].payload
 
 
 def _msg_id_prefix() -> str:
@@ -137,12 +137,14 @@ def bench_emit_cost(url: str, batches: int, per_batch: int) -> dict[str, Any]:
             res = dn.flush(timeout=120)  # not timed: the next batch starts with an idle worker
             if not res.ok:
                 raise RuntimeError(f"emit-cost flush failed: {res}")
-            batch_rows.append({
-                "batch": b,
-                "median_us": median(samples) / 1000,
-                "p99_us": percentile(samples, 99) / 1000,
-                "max_us": max(samples) / 1000,
-            })
+            batch_rows.append(
+                {
+                    "batch": b,
+                    "median_us": median(samples) / 1000,
+                    "p99_us": percentile(samples, 99) / 1000,
+                    "max_us": max(samples) / 1000,
+                }
+            )
             all_samples.extend(samples)
         st = dn.stats()
     finally:
@@ -214,24 +216,34 @@ async def _raw_js(url: str, n: int, subject: str, payload: bytes, stream: str) -
         js = nc.jetstream()
         prefix = _msg_id_prefix()
         # warm-up: the async reply subscription and the stream path
-        await js.publish_async(subject, payload, headers={"Nats-Msg-Id": f"{prefix}warm-up", "Content-Type": CE_CONTENT_TYPE})
+        await js.publish_async(
+            subject, payload, headers={"Nats-Msg-Id": f"{prefix}warm-up", "Content-Type": CE_CONTENT_TYPE}
+        )
         await js.publish_async_completed()
         await js.purge_stream(stream)
         futures = []
         append = futures.append
         t0 = time.perf_counter()
         for i in range(n):
-            append(await js.publish_async(
-                subject, payload, headers={"Nats-Msg-Id": f"{prefix}{i:09d}", "Content-Type": CE_CONTENT_TYPE}
-            ))
+            append(
+                await js.publish_async(
+                    subject, payload, headers={"Nats-Msg-Id": f"{prefix}{i:09d}", "Content-Type": CE_CONTENT_TYPE}
+                )
+            )
         await js.publish_async_completed()
         t1 = time.perf_counter()
         failed = sum(1 for f in futures if f.cancelled() or f.exception() is not None)
         duplicates = sum(1 for f in futures if not f.cancelled() and f.exception() is None and f.result().duplicate)
     finally:
         await nc.close()
-    return {"side": "raw", "n": n, "seconds": t1 - t0, "events_per_s": n / (t1 - t0), "failed": failed,
-            "duplicates": duplicates}
+    return {
+        "side": "raw",
+        "n": n,
+        "seconds": t1 - t0,
+        "events_per_s": n / (t1 - t0),
+        "failed": failed,
+        "duplicates": duplicates,
+    }
 
 
 def raw_js_run(url: str, n: int, subject: str, payload: bytes, stream: str) -> dict[str, Any]:
@@ -250,8 +262,9 @@ async def _raw_core(url: str, n: int, subject: str, payload: bytes, headers: boo
         t0 = time.perf_counter()
         if headers:
             for i in range(n):
-                await nc.publish(subject, payload,
-                                 headers={"Nats-Msg-Id": f"{prefix}{i:09d}", "Content-Type": CE_CONTENT_TYPE})
+                await nc.publish(
+                    subject, payload, headers={"Nats-Msg-Id": f"{prefix}{i:09d}", "Content-Type": CE_CONTENT_TYPE}
+                )
         else:
             for _ in range(n):
                 await nc.publish(subject, payload)
@@ -269,8 +282,12 @@ def raw_core_run(url: str, n: int, subject: str, payload: bytes, headers: bool =
 
 def _summary(runs: list[dict[str, Any]], side: str) -> dict[str, float]:
     eps = [r["events_per_s"] for r in runs if r["side"] == side]
-    return {"median_events_per_s": median(eps), "min_events_per_s": min(eps), "max_events_per_s": max(eps),
-            "runs": len(eps)}
+    return {
+        "median_events_per_s": median(eps),
+        "min_events_per_s": min(eps),
+        "max_events_per_s": max(eps),
+        "runs": len(eps),
+    }
 
 
 def bench_jetstream(url: str, n: int, reps: int) -> dict[str, Any]:
@@ -289,13 +306,25 @@ def bench_jetstream(url: str, n: int, reps: int) -> dict[str, Any]:
                 r = raw_js_run(url, n, subject, payload, raw_stream)
             r["rep"] = i
             runs.append(r)
-            print(f"  jetstream rep {i} {side:>3}: {r['events_per_s']:>10,.0f} ev/s  stored={r.get('stored')}", flush=True)
+            print(
+                f"  jetstream rep {i} {side:>3}: {r['events_per_s']:>10,.0f} ev/s  stored={r.get('stored')}", flush=True
+            )
     lib, raw = _summary(runs, "lib"), _summary(runs, "raw")
     r_ = ratio(lib["median_events_per_s"], raw["median_events_per_s"])
     problems = [r for r in runs if r.get("stored") != n or r.get("failed") or r.get("dropped")]
-    return {"n": n, "payload_bytes": len(payload), "subject": subject, "streams": [lib_stream, raw_stream],
-            "lib": lib, "raw": raw, "ratio": r_, "target": RATIO_TARGET, "met": r_ >= RATIO_TARGET,
-            "integrity_ok": not problems, "runs": runs}
+    return {
+        "n": n,
+        "payload_bytes": len(payload),
+        "subject": subject,
+        "streams": [lib_stream, raw_stream],
+        "lib": lib,
+        "raw": raw,
+        "ratio": r_,
+        "target": RATIO_TARGET,
+        "met": r_ >= RATIO_TARGET,
+        "integrity_ok": not problems,
+        "runs": runs,
+    }
 
 
 def bench_core_mode(url: str, n: int, reps: int) -> dict[str, Any]:
@@ -314,12 +343,56 @@ def bench_core_mode(url: str, n: int, reps: int) -> dict[str, Any]:
         runs.append(r)
     lib, raw, bare = _summary(runs, "lib"), _summary(runs, "raw"), _summary(runs, "raw_noheaders")
     r_ = ratio(lib["median_events_per_s"], raw["median_events_per_s"])
-    return {"n": n, "payload_bytes": len(payload), "lib": lib, "raw": raw, "raw_noheaders": bare,
-            "ratio": r_, "ratio_vs_noheaders": ratio(lib["median_events_per_s"], bare["median_events_per_s"]),
-            "target": RATIO_TARGET, "met": r_ >= RATIO_TARGET, "runs": runs}
+    return {
+        "n": n,
+        "payload_bytes": len(payload),
+        "lib": lib,
+        "raw": raw,
+        "raw_noheaders": bare,
+        "ratio": r_,
+        "ratio_vs_noheaders": ratio(lib["median_events_per_s"], bare["median_events_per_s"]),
+        "target": RATIO_TARGET,
+        "met": r_ >= RATIO_TARGET,
+        "runs": runs,
+    }
 
 
 # ---- optional: profile the worker thread --------------------------------------------------------
+
+
+def _hot_spots(profiler: Any, top: int = 15) -> str:
+    """Flat tables from a pyinstrument session: self time by function, and inclusive time of library code."""
+    root = profiler.last_session.root_frame() if profiler.last_session else None
+    if root is None:
+        return "(no samples)\n"
+    total = root.time or 1.0
+    self_t: dict[str, float] = {}
+    incl_t: dict[str, float] = {}
+
+    def key(f: Any) -> str:
+        return f"{f.function}  {f.file_path_short}:{f.line_no}"
+
+    def walk(f: Any, open_lib: frozenset[str]) -> None:
+        if f.is_synthetic:  # "[self]"/"[await]" leaves: already counted as their parent's self time
+            return
+        k = key(f)
+        real = sum(c.time for c in f.children if not c.is_synthetic)
+        self_t[k] = self_t.get(k, 0.0) + max(0.0, f.time - real)
+        is_lib = "databricks_nats" in (f.file_path or "")
+        if is_lib and k not in open_lib:  # count a recursive function once per stack
+            incl_t[k] = incl_t.get(k, 0.0) + f.time
+            open_lib = open_lib | {k}
+        for c in f.children:
+            walk(c, open_lib)
+
+    walk(root, frozenset())
+    lines = [f"top self time (of {total:.2f}s sampled wall time in this thread):"]
+    for k, v in sorted(self_t.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"  {v:7.3f}s {100 * v / total:5.1f}%  {k}")
+    lines.append("library functions, inclusive time:")
+    for k, v in sorted(incl_t.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"  {v:7.3f}s {100 * v / total:5.1f}%  {k}")
+    return "\n".join(lines) + "\n"
 
 
 def profile_worker(url: str, n: int, interval: float = 0.0005) -> str:
@@ -334,8 +407,9 @@ def profile_worker(url: str, n: int, interval: float = 0.0005) -> str:
     try:
         _warm_up_library()
         purge(url, stream_name(env))
-        pub = _api._transport
-        loop = pub._loop  # type: ignore[union-attr]
+        loop = getattr(_api._transport, "_loop", None)  # the publisher's private event loop
+        if loop is None:
+            raise RuntimeError("cannot find the publisher's event loop to attach the profiler to")
 
         def in_worker(fn: Any) -> None:
             done = threading.Event()
@@ -360,11 +434,21 @@ def profile_worker(url: str, n: int, interval: float = 0.0005) -> str:
     finally:
         dn.shutdown()
         shutil.rmtree(spool, ignore_errors=True)
-    head = (f"profiled library JetStream run: n={n} emit={t_emit - t0:.2f}s total={t1 - t0:.2f}s "
-            f"({n / (t1 - t0):,.0f} ev/s under the profiler), flush ok={res.ok}\n")
+    head = (
+        f"profiled library JetStream run: n={n} emit={t_emit - t0:.2f}s total={t1 - t0:.2f}s "
+        f"({n / (t1 - t0):,.0f} ev/s under the profiler), flush ok={res.ok}\n"
+    )
     text = worker_prof.output_text(unicode=False, color=False, show_all=False)
     caller = caller_prof.output_text(unicode=False, color=False, show_all=False)
-    return head + "\n=== worker thread (databricks-nats-publisher) ===\n" + text + "\n=== caller thread ===\n" + caller
+    return (
+        head
+        + "\n=== worker thread (databricks-nats-publisher) ===\n"
+        + _hot_spots(worker_prof)
+        + text
+        + "\n=== caller thread ===\n"
+        + _hot_spots(caller_prof)
+        + caller
+    )
 
 
 # ---- main -----------------------------------------------------------------------------------------
@@ -374,14 +458,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller N and fewer repetitions")
     ap.add_argument("-n", type=int, default=None, help="events per throughput run (default 50000, quick 10000)")
-    ap.add_argument("--reps", type=int, default=None, help="repetitions per side (default 3, quick 3)")
+    ap.add_argument("--reps", type=int, default=None, help="repetitions per side (default 5, quick 3)")
     ap.add_argument("--profile", action="store_true", help="also profile one library JetStream run (pyinstrument)")
     ap.add_argument("--profile-only", action="store_true", help="only run the profile")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     n = args.n or (10_000 if args.quick else 50_000)
-    reps = args.reps or 3
+    reps = args.reps or (3 if args.quick else 5)
     batches, per_batch = (3, 5_000) if args.quick else (5, 20_000)
 
     started = time.perf_counter()
@@ -402,31 +486,59 @@ def main(argv: list[str] | None = None) -> int:
 
     elapsed = time.perf_counter() - started
     rows = [
-        ("emit() caller cost, median", f"{emit_cost['median_us']:.2f} us", "-", "-",
-         f"<= {EMIT_TARGET_US:g} us", verdict(emit_cost["met"])),
+        (
+            "emit() caller cost, median",
+            f"{emit_cost['median_us']:.2f} us",
+            "-",
+            "-",
+            f"<= {EMIT_TARGET_US:g} us",
+            verdict(emit_cost["met"]),
+        ),
         ("emit() caller cost, p99", f"{emit_cost['p99_us']:.2f} us", "-", "-", "-", "-"),
-        ("JetStream acked, emit+flush", f"{js['lib']['median_events_per_s']:,.0f} ev/s",
-         f"{js['raw']['median_events_per_s']:,.0f} ev/s", f"{js['ratio']:.2f}", f">= {RATIO_TARGET}",
-         verdict(js["met"])),
-        ("core NATS, emit+flush", f"{core['lib']['median_events_per_s']:,.0f} ev/s",
-         f"{core['raw']['median_events_per_s']:,.0f} ev/s", f"{core['ratio']:.2f}", f">= {RATIO_TARGET}",
-         verdict(core["met"])),
-        ("  (raw core without headers)", "-", f"{core['raw_noheaders']['median_events_per_s']:,.0f} ev/s",
-         f"{core['ratio_vs_noheaders']:.2f}", "info", "-"),
+        (
+            "JetStream acked, emit+flush",
+            f"{js['lib']['median_events_per_s']:,.0f} ev/s",
+            f"{js['raw']['median_events_per_s']:,.0f} ev/s",
+            f"{js['ratio']:.2f}",
+            f">= {RATIO_TARGET}",
+            verdict(js["met"]),
+        ),
+        (
+            "core NATS, emit+flush",
+            f"{core['lib']['median_events_per_s']:,.0f} ev/s",
+            f"{core['raw']['median_events_per_s']:,.0f} ev/s",
+            f"{core['ratio']:.2f}",
+            f">= {RATIO_TARGET}",
+            verdict(core["met"]),
+        ),
+        (
+            "  (raw core without headers)",
+            "-",
+            f"{core['raw_noheaders']['median_events_per_s']:,.0f} ev/s",
+            f"{core['ratio_vs_noheaders']:.2f}",
+            "info",
+            "-",
+        ),
     ]
-    print_table(("measure", "library", "raw nats-py", "lib/raw", "target", "result"), rows,
-                title=f"bench_core ({'quick' if args.quick else 'full'}; n={n:,}, reps={reps}, "
-                      f"payload {js['payload_bytes']} B; medians; {elapsed:.0f}s)")
+    print_table(
+        ("measure", "library", "raw nats-py", "lib/raw", "target", "result"),
+        rows,
+        title=f"bench_core ({'quick' if args.quick else 'full'}; n={n:,}, reps={reps}, "
+        f"payload {js['payload_bytes']} B; medians; {elapsed:.0f}s)",
+    )
     if not js["integrity_ok"]:
         print("WARNING: a JetStream run did not store exactly n messages, or had failures/drops (see JSON)")
-    path = write_results("bench_core", {
-        "mode": "quick" if args.quick else "full",
-        "elapsed_s": elapsed,
-        "event": {"type": EVENT_TYPE, "data": DATA},
-        "emit_cost": emit_cost,
-        "jetstream": js,
-        "core": core,
-    })
+    path = write_results(
+        "bench_core_quick" if args.quick else "bench_core",  # a quick run never overwrites the full figures
+        {
+            "mode": "quick" if args.quick else "full",
+            "elapsed_s": elapsed,
+            "event": {"type": EVENT_TYPE, "data": DATA},
+            "emit_cost": emit_cost,
+            "jetstream": js,
+            "core": core,
+        },
+    )
     print(f"\nresults: {path}")
     if profile_text:
         print("\n" + profile_text)

@@ -21,6 +21,14 @@ from databricks_nats.model.events import Event
 from databricks_nats.settings import Secret, Settings
 from databricks_nats.transport.publisher import FlushResult
 
+
+def autolog(*, disable: bool = False, **mlflow_autolog_kwargs: object) -> None:
+    """Install the MLflow hook and call ``mlflow.autolog(**kwargs)``; ``disable=True`` removes it."""
+    from databricks_nats.integrations.mlflow import autolog as _mlflow_autolog
+
+    _mlflow_autolog(disable=disable, **mlflow_autolog_kwargs)
+
+
 __all__ = [
     "ConfigurationError",
     "DatabricksNatsError",
@@ -34,6 +42,7 @@ __all__ = [
     "StreamMismatch",
     "SubjectError",
     "__version__",
+    "autolog",
     "configure",
     "emit",
     "ensure_stream",

@@ -89,6 +89,11 @@ def _choice(*options: str) -> Callable[[Any], str]:
     return parse
 
 
+def _patterns(v: Any) -> tuple[str, ...]:
+    items = v.split(",") if isinstance(v, str) else list(v)
+    return tuple(p.strip().lower() for p in items if p.strip())
+
+
 def _secret(v: Any) -> Secret | None:
     if v is None or isinstance(v, Secret):
         return v
@@ -148,6 +153,16 @@ class Settings:
     stream_replicas: int = _f(1, _positive(int), doc="stream replicas (3 on a cluster)")
     stream_storage: str = _f("file", _choice("file", "memory"), doc="stream storage")
     client_name: str = _f("databricks-nats", str, doc="connection name shown in NATS monitoring")
+    metrics_mode: str = _f("coalesce", _choice("coalesce", "every", "off"), doc="MLflow metric events per run")
+    metrics_interval: float = _f(1.0, _positive(float), doc="seconds between coalesced metric events of one run")
+    deny_keys: tuple[str, ...] = _f(
+        ("*password*", "*secret*", "*token*", "*credential*", "*api_key*", "*apikey*", "*private_key*"),
+        _patterns,
+        doc="glob patterns of param/tag keys never published (comma-separated)",
+    )
+    allow_keys: tuple[str, ...] = _f(
+        (), _patterns, doc="when set, only param/tag keys matching these globs are published"
+    )
 
     def __post_init__(self) -> None:
         try:

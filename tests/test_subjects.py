@@ -38,7 +38,7 @@ def _is_hashed(token: str) -> bool:
 @SMALL
 @given(ANY_TEXT)
 def test_encode_is_safe_for_any_text(name: str) -> None:
-    """Every encoded token is non-empty, at most MAX_TOKEN long, ASCII, and free of '.', '*', '>', whitespace and controls."""
+    """Every token is non-empty, at most MAX_TOKEN long, ASCII, without '.', '*', '>', whitespace or controls."""
     _assert_safe(encode(name))
 
 
@@ -95,7 +95,8 @@ def test_long_names_sharing_a_prefix_get_distinct_hashed_tokens(prefix: str, tai
     """Long names that only differ after the kept prefix still get different (hashed) tokens."""
     a, b = prefix + tail, prefix + tail + "x"
     ta, tb = encode(a), encode(b)
-    assert _is_hashed(ta) and _is_hashed(tb)
+    assert _is_hashed(ta)
+    assert _is_hashed(tb)
     assert ta != tb
     assert ta[: MAX_TOKEN - 33] == tb[: MAX_TOKEN - 33]
     _assert_safe(ta)
@@ -176,7 +177,8 @@ def test_build_subject_matches_grammar(
     """build_subject yields prefix.workspace.env.source.entity.{key}.action with every key as one encoded token."""
     namespace = ".".join((validate_prefix(prefix), validate_name("workspace", workspace), validate_name("env", env)))
     subject = build_subject(namespace, source, entity, keys, action)
-    grammar = rf"^{re.escape(namespace)}\.{re.escape(source)}\.{re.escape(entity)}(?:\.{KEY_TOKEN})*\.{re.escape(action)}$"
+    head = rf"^{re.escape(namespace)}\.{re.escape(source)}\.{re.escape(entity)}"
+    grammar = rf"{head}(?:\.{KEY_TOKEN})*\.{re.escape(action)}$"
     assert re.fullmatch(grammar, subject), subject
     tokens = subject.split(".")
     fixed = len(namespace.split(".")) + 1 + len(entity.split("."))
@@ -185,7 +187,7 @@ def test_build_subject_matches_grammar(
     assert key_tokens == [encode(k) for k in keys]
     for tok in tokens:
         _assert_safe(tok)
-    for key, tok in zip(keys, key_tokens):
+    for key, tok in zip(keys, key_tokens, strict=True):
         if not _is_hashed(tok):
             assert decode(tok) == key
 

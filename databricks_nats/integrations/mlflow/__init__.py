@@ -1,0 +1,67 @@
+"""The MLflow hook: every run, metric, artifact, logged model and registry change becomes an event.
+
+    import databricks_nats
+    databricks_nats.autolog()                 # hook + mlflow.autolog(); or install() for the hook alone
+
+Zero-code: with the wheel installed and ``DATABRICKS_NATS_URL`` set, MLflow loads our run context
+provider (entry point ``mlflow.run_context_provider``), which installs the hook before the first run.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+from typing import Any
+
+from databricks_nats.integrations.mlflow import _compat
+from databricks_nats.integrations.mlflow.hook import Hook
+
+__all__ = ["autolog", "install", "installed", "uninstall"]
+
+log = logging.getLogger("databricks_nats")
+_lock = threading.Lock()
+_hook: Hook | None = None
+
+
+def install() -> Hook:
+    """Install the store-layer hook (idempotent); return it."""
+    global _hook
+    with _lock:
+        if _hook is not None:
+            _hook.enabled = True
+            return _hook
+        hook = Hook()
+        _compat.install(hook.wrap_tracking, hook.wrap_registry, hook.wrap_artifacts)
+        _hook = hook
+        atexit.register(hook.metrics.flush_all)  # runs before the publisher's exit flush (atexit is LIFO)
+        log.info("databricks-nats: MLflow hook installed (MLflow %s.%s)", *_compat.mlflow_version())
+        return hook
+
+
+def uninstall() -> None:
+    """Remove the hook: registries are restored and already wrapped stores stop publishing."""
+    global _hook
+    with _lock:
+        if _hook is None:
+            return
+        _hook.metrics.flush_all()
+        _hook.enabled = False
+        _compat.uninstall()
+        _hook = None
+
+
+def installed() -> bool:
+    return _hook is not None
+
+
+def autolog(*, disable: bool = False, **mlflow_autolog_kwargs: Any) -> None:
+    """Install the hook, then call ``mlflow.autolog(**kwargs)``; ``disable=True`` removes the hook too."""
+    import mlflow
+
+    if disable:
+        uninstall()
+        mlflow.autolog(disable=True, **mlflow_autolog_kwargs)
+        return
+    install()
+    mlflow.autolog(**mlflow_autolog_kwargs)

@@ -1,0 +1,135 @@
+"""Every touch of MLflow internals, in one place (MLflow 2.13 - 3.x).
+
+We hook the three registries MLflow hands stores out of, on their *instances*:
+
+* ``mlflow.tracking._tracking_service.utils._tracking_store_registry.get_store``
+* ``mlflow.tracking._model_registry.utils._get_store_registry().get_store``
+* ``mlflow.store.artifact.artifact_repository_registry._artifact_repository_registry.get_artifact_repository``
+
+Each store or repository they return is wrapped once, by setting attributes on the instance (so
+``isinstance`` checks keep working and cached instances are reused). The tracking store's async logging
+queue captured the unwrapped ``log_batch`` at construction: we point ``_logging_func`` at the wrapper.
+The per-run artifact repository cache is cleared so repositories made before installation get wrapped.
+If MLflow moves any of this, ``install`` raises ``MlflowCompatError`` naming what is missing.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from databricks_nats.errors import DatabricksNatsError
+
+__all__ = ["MlflowCompatError", "install", "mlflow_version", "rebind_async_queue", "uninstall"]
+
+_MARK = "_databricks_nats_wrapped"
+_installed: list[tuple[Any, str, Any]] = []  # (object, attribute, original) to restore
+
+
+class MlflowCompatError(DatabricksNatsError):
+    """This MLflow version does not expose what the hook needs (the message names it)."""
+
+
+def mlflow_version() -> tuple[int, int]:
+    import mlflow
+
+    major, minor = (int(x) for x in mlflow.__version__.split(".")[:2])
+    return major, minor
+
+
+def _require(module: str, attr: str) -> Any:
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        import mlflow
+
+        raise MlflowCompatError(
+            f"MLflow {mlflow.__version__} has no {module}.{attr}; databricks-nats supports MLflow 2.13-3.x "
+            "(please report this version)"
+        ) from e
+
+
+def _hook(obj: Any, attr: str, wrap: Callable[[Any], Any]) -> None:
+    original = getattr(obj, attr)
+
+    @functools.wraps(original)  # keeps the signature: MLflow inspects builder signatures
+    def hooked(*args: Any, **kwargs: Any) -> Any:
+        return wrap(original(*args, **kwargs))
+
+    setattr(obj, attr, hooked)
+    _installed.append((obj, attr, original))
+
+
+def install(
+    wrap_tracking: Callable[[Any], Any], wrap_registry: Callable[[Any], Any], wrap_artifacts: Callable[[Any], Any]
+) -> None:
+    """Hook the three registries; stores built from now on (and cached ones, when next handed out) get wrapped."""
+    if _installed:
+        return
+    if mlflow_version() < (2, 13):
+        raise MlflowCompatError("databricks-nats needs MLflow >= 2.13")
+    tracking = _require("mlflow.tracking._tracking_service.utils", "_tracking_store_registry")
+    registry = _require("mlflow.tracking._model_registry.utils", "_get_store_registry")()
+    artifacts = _require("mlflow.store.artifact.artifact_repository_registry", "_artifact_repository_registry")
+    repo_cache = _require("mlflow.tracking._tracking_service.utils", "_artifact_repos_cache")
+    _hook(tracking, "get_store", wrap_tracking)
+    _hook(registry, "get_store", wrap_registry)
+    _hook(artifacts, "get_artifact_repository", wrap_artifacts)
+    repo_cache.clear()
+
+
+def uninstall() -> None:
+    """Restore the registries' methods (stores already wrapped stay wrapped but go quiet)."""
+    while _installed:
+        obj, attr, original = _installed.pop()
+        setattr(obj, attr, original)
+
+
+def mark(obj: Any) -> bool:
+    """Mark an instance as wrapped; return False when it already was."""
+    if getattr(obj, _MARK, False):
+        return False
+    setattr(obj, _MARK, True)
+    return True
+
+
+def rebind_async_queue(store: Any) -> None:
+    """Point the store's async logging queue at the (wrapped) ``log_batch`` it captured unwrapped."""
+    queue = getattr(store, "_async_logging_queue", None)
+    if queue is not None and hasattr(queue, "_logging_func"):
+        queue._logging_func = store.log_batch
+
+
+def is_delegating_repo(repo: Any) -> bool:
+    """``runs:/`` and ``models:/`` repositories delegate to a real repository the registry also hands out."""
+    return type(repo).__name__ in {
+        "RunsArtifactRepository",
+        "ModelsArtifactRepository",
+        "UnityCatalogModelsArtifactRepository",
+    }
+
+
+def run_status_name(status: Any) -> str:
+    """MLflow passes run status as the RunStatus enum int; return its name (FINISHED, FAILED, KILLED…)."""
+    if isinstance(status, str):
+        return status
+    from mlflow.entities import RunStatus
+
+    return str(RunStatus.to_string(status))
+
+
+def spark_set_run_property(run_id: str | None) -> None:
+    """Let Spark listeners name the active MLflow run: a local property on the driver's current thread."""
+    import sys
+
+    if "pyspark.sql" not in sys.modules:
+        return
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.getActiveSession()
+    sc = getattr(spark, "sparkContext", None) if spark is not None and hasattr(spark, "_jsc") else None
+    if sc is not None:
+        sc.setLocalProperty("databricks_nats.mlflow_run_id", run_id)

@@ -1,0 +1,109 @@
+"""Artifact repository wrappers: one ``mlflow.run.artifacts`` event per upload call, however many files.
+
+A directory of 10,000 files is one event with the file count, total bytes and a bounded sample of paths.
+Sizes are read from the local files before the upload (MLflow deletes its temporary files afterwards).
+Files uploaded as part of a directory upload (some repositories upload each file with ``log_artifact`` on
+a thread pool) are not announced twice: a per-repository set of directories in flight filters them.
+Model artifacts (``…/models/m-<id>/artifacts``) are announced by the logged-model events instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from databricks_nats import _api
+
+__all__ = ["SAMPLE", "run_of", "wrap_repo"]
+
+SAMPLE = 20
+_RUN_URI = re.compile(r"/(?P<exp>[^/]+)/(?P<run>[0-9a-f]{32})/artifacts(?:/|$)")
+
+
+def run_of(artifact_uri: str) -> tuple[str, str] | None:
+    """(experiment id, run id) of a run's artifact URI in MLflow's standard layout, else None."""
+    m = _RUN_URI.search(artifact_uri or "")
+    return (m.group("exp"), m.group("run")) if m else None
+
+
+def _walk(local_dir: str) -> tuple[int, int, list[dict[str, Any]]]:
+    count = total = 0
+    sample: list[dict[str, Any]] = []
+    for root, _dirs, files in os.walk(local_dir):
+        for f in files:
+            path = os.path.join(root, f)
+            try:
+                size = os.path.getsize(path)
+            except OSError:
+                continue
+            count += 1
+            total += size
+            if len(sample) < SAMPLE:
+                sample.append({"path": os.path.relpath(path, local_dir), "size": size})
+    return count, total, sample
+
+
+def wrap_repo(repo: Any, emit: Callable[[str, dict[str, Any]], None], local: threading.local) -> Any:
+    """Wrap ``log_artifact`` and ``log_artifacts`` of one repository instance (only for run repositories)."""
+    owner = run_of(str(getattr(repo, "artifact_uri", "")))
+    if owner is None:
+        return repo
+    experiment_id, run_id = owner
+    base_uri = str(repo.artifact_uri)
+    active: set[str] = set()
+    one, many = repo.log_artifact, repo.log_artifacts
+
+    def announce(path: str | None, files: list[dict[str, Any]], count: int, total: int) -> None:
+        try:
+            prefix = f"{path}/" if path else ""
+            emit(
+                "mlflow.run.artifacts",
+                {
+                    "experiment_id": experiment_id,
+                    "run_id": run_id,
+                    "artifact_uri": base_uri,
+                    "path": path,
+                    "files": [{**f, "path": prefix + f["path"]} for f in files],
+                    "file_count": count,
+                    "total_bytes": total,
+                    "sample_truncated": count > len(files),
+                },
+            )
+        except Exception as e:  # noqa: BLE001 - never break the upload
+            _api._fail(e, "mlflow artifact hook")
+
+    @functools.wraps(one)
+    def log_artifact(local_file: str, artifact_path: str | None = None, *a: Any, **k: Any) -> Any:
+        full = os.path.abspath(local_file)
+        inner = any(full.startswith(d + os.sep) for d in tuple(active))
+        size = None if inner else _size(full)
+        result = one(local_file, artifact_path, *a, **k)
+        if not inner:
+            announce(artifact_path, [{"path": os.path.basename(local_file), "size": size}], 1, size or 0)
+        return result
+
+    @functools.wraps(many)
+    def log_artifacts(local_dir: str, artifact_path: str | None = None, *a: Any, **k: Any) -> Any:
+        full = os.path.abspath(local_dir)
+        count, total, sample = _walk(full)
+        active.add(full)
+        try:
+            result = many(local_dir, artifact_path, *a, **k)
+        finally:
+            active.discard(full)
+        announce(artifact_path, sample, count, total)
+        return result
+
+    repo.log_artifact, repo.log_artifacts = log_artifact, log_artifacts
+    return repo
+
+
+def _size(path: str) -> int | None:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return None

@@ -1,0 +1,273 @@
+"""Wrappers for MLflow stores and artifact repositories that turn successful calls into pointer events.
+
+Every wrapper calls MLflow first and returns (or raises) exactly what MLflow did; only after a successful
+call does it describe the call as an event. Describing never raises into the caller (fail-open, logged
+and counted in ``stats()``) unless ``strict`` is set. A per-thread depth guard publishes only the
+outermost store call (``FileStore.create_run`` calls ``set_tag`` and ``update_run_info`` itself).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from databricks_nats import _api
+from databricks_nats.integrations.mlflow import _compat, artifacts
+from databricks_nats.integrations.mlflow.metrics import MetricsCoalescer
+
+__all__ = ["Hook"]
+
+_VALUE_MAX = 500
+_TERMINAL = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "killed"}
+
+
+class Hook:
+    """Knows the runs it has seen and emits the MLflow event types; wraps stores and repositories."""
+
+    def __init__(self) -> None:
+        settings = _api.get_settings()
+        self.enabled = True
+        self._deny = settings.deny_keys
+        self._allow = settings.allow_keys
+        self._local = threading.local()
+        self._runs: dict[str, dict[str, Any]] = {}  # run_id -> {experiment_id, start_time, run_name, artifact_uri}
+        self.metrics = MetricsCoalescer(
+            lambda data: self._emit("mlflow.run.metrics", data), settings.metrics_mode, settings.metrics_interval
+        )
+
+    # ---- plumbing --------------------------------------------------------------------------------
+
+    def _emit(self, event_type: str, data: dict[str, Any]) -> None:
+        if self.enabled:
+            _api.emit(event_type, data)
+
+    def _wrap(self, obj: Any, name: str, describe: Callable[..., None]) -> None:
+        original = getattr(obj, name, None)
+        if original is None:
+            return
+        local = self._local
+
+        @functools.wraps(original)  # MLflow inspects some signatures (create_model_version)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            depth = getattr(local, "depth", 0)
+            local.depth = depth + 1
+            try:
+                result = original(*args, **kwargs)
+            finally:
+                local.depth = depth
+            if depth == 0 and self.enabled:
+                try:
+                    describe(obj, result, *args, **kwargs)
+                except Exception as e:  # noqa: BLE001 - a hook bug must never break training
+                    _api._fail(e, f"mlflow hook {name}")
+            return result
+
+        setattr(obj, name, wrapper)
+
+    def _keep(self, key: str) -> bool:
+        low = key.lower()
+        if any(fnmatch.fnmatchcase(low, p) for p in self._deny):
+            return False
+        return not self._allow or any(fnmatch.fnmatchcase(low, p) for p in self._allow)
+
+    def _run_base(self, store: Any, run_id: str) -> dict[str, Any]:
+        known = self._runs.get(run_id)
+        if known is None:  # a run created elsewhere (another process, before the hook): ask once
+            info = store.get_run(run_id).info
+            known = self._remember(info)
+        return {
+            "experiment_id": known["experiment_id"],
+            "run_id": run_id,
+            "run_name": known["run_name"],
+            "artifact_uri": known["artifact_uri"],
+            "run_url": known["run_url"],
+        }
+
+    def _remember(self, info: Any) -> dict[str, Any]:
+        from databricks_nats.integrations.mlflow.urls import run_url
+
+        known = {
+            "experiment_id": str(info.experiment_id),
+            "start_time": info.start_time,
+            "run_name": info.run_name,
+            "artifact_uri": info.artifact_uri,
+            "run_url": run_url(str(info.experiment_id), info.run_id),
+        }
+        if len(self._runs) > 10_000:  # bounded: forget the oldest
+            self._runs.pop(next(iter(self._runs)))
+        self._runs[info.run_id] = known
+        return known
+
+    # ---- tracking store --------------------------------------------------------------------------
+
+    def wrap_tracking(self, store: Any) -> Any:
+        if not _compat.mark(store):
+            return store
+        for name, describe in (
+            ("create_run", self._create_run),
+            ("update_run_info", self._update_run_info),
+            ("log_batch", self._log_batch),
+            ("log_metric", self._log_metric),
+            ("log_param", self._log_param),
+            ("set_tag", self._set_tag),
+            ("log_inputs", self._log_inputs),
+            ("create_logged_model", self._create_logged_model),
+            ("finalize_logged_model", self._finalize_logged_model),
+        ):
+            self._wrap(store, name, describe)
+        _compat.rebind_async_queue(store)
+        return store
+
+    def _create_run(self, store: Any, run: Any, *args: Any, **kwargs: Any) -> None:
+        info = run.info
+        known = self._remember(info)
+        tags = dict(run.data.tags or {})
+        self._emit(
+            "mlflow.run.started",
+            {
+                "experiment_id": known["experiment_id"],
+                "run_id": info.run_id,
+                "run_name": info.run_name,
+                "run_url": known["run_url"],
+                "artifact_uri": info.artifact_uri,
+                "start_time": info.start_time,
+                "parent_run_id": tags.get("mlflow.parentRunId"),
+                "user": info.user_id or None,
+            },
+        )
+        _compat.spark_set_run_property(info.run_id)
+
+    def _update_run_info(
+        self, store: Any, result: Any, run_id: str, run_status: Any, end_time: Any = None, *a: Any, **k: Any
+    ) -> None:
+        status = _compat.run_status_name(run_status)
+        action = _TERMINAL.get(status)
+        if action is None:
+            return  # a rename or RUNNING: not the end of the run
+        base = self._run_base(store, run_id)
+        latest = self.metrics.finish(run_id)
+        start = self._runs.get(run_id, {}).get("start_time")
+        duration = int(end_time - start) if isinstance(end_time, int) and isinstance(start, int) else None
+        self._emit(f"mlflow.run.{action}", {**base, "status": status, "duration_ms": duration, "metrics": latest})
+        self._runs.pop(run_id, None)
+        _compat.spark_set_run_property(None)
+
+    def _log_batch(
+        self,
+        store: Any,
+        result: Any,
+        run_id: str,
+        metrics: Any = (),
+        params: Any = (),
+        tags: Any = (),
+        *a: Any,
+        **k: Any,
+    ) -> None:
+        if metrics:
+            self.metrics.add(run_id, self._run_base(store, run_id), list(metrics))
+        if params:
+            self._emit_kv(store, run_id, "params", {p.key: p.value for p in params})
+        if tags:
+            self._emit_kv(store, run_id, "tags", {t.key: t.value for t in tags})
+
+    def _log_metric(self, store: Any, result: Any, run_id: str, metric: Any, *a: Any, **k: Any) -> None:
+        self.metrics.add(run_id, self._run_base(store, run_id), [metric])
+
+    def _log_param(self, store: Any, result: Any, run_id: str, param: Any, *a: Any, **k: Any) -> None:
+        self._emit_kv(store, run_id, "params", {param.key: param.value})
+
+    def _set_tag(self, store: Any, result: Any, run_id: str, tag: Any, *a: Any, **k: Any) -> None:
+        self._emit_kv(store, run_id, "tags", {tag.key: tag.value})
+
+    def _emit_kv(self, store: Any, run_id: str, kind: str, values: dict[str, Any]) -> None:
+        kept = {
+            k: str(v)[:_VALUE_MAX]
+            for k, v in values.items()
+            if not (kind == "tags" and k.startswith("mlflow.")) and self._keep(k)
+        }
+        if kept:
+            self._emit(f"mlflow.run.{kind}", {**self._run_base(store, run_id), kind: kept})
+
+    def _log_inputs(self, store: Any, result: Any, run_id: str, datasets: Any = None, *a: Any, **k: Any) -> None:
+        items = []
+        for d in datasets or []:
+            ds = getattr(d, "dataset", d)
+            items.append(
+                {
+                    "name": getattr(ds, "name", None),
+                    "digest": getattr(ds, "digest", None),
+                    "source_type": getattr(ds, "source_type", None),
+                    "source": str(getattr(ds, "source", ""))[:_VALUE_MAX],
+                    "context": next(
+                        (t.value for t in getattr(d, "tags", []) or [] if t.key == "mlflow.data.context"), None
+                    ),
+                }
+            )
+        if items:
+            self._emit("mlflow.run.inputs", {**self._run_base(store, run_id), "datasets": items})
+
+    def _create_logged_model(self, store: Any, model: Any, *args: Any, **kwargs: Any) -> None:
+        self._emit("mlflow.logged_model.logged", _logged_model_data(model))
+
+    def _finalize_logged_model(self, store: Any, model: Any, model_id: str, status: Any, *a: Any, **k: Any) -> None:
+        data = _logged_model_data(model) if model is not None and hasattr(model, "model_id") else {"model_id": model_id}
+        data["status"] = str(getattr(status, "name", status))
+        if "experiment_id" not in data:
+            data["experiment_id"] = ""
+        self._emit("mlflow.logged_model.finalized", data)
+
+    # ---- model registry --------------------------------------------------------------------------
+
+    def wrap_registry(self, store: Any) -> Any:
+        if not _compat.mark(store):
+            return store
+        uc = "Uc" in type(store).__name__ or "UnityCatalog" in type(store).__name__
+        for name, action in (
+            ("create_registered_model", "registered"),
+            ("delete_registered_model", "deleted"),
+            ("create_model_version", "version_created"),
+            ("delete_model_version", "version_deleted"),
+            ("set_registered_model_alias", "alias_set"),
+            ("delete_registered_model_alias", "alias_deleted"),
+            ("transition_model_version_stage", "stage_transitioned"),
+            ("set_model_version_tag", "version_tag_set"),
+        ):
+            self._wrap(store, name, functools.partial(self._registry_event, action, uc))
+        return store
+
+    def _registry_event(self, action: str, uc: bool, store: Any, result: Any, *args: Any, **kwargs: Any) -> None:
+        from databricks_nats.integrations.mlflow.registry import describe_registry_call
+
+        data = describe_registry_call(action, result, args, kwargs, uc)
+        if data is None:
+            return
+        if action == "version_tag_set" and not self._keep(str(data.get("key", ""))):
+            return
+        self._emit(f"mlflow.model.{action}", data)
+
+    # ---- artifact repositories ---------------------------------------------------------------------
+
+    def wrap_artifacts(self, repo: Any) -> Any:
+        if _compat.is_delegating_repo(repo) or not _compat.mark(repo):
+            return repo
+        return artifacts.wrap_repo(repo, self._emit, self._local)
+
+
+def _logged_model_data(model: Any) -> dict[str, Any]:
+    from databricks_nats.integrations.mlflow.urls import logged_model_uri
+
+    return {
+        "experiment_id": str(getattr(model, "experiment_id", "")),
+        "model_id": model.model_id,
+        "name": getattr(model, "name", None),
+        "source_run_id": getattr(model, "source_run_id", None),
+        "artifact_location": getattr(model, "artifact_location", None),
+        "model_uri": logged_model_uri(model.model_id),
+        "flavors": [],
+        "status": str(getattr(getattr(model, "status", None), "name", getattr(model, "status", None)) or "") or None,
+        "created_at": getattr(model, "creation_timestamp", None) or int(time.time() * 1000),
+    }

@@ -1,0 +1,122 @@
+"""Per-run metric coalescing: at most one ``mlflow.run.metrics`` event per run per interval.
+
+Each run keeps the latest value, step and timestamp of every metric key and the number of points since its
+last event. A point arriving when the interval has passed emits at once; otherwise the run is due at
+``last + interval`` and a single daemon thread, sleeping on a condition until the earliest due time (never
+polling), emits it then. ``finish(run_id)`` emits the final event of a run. Mode ``every`` emits one event
+per logging call; ``off`` emits none.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["MetricsCoalescer"]
+
+MAX_KEYS = 200  # metric keys kept per run (the event is also size-capped)
+
+
+class _RunMetrics:
+    __slots__ = ("base", "due", "last_emit", "latest", "points")
+
+    def __init__(self, base: dict[str, Any]) -> None:
+        self.base = base
+        self.latest: dict[str, dict[str, Any]] = {}
+        self.points = 0
+        self.last_emit = 0.0
+        self.due: float | None = None
+
+
+class MetricsCoalescer:
+    """Collects metric points per run and emits bounded ``mlflow.run.metrics`` events."""
+
+    def __init__(self, emit: Callable[[dict[str, Any]], None], mode: str, interval: float) -> None:
+        self._emit = emit
+        self.mode = mode
+        self.interval = interval
+        self._runs: dict[str, _RunMetrics] = {}
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def add(self, run_id: str, base: dict[str, Any], metrics: list[Any]) -> None:
+        """Record metric entities (key, value, step, timestamp) logged to a run."""
+        if self.mode == "off" or not metrics:
+            return
+        now = time.monotonic()
+        with self._cond:
+            run = self._runs.get(run_id)
+            if run is None:
+                run = self._runs[run_id] = _RunMetrics(base)
+            for m in metrics:
+                if m.key in run.latest or len(run.latest) < MAX_KEYS:
+                    run.latest[m.key] = {"value": m.value, "step": m.step, "timestamp": m.timestamp}
+            run.points += len(metrics)
+            if self.mode == "every" or now - run.last_emit >= self.interval:
+                payload = self._take(run, now, final=False)
+            else:
+                payload = None
+                if run.due is None:
+                    run.due = run.last_emit + self.interval
+                    self._ensure_thread()
+                    self._cond.notify()
+        if payload is not None:
+            self._emit(payload)
+
+    def latest(self, run_id: str) -> dict[str, Any]:
+        """The latest value of each metric of a run (for the run's end event)."""
+        with self._cond:
+            run = self._runs.get(run_id)
+            return {k: v["value"] for k, v in run.latest.items()} if run else {}
+
+    def finish(self, run_id: str) -> dict[str, Any]:
+        """Emit the final metrics event (if points arrived since the last one), forget the run, return latest values."""
+        with self._cond:
+            run = self._runs.pop(run_id, None)
+        if run is None:
+            return {}
+        values = {k: v["value"] for k, v in run.latest.items()}
+        if self.mode != "off" and run.points:
+            self._emit(self._take(run, time.monotonic(), final=True))
+        return values
+
+    def flush_all(self) -> None:
+        """Emit what every run has pending (at exit)."""
+        with self._cond:
+            due = [
+                (rid, self._take(run, time.monotonic(), final=False)) for rid, run in self._runs.items() if run.points
+            ]
+        for _, payload in due:
+            self._emit(payload)
+
+    def _take(self, run: _RunMetrics, now: float, final: bool) -> dict[str, Any]:
+        payload = {**run.base, "metrics": dict(run.latest), "points": run.points, "final": final}
+        run.points = 0
+        run.last_emit = now
+        run.due = None
+        return payload
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._loop, name="databricks-nats-metrics", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                now = time.monotonic()
+                dues = [r.due for r in self._runs.values() if r.due is not None]
+                if not dues:
+                    self._cond.wait()
+                    continue
+                wait = min(dues) - now
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                ready = [
+                    self._take(r, now, final=False) for r in self._runs.values() if r.due is not None and r.due <= now
+                ]
+            for payload in ready:
+                self._emit(payload)

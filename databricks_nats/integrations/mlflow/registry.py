@@ -1,0 +1,60 @@
+"""Describe a successful model registry store call as the data of a ``mlflow.model.*`` event."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from databricks_nats.integrations.mlflow.urls import model_uri
+
+__all__ = ["describe_registry_call"]
+
+# Positional parameter names of the registry store methods (after self), stable across MLflow 2.13-3.x.
+_PARAMS = {
+    "registered": ("name",),
+    "deleted": ("name",),
+    "version_created": ("name", "source", "run_id"),
+    "version_deleted": ("name", "version"),
+    "alias_set": ("name", "alias", "version"),
+    "alias_deleted": ("name", "alias"),
+    "stage_transitioned": ("name", "version", "stage"),
+    "version_tag_set": ("name", "version", "tag"),
+}
+
+
+def _bind(action: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    bound = dict(zip(_PARAMS[action], args, strict=False))
+    bound.update(kwargs)
+    return bound
+
+
+def describe_registry_call(
+    action: str, result: Any, args: tuple[Any, ...], kwargs: dict[str, Any], uc: bool
+) -> dict[str, Any] | None:
+    """The event data for one registry call (name, version, pointers), or None when there is nothing to say."""
+    call = _bind(action, args, kwargs)
+    name = str(getattr(result, "name", None) or call.get("name") or "")
+    if not name:
+        return None
+    version = getattr(result, "version", None) if action in ("version_created", "stage_transitioned") else None
+    version = str(version if version is not None else call.get("version") or "") or None
+    data: dict[str, Any] = {
+        "name": name,
+        "catalog_name": name.split(".", 1)[0] if uc and name.count(".") == 2 else None,
+        "is_unity_catalog": bool(uc or name.count(".") == 2),
+        "model_uri": model_uri(name, version, call.get("alias")),
+    }
+    if version:
+        data["version"] = version
+    if action == "version_created":
+        data["source"] = str(getattr(result, "source", None) or call.get("source") or "")[:1000] or None
+        data["run_id"] = getattr(result, "run_id", None) or call.get("run_id")
+        data["model_id"] = getattr(result, "model_id", None) or call.get("model_id")
+    elif action in ("alias_set", "alias_deleted"):
+        data["alias"] = call.get("alias")
+    elif action == "stage_transitioned":
+        data["stage"] = str(getattr(result, "current_stage", None) or call.get("stage"))
+    elif action == "version_tag_set":
+        tag = call.get("tag")
+        data["key"] = getattr(tag, "key", None)
+        data["value"] = str(getattr(tag, "value", ""))[:500]
+    return data
