@@ -88,9 +88,15 @@ def new_event(type: str, data: Mapping[str, Any], *, keys: Any = None, dataref: 
     )
 
 
+_second = (-1, "")
+
+
 def _rfc3339(time_ns: int) -> str:
+    global _second
     secs, ns = divmod(time_ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{ns // 1000:06d}Z"
+    if _second[0] != secs:  # formatting the date is the slow part; it changes once a second
+        _second = (secs, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)))
+    return f"{_second[1]}.{ns // 1000:06d}Z"
 
 
 def encode(
@@ -114,8 +120,8 @@ def encode(
     dataref = event.dataref
     if dataref is None and etype.dataref and data.get(etype.dataref):
         dataref = str(data[etype.dataref])
-    if context:
-        data.setdefault("context", dict(context))
+    if context and "context" not in data:
+        data["context"] = context  # shared, read-only: serialised, never mutated
     env_obj: dict[str, Any] = {
         "specversion": "1.0",
         "id": event.id,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import random
 import threading
 import time
 
@@ -17,7 +17,7 @@ def uuid7() -> str:
     """Return a new UUIDv7 string; ids made later in this process always sort after earlier ones."""
     global _last_ms, _seq
     ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(8), "big")
+    rand = random.getrandbits(64)  # no system call per id; the random module reseeds itself in a forked child
     with _lock:
         if ms <= _last_ms:
             ms = _last_ms

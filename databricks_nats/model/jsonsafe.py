@@ -55,12 +55,15 @@ def sanitize(value: Any, _depth: int = 0) -> Any:
     return str(value)[:_MAX_STR_REPR]
 
 
+_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+
+
 def dumps(value: Any) -> bytes:
     """Serialise to compact, strict JSON bytes (sanitising only when the fast path refuses)."""
     try:
-        return json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False).encode()
+        return _ENCODER.encode(value).encode()
     except (ValueError, TypeError):
-        return json.dumps(sanitize(value), allow_nan=False, separators=(",", ":"), ensure_ascii=False).encode()
+        return _ENCODER.encode(sanitize(value)).encode()
 
 
 # Harsher and harsher limits: (max string length, max items per list or map).

@@ -148,6 +148,7 @@ class SqliteSpool:
         self.adopted = self._adopt_orphans(directory)
         row = self._db.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0), COUNT(*) FROM events").fetchone()
         self._bytes, self._count = int(row[0]), int(row[1])
+        self._next = self.max_seq() + 1  # this process's file: sequences only grow from here
 
     @property
     def size_bytes(self) -> int:
@@ -187,17 +188,19 @@ class SqliteSpool:
 
     def append(self, rows: list[tuple[str, str, bytes]]) -> tuple[list[int], list[int]]:
         db = self._db
+        first = self._next
+        seqs = list(range(first, first + len(rows)))
         db.execute("BEGIN")
         try:
-            seqs = []
-            for row in rows:
-                seqs.append(
-                    int(db.execute("INSERT INTO events (id, subject, payload) VALUES (?, ?, ?)", row).lastrowid or 0)
-                )
+            db.executemany(
+                "INSERT INTO events (seq, id, subject, payload) VALUES (?, ?, ?, ?)",
+                [(seq, *row) for seq, row in zip(seqs, rows, strict=True)],
+            )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        self._next = first + len(rows)
         self._bytes += sum(len(r[2]) for r in rows)
         self._count += len(rows)
         dropped: list[int] = []
