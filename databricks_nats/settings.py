@@ -8,7 +8,9 @@ repr and str are masked, so no repr, log line or error message can show them.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from databricks_nats.errors import ConfigurationError, SubjectError
-from databricks_nats.model.subjects import encode, validate_name, validate_prefix
+from databricks_nats.model.subjects import validate_name, validate_prefix
 
 __all__ = ["Secret", "Settings", "resolve_settings"]
 
@@ -69,11 +71,19 @@ def _urls(v: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
     return tuple(items)
 
 
+_USERINFO = re.compile(r"//[^/@]*@")
+
+
+def redact_url(url: str) -> str:
+    """A server URL with any embedded user:password replaced by ****."""
+    return _USERINFO.sub("//****@", url)
+
+
 def _positive(kind: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def parse(v: Any) -> Any:
         x = kind(v)
-        if x <= 0:
-            raise ValueError("must be positive")
+        if not x > 0 or x == float("inf"):  # also rejects NaN
+            raise ValueError("must be a positive, finite number")
         return x
 
     return parse
@@ -143,7 +153,7 @@ class Settings:
     max_event_bytes: int = _f(8192, _positive(int), doc="size cap of one event; data is trimmed to fit")
     max_inflight: int = _f(1024, _positive(int), doc="JetStream publishes awaiting their ack")
     ack_timeout: float = _f(5.0, _positive(float), doc="seconds before an unacked publish is retried")
-    exit_flush_timeout: float = _f(5.0, float, doc="seconds the atexit flush waits")
+    exit_flush_timeout: float = _f(5.0, _positive(float), doc="seconds the atexit flush waits")
     connect_timeout: float = _f(2.0, _positive(float), doc="seconds per connection attempt")
     stream: str = _f("", str, doc="JetStream stream name; empty for DBX_<WORKSPACE>_<ENV>")
     auto_create_stream: bool = _f(True, _bool, doc="create the stream at first connect when it is missing")
@@ -190,7 +200,11 @@ class Settings:
     def stream_name(self) -> str:
         if self.stream:
             return self.stream
-        return f"DBX_{encode(self.workspace)}_{encode(self.env)}".upper().replace("-", "_")
+        parts = [*self.subject_prefix.upper().split("."), self.workspace, self.env]
+        name = "_".join(parts)
+        if any("_" in p for p in parts):  # "a_b"+"c" and "a"+"b_c" must not share a stream
+            name += "_" + hashlib.sha256(self.namespace.encode()).hexdigest()[:8]
+        return name
 
     @property
     def spool_path(self) -> str:
@@ -199,7 +213,7 @@ class Settings:
 
     def __repr__(self) -> str:
         shown = ", ".join(
-            f"{f.name}={getattr(self, f.name)!r}"
+            f"{f.name}={redact_url(repr(getattr(self, f.name))) if f.name == 'url' else repr(getattr(self, f.name))}"
             for f in dataclasses.fields(self)
             if getattr(self, f.name) != f.default
         )
@@ -253,6 +267,8 @@ def resolve_settings(
             values[name] = f.metadata["parse"](raw)
         except (TypeError, ValueError) as e:
             shown = "****" if f.metadata["secret"] else repr(raw)[:80]
+            if name == "url":
+                shown = redact_url(shown)
             raise ConfigurationError(name, f"{e} (from {origin}, value {shown})") from None
     return Settings(**values)
 

@@ -15,10 +15,9 @@ import pytest
 import databricks_nats
 from databricks_nats import _api
 from databricks_nats.model.events import new_event
-from databricks_nats.transport.publisher import Publisher
-
 from databricks_nats.testing import read_stream
 from databricks_nats.testing import read_stream as stream_messages
+from databricks_nats.transport.publisher import Publisher
 
 
 def _metric(i: int) -> dict[str, Any]:
@@ -42,7 +41,9 @@ def test_jetstream_delivers_every_event_once_with_cloudevents_headers(nats_serve
     assert first["headers"]["Nats-Msg-Id"] == events[0].id
     assert first["subject"] == f"{settings.namespace}.mlflow.run.7.r1.metrics"
     assert first["envelope"]["specversion"] == "1.0"
-    assert stats["acked"] == 200 and stats["pending"] == 0 and stats["duplicates"] == 0
+    assert stats["acked"] == 200
+    assert stats["pending"] == 0
+    assert stats["duplicates"] == 0
     assert stats["ack_latency_ms"]["p50"] is not None
 
 
@@ -107,9 +108,11 @@ def test_flush_waits_for_acks_and_reports_pending_when_server_is_down(tmp_path, 
     for i in range(5):
         pub.emit(new_event("mlflow.run.metrics", _metric(i)))
     result = pub.flush(0.5)
-    assert not result.ok and result.pending == 5
+    assert not result.ok
+    assert result.pending == 5
     stats = pub.stats()
-    assert stats["connection"] in ("connecting", "disconnected") and stats["acked"] == 0
+    assert stats["connection"] in ("connecting", "disconnected")
+    assert stats["acked"] == 0
     assert "ConnectionRefused" in (stats["last_error"] or "")
     assert stats["spooled"] == 5
     pub.close(0)
@@ -117,15 +120,17 @@ def test_flush_waits_for_acks_and_reports_pending_when_server_is_down(tmp_path, 
 
 def test_emit_never_raises_and_strict_mode_raises(make_settings):
     """A bad event type is logged, counted and swallowed by default, and raised when strict is set."""
-    databricks_nats.configure(url="nats://127.0.0.1:1", spool_dir=make_settings("nats://x:1").spool_dir, connect_timeout=0.2)
+    databricks_nats.configure(
+        url="nats://127.0.0.1:1", spool_dir=make_settings("nats://x:1").spool_dir, connect_timeout=0.2
+    )
     assert databricks_nats.emit("not-a-type", {}) is None
     assert databricks_nats.emit("a.b.c", "not a mapping") is None  # type: ignore[arg-type]
     assert databricks_nats.stats()["dropped"]["invalid"] == 2
     databricks_nats.configure(url="nats://127.0.0.1:1", spool_dir=make_settings("nats://x:1").spool_dir, strict=True)
     with pytest.raises(databricks_nats.DatabricksNatsError):
         databricks_nats.emit("not-a-type", {})
+    databricks_nats.emit("a.b.c", {"x": 1}, keys=["k"])
     with pytest.raises(databricks_nats.FlushTimeout):
-        databricks_nats.emit("a.b.c", {"x": 1}, keys=["k"])
         databricks_nats.flush(0.2)
 
 
@@ -153,7 +158,8 @@ def test_many_threads_emitting_at_once_lose_nothing(nats_server, make_settings):
     assert pub.flush(30).ok
     pub.close()
     stored = [m["envelope"]["id"] for m in stream_messages(nats_server.url, settings.stream_name)]
-    assert sorted(stored) == sorted(ids) and len(stored) == 4000
+    assert sorted(stored) == sorted(ids)
+    assert len(stored) == 4000
 
 
 def test_emit_and_flush_work_inside_a_running_event_loop(nats_server, make_settings):
@@ -202,7 +208,8 @@ def test_unwritable_spool_dir_falls_back_to_memory_with_one_warning(nats_server,
     assert pub.flush(10).ok
     stats = pub.stats()
     pub.close()
-    assert stats["spool_durable"] is False and stats["acked"] == 1
+    assert stats["spool_durable"] is False
+    assert stats["acked"] == 1
 
 
 def test_disabled_setting_gives_a_noop_publisher(monkeypatch, tmp_path):
@@ -212,7 +219,8 @@ def test_disabled_setting_gives_a_noop_publisher(monkeypatch, tmp_path):
     assert databricks_nats.emit("a.b.c", {"x": 1}, keys=["k"]) is not None
     assert databricks_nats.flush(1).ok
     s = databricks_nats.stats()
-    assert s["disabled"] is True and s["emitted"] == 1
+    assert s["disabled"] is True
+    assert s["emitted"] == 1
     assert not os.listdir(tmp_path)
 
 
@@ -275,10 +283,16 @@ def test_event_size_cap_is_clamped_below_the_servers_max_payload(make_settings, 
     with NatsServer(config=str(conf)) as srv:
         settings = make_settings(srv, max_event_bytes=65536)
         pub = _api.build_transport(settings)
-        pub.emit(new_event("mlflow.run.params", {"experiment_id": "1", "run_id": "r", "params": {f"p{i}": "x" * 100 for i in range(500)}}))
+        pub.emit(
+            new_event(
+                "mlflow.run.params",
+                {"experiment_id": "1", "run_id": "r", "params": {f"p{i}": "x" * 100 for i in range(500)}},
+            )
+        )
         assert pub.flush(10).ok
         pub.close()
         [msg] = read_stream(srv.url, settings.stream_name)
     data = msg["envelope"]["data"]
-    assert data["truncated"] is True and data["run_id"] == "r"
+    assert data["truncated"] is True
+    assert data["run_id"] == "r"
     assert len(json.dumps(msg["envelope"]).encode()) < 4096

@@ -135,7 +135,7 @@ def encode(
         "env": env,
     }
     if dataref:
-        env_obj["dataref"] = dataref[:2048]
+        env_obj["dataref"] = dataref[: min(2048, max_bytes // 8)]
     if event.traceparent:
         env_obj["traceparent"] = event.traceparent
     env_obj["data"] = data

@@ -62,8 +62,9 @@ def dumps(value: Any) -> bytes:
     """Serialise to compact, strict JSON bytes (sanitising only when the fast path refuses)."""
     try:
         return _ENCODER.encode(value).encode()
-    except (ValueError, TypeError):
-        return _ENCODER.encode(sanitize(value)).encode()
+    except (ValueError, TypeError, RecursionError):
+        # Lone surrogates (undecodable file names) cannot be UTF-8: they become U+FFFD's stand-in "?".
+        return _ENCODER.encode(sanitize(value)).encode("utf-8", "replace")
 
 
 # Harsher and harsher limits: (max string length, max items per list or map).
@@ -95,26 +96,34 @@ def trim_to_fit(data: dict[str, Any], fits: Any, protected: frozenset[str] = fro
 
     ``protected`` top-level keys (the pointers and the context) are trimmed only at the last resort.
     """
+    top = [(k, v) for k, v in data.items() if k not in ("truncated", "truncated_fields")]
     for max_str, max_items in _LEVELS:
         cut: dict[str, int] = {}
-        out = {
-            k: v if k in protected else _cut(v, k, max_str, max_items, cut)
-            for k, v in data.items()
-            if k not in ("truncated", "truncated_fields")
-        }
+        kept = [(k, v) for k, v in top if k in protected]
+        rest = [(k, v) for k, v in top if k not in protected]
+        if len(rest) > max_items * 4:
+            cut["<fields>"] = len(top)
+            rest = rest[: max_items * 4]
+        out = {k: v if k in protected else _cut(v, k, max_str, max_items, cut) for k, v in kept + rest}
         out["truncated"] = True
         out["truncated_fields"] = dict(list(cut.items())[:16])
         if fits(out):
             return out
-    # Last resort: keep only short scalars (pointers are strings) and say how much was lost.
-    keep: dict[str, Any] = {}
-    for k, v in data.items():
-        if isinstance(v, (bool, int, float)) or v is None:
-            keep[k] = v
-        elif isinstance(v, str):
-            keep[k] = v if len(v) <= 256 else v[:255] + "…"
+    # Last resort: the protected fields (pointers and keys, shortened), then short scalars while they fit.
+    keep: dict[str, Any] = {k: _short(v) for k, v in top if k in protected}
     keep["truncated"] = True
-    keep["truncated_fields"] = {k: 0 for k in data if k not in keep}
-    while not fits(keep) and len(keep) > 2:
-        keep.pop(next(k for k in keep if k not in ("truncated", "truncated_fields")))
+    keep["truncated_fields"] = {"<fields>": len(top)}
+    for k, v in top:
+        if k in protected or not (v is None or isinstance(v, (bool, int, float, str))):
+            continue
+        keep[k] = _short(v)
+        if not fits(keep):
+            del keep[k]
+            break
+    if not fits(keep):  # even the pointers are too long: cut them harder
+        keep = {k: (v[:32] if isinstance(v, str) else v) for k, v in keep.items()}
     return keep
+
+
+def _short(v: Any) -> Any:
+    return v[:255] + "…" if isinstance(v, str) and len(v) > 256 else v

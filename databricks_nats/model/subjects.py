@@ -64,14 +64,17 @@ def decode(token: str) -> str:
         raise SubjectError(f"token {token[:40]!r}… is a hashed long name; read the name from the payload")
     raw = bytearray()
     i = 0
-    while i < len(token):
-        if token[i] == "%":
-            raw.append(int(token[i + 1 : i + 3], 16))
-            i += 3
-        else:
-            raw.extend(token[i].encode())
-            i += 1
-    return raw.decode("utf-8", "surrogatepass")
+    try:
+        while i < len(token):
+            if token[i] == "%":
+                raw.append(int(token[i + 1 : i + 3], 16))
+                i += 3
+            else:
+                raw.extend(token[i].encode())
+                i += 1
+        return raw.decode("utf-8", "surrogatepass")
+    except ValueError as e:  # bad hex, or bytes that are not UTF-8
+        raise SubjectError(f"{token[:40]!r} is not a token made by encode()") from e
 
 
 def validate_name(what: str, value: str) -> str:

@@ -1,1 +1,3 @@
 """The transport: settings-driven connection, the durable spool and the background publisher."""
+
+__all__: list[str] = []

@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # nats-py is imported by the worker thread, keeping it off th
 __all__ = ["FlushResult", "Publisher"]
 
 log = logging.getLogger("databricks_nats")
+_SAVE_DELAY = 0.05  # seconds an event may live only in memory; most are acked sooner and never hit the disk
 _INGEST_SLICE = 1000  # events encoded per loop iteration, so acks are never starved by a burst
 _PERMISSION = re.compile(r'permissions violation for publish to "([^"]+)"', re.IGNORECASE)
 
@@ -81,6 +82,9 @@ class Publisher:
         self._loaded_upto = 0
         self._spilled = True  # the spool may hold events from a dead process: look first
         self._acked: list[int] = []
+        self._unsaved: dict[int, Record] = {}  # in memory, not yet on disk (write-behind, _SAVE_DELAY)
+        self._save_timer: asyncio.TimerHandle | None = None
+        self._secured = 0
         self._flushers: list[tuple[int, asyncio.Future[None]]] = []
         self._nc: NATS | None = None
         self._reply_prefix = ""
@@ -132,6 +136,8 @@ class Publisher:
             inflight=len(self._inflight),
             pending=self._pending(),
             spool_bytes=self._spool.size_bytes,
+            unsaved=len(self._unsaved),
+            secured=self._secured,
             spool_durable=self._spool.durable,
             spool_path=self._spool.path,
             mode=self.settings.mode,
@@ -150,7 +156,7 @@ class Publisher:
         return result
 
     def _pending(self) -> int:
-        return len(self._inbox) + self._spool.count()
+        return len(self._inbox) + self._spool.count() + len(self._unsaved)
 
     # ---- worker side (loop thread) --------------------------------------------------------------
 
@@ -171,7 +177,7 @@ class Publisher:
         self._work.set()
 
     def _ingest(self) -> None:
-        """Move the inbox into the spool (one transaction), and into memory while there is room."""
+        """Encode a slice of the inbox into memory (or, when memory is full, straight into the spool)."""
         rows: list[tuple[str, str, bytes]] = []
         taken = 0
         while self._inbox and taken < _INGEST_SLICE:
@@ -185,45 +191,63 @@ class Publisher:
                 self._say(logging.WARNING, "invalid", "databricks-nats: dropped invalid event %s: %s", event.type, e)
                 continue
             rows.append((event.id, subject, payload))
-        if rows:
-            try:
-                seqs, dropped = self._spool.append(rows)
-            except Exception as e:  # noqa: BLE001 - disk full or similar: keep going in memory
-                self.stats_.error("spool", f"{type(e).__name__}: {e}")
-                self._say(logging.ERROR, "spool", "databricks-nats: spool write failed: %s", e)
-                seqs, dropped = self._spool_fallback(rows)
-            self.stats_.spooled += len(seqs)
-            if dropped:
-                self._forget(dropped, "spool_full")
-            room = self.settings.memory_max_events - len(self._ready) - len(self._inflight)
-            for seq, (rid, subject, payload) in zip(seqs, rows, strict=False):
-                if not self._spilled and room > 0 and seq > self._loaded_upto:
-                    self._ready[seq] = Record(seq, rid, subject, payload)
-                    self._loaded_upto = seq
-                    room -= 1
-                else:
-                    self._spilled = True
-            if seqs:
-                self._last_seq = seqs[-1]
+        room = self.settings.memory_max_events - len(self._ready) - len(self._inflight)
+        spill: list[Record] = []
+        for rid, subject, payload in rows:
+            self._last_seq += 1
+            rec = Record(self._last_seq, rid, subject, payload)
+            if not self._spilled and room > 0:
+                self._ready[rec.seq] = rec
+                self._unsaved[rec.seq] = rec
+                self._loaded_upto = rec.seq
+                room -= 1
+            else:
+                self._spilled = True
+                spill.append(rec)
+        if spill:
+            self._write(spill)
+        if self._unsaved and self._save_timer is None:
+            self._save_timer = self._loop.call_later(_SAVE_DELAY, self._save)
         self._ingested += taken
         if self._inbox and not self._wake_scheduled:  # a big burst: let sends and acks run in between
             self._wake_scheduled = True
             self._loop.call_soon(self._on_wake)
         self._update_flushers()
 
-    def _spool_fallback(self, rows: list[tuple[str, str, bytes]]) -> tuple[list[int], list[int]]:
-        old = self._spool
-        self._spool = MemorySpool(min(self.settings.spool_max_bytes, 64 * 1024 * 1024), first_seq=self._last_seq + 1)
-        self._say(
-            logging.WARNING, "spool_fallback", "databricks-nats: spool %s failed; holding events in memory", old.path
-        )
-        return self._spool.append(rows)
+    def _write(self, records: list[Record]) -> None:
+        """Append records to the spool (falling back to memory if the disk fails); drop what exceeds its bound."""
+        try:
+            dropped = self._spool.append(records)
+        except Exception as e:  # noqa: BLE001 - disk full or similar: keep going in memory
+            self.stats_.error("spool", f"{type(e).__name__}: {e}")
+            self._say(
+                logging.ERROR,
+                "spool",
+                "databricks-nats: spool %s failed (%s); holding events in memory",
+                self._spool.path,
+                e,
+            )
+            self._spool = MemorySpool(min(self.settings.spool_max_bytes, 64 * 1024 * 1024))
+            dropped = self._spool.append(records)
+        self.stats_.spooled += len(records)
+        if dropped:
+            self._forget(dropped, "spool_full")
+
+    def _save(self) -> None:
+        """Write-behind: persist the in-memory events still unacknowledged (acked ones never touch the disk)."""
+        self._save_timer = None
+        if self._unsaved:
+            records = list(self._unsaved.values())
+            self._unsaved.clear()
+            self._write(records)
+        self._secured = self._ingested  # every event ingested so far is now acked, dropped or on disk
 
     def _forget(self, seqs: list[int], reason: str) -> None:
         """Remove dropped events from memory and count them."""
         for seq in seqs:
             self._ready.pop(seq, None)
             self._inflight.pop(seq, None)
+            self._unsaved.pop(seq, None)
         self.stats_.dropped[reason] += len(seqs)
         self._say(logging.WARNING, reason, "databricks-nats: dropped %d event(s): %s", len(seqs), reason)
 
@@ -362,16 +386,23 @@ class Publisher:
 
     def _ack(self, seqs: list[int]) -> None:
         self.stats_.acked += len(seqs)
-        if not self._acked:
-            self._loop.call_soon(self._commit_acks)
-        self._acked.extend(seqs)
+        self._discard(seqs)
         self._work.set()
 
     def _drop_acked(self, seqs: list[int], reason: str) -> None:
         self._forget(seqs, reason)
-        if not self._acked:
-            self._loop.call_soon(self._commit_acks)
-        self._acked.extend(seqs)
+        self._discard(seqs)
+
+    def _discard(self, seqs: list[int]) -> None:
+        """Events that are done: forget the unsaved ones, batch-delete the saved ones from the spool."""
+        unsaved = self._unsaved
+        on_disk = [seq for seq in seqs if unsaved.pop(seq, None) is None]
+        if on_disk:
+            if not self._acked:
+                self._loop.call_soon(self._commit_acks)
+            self._acked.extend(on_disk)
+        elif self._flushers:
+            self._update_flushers()
 
     def _commit_acks(self) -> None:
         seqs, self._acked = self._acked, []
@@ -399,6 +430,9 @@ class Publisher:
         if not self._flushers:
             return
         lowest = self._spool.min_seq()
+        if self._unsaved:
+            first = next(iter(self._unsaved))  # inserted in ascending order
+            lowest = first if lowest is None else min(lowest, first)
         still = []
         for boundary, fut in self._flushers:
             if fut.done():
@@ -485,6 +519,7 @@ class Publisher:
     async def _on_disconnect(self) -> None:
         if self._nc is not None and not self._closing:
             self._set_connected(False)
+            self._save()
             self._say(logging.WARNING, "disconnect", "databricks-nats: disconnected from NATS; events are spooled")
 
     async def _on_reconnect(self) -> None:
@@ -522,6 +557,9 @@ class Publisher:
             self._timer.cancel()
         if self._acked:
             self._commit_acks()
+        if self._save_timer is not None:
+            self._save_timer.cancel()
+        self._save()
         if self._nc is not None:
             with contextlib.suppress(Exception):  # closing a broken connection may fail in many ways
                 await asyncio.wait_for(self._nc.close(), 2)

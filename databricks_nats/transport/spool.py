@@ -45,8 +45,8 @@ class Spool(Protocol):
     @property
     def path(self) -> str | None: ...
 
-    def append(self, rows: list[tuple[str, str, bytes]]) -> tuple[list[int], list[int]]:
-        """Store rows in order; return (their sequences, the sequences dropped to stay in bounds)."""
+    def append(self, records: list[Record]) -> list[int]:
+        """Store records (ascending sequences, above any stored); return the sequences dropped to stay in bounds."""
 
     def delete(self, seqs: list[int]) -> None: ...
     def load(self, after: int, limit: int) -> list[Record]: ...
@@ -75,20 +75,18 @@ class MemorySpool:
     def size_bytes(self) -> int:
         return self._bytes
 
-    def append(self, rows: list[tuple[str, str, bytes]]) -> tuple[list[int], list[int]]:
-        seqs = []
-        for rid, subject, payload in rows:
-            seq = self._next
-            self._next += 1
-            self._rows[seq] = Record(seq, rid, subject, payload)
-            self._bytes += len(payload)
-            seqs.append(seq)
+    def append(self, records: list[Record]) -> list[int]:
+        for rec in records:
+            self._rows[rec.seq] = rec
+            self._bytes += len(rec.payload)
+        if records:
+            self._next = records[-1].seq + 1
         dropped = []
         while self._bytes > self._max and self._rows:
             seq, rec = self._rows.popitem(last=False)
             self._bytes -= len(rec.payload)
             dropped.append(seq)
-        return seqs, dropped
+        return dropped
 
     def delete(self, seqs: list[int]) -> None:
         for seq in seqs:
@@ -148,7 +146,7 @@ class SqliteSpool:
         self.adopted = self._adopt_orphans(directory)
         row = self._db.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0), COUNT(*) FROM events").fetchone()
         self._bytes, self._count = int(row[0]), int(row[1])
-        self._next = self.max_seq() + 1  # this process's file: sequences only grow from here
+        self._next = int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]) + 1
 
     @property
     def size_bytes(self) -> int:
@@ -186,27 +184,20 @@ class SqliteSpool:
                 os.close(fd)
         return adopted
 
-    def append(self, rows: list[tuple[str, str, bytes]]) -> tuple[list[int], list[int]]:
+    def append(self, records: list[Record]) -> list[int]:
         db = self._db
-        first = self._next
-        seqs = list(range(first, first + len(rows)))
         db.execute("BEGIN")
         try:
-            db.executemany(
-                "INSERT INTO events (seq, id, subject, payload) VALUES (?, ?, ?, ?)",
-                [(seq, *row) for seq, row in zip(seqs, rows, strict=True)],
-            )
+            db.executemany("INSERT INTO events (seq, id, subject, payload) VALUES (?, ?, ?, ?)", records)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        self._next = first + len(rows)
-        self._bytes += sum(len(r[2]) for r in rows)
-        self._count += len(rows)
-        dropped: list[int] = []
-        if self._bytes > self._max:
-            dropped = self._drop_oldest()
-        return seqs, dropped
+        if records:
+            self._next = records[-1].seq + 1
+        self._bytes += sum(len(r.payload) for r in records)
+        self._count += len(records)
+        return self._drop_oldest() if self._bytes > self._max else []
 
     def _drop_oldest(self) -> list[int]:
         dropped = []
@@ -247,7 +238,8 @@ class SqliteSpool:
         return None if row[0] is None else int(row[0])
 
     def max_seq(self) -> int:
-        return int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+        """The highest sequence ever stored by this process (new records must go above it)."""
+        return self._next - 1
 
     def count(self) -> int:
         return self._count

@@ -58,7 +58,8 @@ def test_server_down_for_seconds_mid_stream_loses_and_duplicates_nothing(fresh_s
     assert down_stats["connection"] == "disconnected"
     assert len(stored) == len(set(stored)), "duplicates in the stream"
     assert sorted(stored) == sorted(ids)
-    assert final["connects"] == 1 and final["dropped_total"] == 0
+    assert final["connects"] == 1
+    assert final["dropped_total"] == 0
 
 
 _CHILD = r"""
@@ -68,12 +69,13 @@ dn.configure()
 ids = open(sys.argv[1], "w", buffering=1)
 i = 0
 while True:
-    ev = dn.emit("mlflow.run.metrics", {"experiment_id": "1", "run_id": "r", "metrics": {"step": i}, "points": 1, "final": False})
+    data = {"experiment_id": "1", "run_id": "r", "metrics": {"step": i}, "points": 1, "final": False}
+    ev = dn.emit("mlflow.run.metrics", data)
     ids.write(ev.id + "\n")
     i += 1
     if i % 100 == 0:
         s = dn.stats()
-        print(s["spooled"], s["acked"], flush=True)
+        print(s["secured"], s["acked"], flush=True)
         time.sleep(0.005)
 """
 
@@ -86,7 +88,9 @@ print(json.dumps({"ok": ok, **{k: v for k, v in dn.stats().items() if k in ("rep
 """
 
 
-def test_sigkilled_publisher_is_replayed_from_its_spool_without_loss_or_duplicates(fresh_server, make_settings, tmp_path):
+def test_sigkilled_publisher_is_replayed_from_its_spool_without_loss_or_duplicates(
+    fresh_server, make_settings, tmp_path
+):
     """A publishing process SIGKILLed mid-emission: a new process re-publishes every unacked event, none twice."""
     settings = make_settings(fresh_server)
     env = {
@@ -98,11 +102,11 @@ def test_sigkilled_publisher_is_replayed_from_its_spool_without_loss_or_duplicat
     }
     ids_file = tmp_path / "ids.txt"
     child = subprocess.Popen([sys.executable, "-c", _CHILD, str(ids_file)], env=env, stdout=subprocess.PIPE, text=True)
-    spooled = 0
+    secured = 0
     assert child.stdout is not None
     for line in child.stdout:
-        spooled, acked = map(int, line.split())
-        if acked >= 1000 and spooled >= acked + 200:  # some events stored, some in flight or spooled
+        secured, acked = map(int, line.split())  # secured: the first N events are acked or on disk
+        if acked >= 1000 and secured >= acked + 200:  # some events stored, some in flight or spooled
             break
     child.send_signal(signal.SIGKILL)
     child.wait()
@@ -114,5 +118,5 @@ def test_sigkilled_publisher_is_replayed_from_its_spool_without_loss_or_duplicat
     stored = [m["envelope"]["id"] for m in read_stream(fresh_server.url, settings.stream_name)]
     assert len(stored) == len(set(stored)), "duplicates in the stream"
     assert set(stored) <= set(emitted)
-    assert set(emitted[:spooled]) <= set(stored), "an event that reached the spool was lost"
+    assert set(emitted[:secured]) <= set(stored), "an event that was acked or on disk was lost"
     assert '"replayed": 0' not in report, "the new process found nothing to replay"
