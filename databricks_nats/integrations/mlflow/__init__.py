@@ -21,38 +21,37 @@ __all__ = ["autolog", "install", "installed", "uninstall"]
 
 log = logging.getLogger("databricks_nats")
 _lock = threading.Lock()
-_hook: Hook | None = None
+_hook: Hook | None = None  # kept after uninstall: stores it wrapped stay wrapped and re-enable with it
+_active = False
 
 
 def install() -> Hook:
     """Install the store-layer hook (idempotent); return it."""
-    global _hook
+    global _hook, _active
     with _lock:
-        if _hook is not None:
-            _hook.enabled = True
-            return _hook
-        hook = Hook()
-        _compat.install(hook.wrap_tracking, hook.wrap_registry, hook.wrap_artifacts)
-        _hook = hook
-        atexit.register(hook.metrics.flush_all)  # runs before the publisher's exit flush (atexit is LIFO)
-        log.info("databricks-nats: MLflow hook installed (MLflow %s.%s)", *_compat.mlflow_version())
-        return hook
+        if _hook is None:
+            _hook = Hook()
+            atexit.register(_hook.metrics.flush_all)  # runs before the publisher's exit flush (atexit is LIFO)
+        if not _active:
+            _compat.install(_hook.wrap_tracking, _hook.wrap_registry, _hook.wrap_artifacts)
+            _hook.enabled = _active = True
+            log.info("databricks-nats: MLflow hook installed (MLflow %s.%s)", *_compat.mlflow_version())
+        return _hook
 
 
 def uninstall() -> None:
     """Remove the hook: registries are restored and already wrapped stores stop publishing."""
-    global _hook
+    global _active
     with _lock:
-        if _hook is None:
+        if _hook is None or not _active:
             return
         _hook.metrics.flush_all()
-        _hook.enabled = False
+        _hook.enabled = _active = False
         _compat.uninstall()
-        _hook = None
 
 
 def installed() -> bool:
-    return _hook is not None
+    return _active
 
 
 def autolog(*, disable: bool = False, **mlflow_autolog_kwargs: Any) -> None:
