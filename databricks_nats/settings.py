@@ -14,7 +14,6 @@ import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from databricks_nats.errors import ConfigurationError, SubjectError
@@ -276,7 +275,3 @@ def resolve_settings(
 def describe() -> list[tuple[str, str, bool, str]]:
     """(setting, environment variable, secret, description) for every setting, for docs and the CLI."""
     return [(n, ENV_PREFIX + n.upper(), f.metadata["secret"], f.metadata["doc"]) for n, f in _FIELDS.items()]
-
-
-def as_path(value: str) -> Path:
-    return Path(value).expanduser()

@@ -16,7 +16,7 @@ import datetime as _dt
 import json
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from databricks_nats.model import catalog, jsonsafe, subjects
@@ -151,8 +151,6 @@ def encode(
     env_obj["data"] = trimmed
     return event.subject, jsonsafe.dumps(env_obj)
 
-
-Encoder = Callable[[Event], tuple[str, bytes]]
 
 from databricks_nats.model import types as _types  # noqa: E402,F401 - registers the built-in types
 
