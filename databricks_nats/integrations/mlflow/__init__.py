@@ -33,6 +33,7 @@ def install() -> Hook:
             _hook = Hook()
             atexit.register(_hook.metrics.flush_all)  # runs before the publisher's exit flush (atexit is LIFO)
         if not _active:
+            _hook.reconfigure()
             _compat.install(_hook.wrap_tracking, _hook.wrap_registry, _hook.wrap_artifacts)
             _hook.enabled = _active = True
             log.info("databricks-nats: MLflow hook installed (MLflow %s.%s)", *_compat.mlflow_version())

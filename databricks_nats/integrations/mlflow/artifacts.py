@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -21,13 +20,13 @@ from databricks_nats import _api
 __all__ = ["SAMPLE", "run_of", "wrap_repo"]
 
 SAMPLE = 20
-_RUN_URI = re.compile(r"/(?P<exp>[^/]+)/(?P<run>[0-9a-f]{32})/artifacts(?:/|$)")
+_RUN_URI = re.compile(r"(?:/(?P<exp>[^/]+))?/(?P<run>[0-9a-f]{32})/artifacts(?:/|$)")
 
 
 def run_of(artifact_uri: str) -> tuple[str, str] | None:
-    """(experiment id, run id) of a run's artifact URI in MLflow's standard layout, else None."""
+    """(experiment id as the URI shows it, run id) of a run's artifact URI, else None."""
     m = _RUN_URI.search(artifact_uri or "")
-    return (m.group("exp"), m.group("run")) if m else None
+    return (m.group("exp") or "", m.group("run")) if m else None
 
 
 def _walk(local_dir: str) -> tuple[int, int, list[dict[str, Any]]]:
@@ -47,12 +46,15 @@ def _walk(local_dir: str) -> tuple[int, int, list[dict[str, Any]]]:
     return count, total, sample
 
 
-def wrap_repo(repo: Any, emit: Callable[[str, dict[str, Any]], None], local: threading.local) -> Any:
+def wrap_repo(
+    repo: Any, emit: Callable[[str, dict[str, Any]], None], experiment_of: Callable[[str], str | None]
+) -> Any:
     """Wrap ``log_artifact`` and ``log_artifacts`` of one repository instance (only for run repositories)."""
     owner = run_of(str(getattr(repo, "artifact_uri", "")))
     if owner is None:
         return repo
-    experiment_id, run_id = owner
+    run_id = owner[1]
+    experiment_id = experiment_of(run_id) or owner[0]  # a custom artifact_location hides the experiment
     base_uri = str(repo.artifact_uri)
     active: set[str] = set()
     one, many = repo.log_artifact, repo.log_artifacts

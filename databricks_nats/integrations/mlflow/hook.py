@@ -29,15 +29,19 @@ class Hook:
     """Knows the runs it has seen and emits the MLflow event types; wraps stores and repositories."""
 
     def __init__(self) -> None:
-        settings = _api.get_settings()
         self.enabled = True
-        self._deny = settings.deny_keys
-        self._allow = settings.allow_keys
         self._local = threading.local()
         self._runs: dict[str, dict[str, Any]] = {}  # run_id -> {experiment_id, start_time, run_name, artifact_uri}
-        self.metrics = MetricsCoalescer(
-            lambda data: self._emit("mlflow.run.metrics", data), settings.metrics_mode, settings.metrics_interval
-        )
+        self.metrics = MetricsCoalescer(lambda data: self._emit("mlflow.run.metrics", data), "coalesce", 1.0)
+        self.reconfigure()
+
+    def reconfigure(self) -> None:
+        """Read the settings in effect (deny/allow keys, metrics mode and interval)."""
+        settings = _api.get_settings()
+        self._deny = settings.deny_keys
+        self._allow = settings.allow_keys
+        self.metrics.mode = settings.metrics_mode
+        self.metrics.interval = settings.metrics_interval
 
     # ---- plumbing --------------------------------------------------------------------------------
 
@@ -254,7 +258,12 @@ class Hook:
     def wrap_artifacts(self, repo: Any) -> Any:
         if _compat.is_delegating_repo(repo) or not _compat.mark(repo):
             return repo
-        return artifacts.wrap_repo(repo, self._emit, self._local)
+        return artifacts.wrap_repo(repo, self._emit, self.experiment_of)
+
+    def experiment_of(self, run_id: str) -> str | None:
+        """The experiment of a run this hook has seen (an artifact URI need not contain it)."""
+        known = self._runs.get(run_id)
+        return known["experiment_id"] if known else None
 
 
 def _logged_model_data(model: Any) -> dict[str, Any]:

@@ -51,7 +51,11 @@ class MetricsCoalescer:
             if run is None:
                 run = self._runs[run_id] = _RunMetrics(base)
             for m in metrics:
-                if m.key in run.latest or len(run.latest) < MAX_KEYS:
+                have = run.latest.get(m.key)
+                if have is None and len(run.latest) >= MAX_KEYS:
+                    continue
+                # MLflow's "latest" is the point with the highest (step, timestamp, value), not the last to arrive.
+                if have is None or (m.step, m.timestamp, m.value) >= (have["step"], have["timestamp"], have["value"]):
                     run.latest[m.key] = {"value": m.value, "step": m.step, "timestamp": m.timestamp}
             run.points += len(metrics)
             if self.mode == "every" or now - run.last_emit >= self.interval:

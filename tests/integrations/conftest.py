@@ -1,0 +1,164 @@
+"""Fixtures for the MLflow hook's integration tests: real MLflow (sqlite), real nats-server, nothing mocked.
+
+Isolation, per test:
+
+* ``tracking``: a private clone of one migrated sqlite tracking store (migrated once per session; a copy
+  costs ~30 ms, a fresh migration ~1.5 s), a private working directory (so the default artifact root is
+  ``tmp_path/mlruns`` and run artifacts live at ``mlruns/<experiment>/<run>/artifacts``) and a private
+  experiment.
+* ``_isolated_mlflow`` (autouse): no ``DATABRICKS_NATS_*``/``MLFLOW_*`` variables leak in; afterwards any
+  active run is ended, the hook is uninstalled (into a throw-away capture, never a real server), and the
+  tracking URI, active experiment and async-logging switch are restored.
+* ``record(**settings)``: the hook reads its settings (deny list, metrics mode) from the process-wide
+  settings when it is installed, not from ``capture()``, so ``record`` configures both, then installs the
+  hook inside the capture and returns the captured events.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+from jsonschema import Draft202012Validator
+
+import databricks_nats
+from databricks_nats.integrations import mlflow as nats_mlflow
+from databricks_nats.model import catalog
+from databricks_nats.testing import Capture, capture
+
+_MLFLOW_VARS = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_REGISTRY_URI",
+    "MLFLOW_EXPERIMENT_ID",
+    "MLFLOW_EXPERIMENT_NAME",
+    "MLFLOW_RUN_ID",
+    "MLFLOW_ENABLE_ASYNC_LOGGING",
+)
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """The MLflow store of one test: its URI, its experiment and its directory."""
+
+    uri: str
+    experiment_id: str
+    root: Path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_mlflow(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No settings leak in or out of a test, and the hook is never left installed."""
+    from mlflow.tracking import fluent
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    for name in list(os.environ):
+        if name.startswith("DATABRICKS_NATS_"):
+            monkeypatch.delenv(name)
+    for name in _MLFLOW_VARS:
+        monkeypatch.delenv(name, raising=False)
+    previous_uri = tracking_utils._tracking_uri
+    monkeypatch.setattr(fluent, "_active_experiment_id", None)
+    yield
+    with capture():  # whatever ending runs still publishes goes nowhere
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+        nats_mlflow.uninstall()
+    mlflow.set_tracking_uri(previous_uri)
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A sqlite tracking store with MLflow's schema, migrated once for the session (cloned per test)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    root = tmp_path_factory.mktemp("mlflow-template")
+    db = root / "template.db"
+    store = SqlAlchemyStore(f"sqlite:///{db}", str(root / "mlruns"))
+    store.engine.dispose()
+    return db
+
+
+@pytest.fixture
+def tracking(mlflow_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Tracking:
+    """This test's own sqlite tracking store (a clone of the template), working directory and experiment."""
+    db = tmp_path / "mlflow.db"
+    shutil.copyfile(mlflow_template, db)
+    monkeypatch.chdir(tmp_path)  # the sqlite store's default artifact root is ./mlruns
+    uri = f"sqlite:///{db}"
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.set_experiment("integration")
+    return Tracking(uri, experiment.experiment_id, tmp_path)
+
+
+@pytest.fixture
+def record(namespace: dict[str, str]) -> Iterator[Callable[..., Capture]]:
+    """``record(**settings)``: configure the hook's settings (no network), capture events, install the hook."""
+    with contextlib.ExitStack() as stack:
+
+        def start(**settings: Any) -> Capture:
+            databricks_nats.configure(disabled=True, **namespace, **settings)
+            events = stack.enter_context(capture(**namespace, **settings))
+            nats_mlflow.install()
+            return events
+
+        yield start
+
+
+@pytest.fixture
+def subject_of(namespace: dict[str, str]) -> Callable[..., str]:
+    """The subject an MLflow event must have: ``dbx.<workspace>.<env>.mlflow.<entity>.<keys…>.<action>``."""
+
+    def subject(entity: str, *tokens: str) -> str:
+        return ".".join(["dbx", namespace["workspace"], namespace["env"], "mlflow", entity, *tokens])
+
+    return subject
+
+
+@pytest.fixture(scope="session")
+def assert_valid_event() -> Callable[[dict[str, Any]], None]:
+    """Validate an envelope against the envelope schema and its data against its catalogued type's schema."""
+    envelope_validator = _validator(catalog.envelope_schema())
+    known = {t.name for t in catalog.all_types()}
+    data_validators: dict[str, Draft202012Validator] = {}
+
+    def check(envelope: dict[str, Any]) -> None:
+        errors = [e.message for e in envelope_validator.iter_errors(envelope)]
+        assert not errors, f"envelope of {envelope.get('type')}: {errors}"
+        event_type = envelope["type"].removeprefix("databricks.")
+        assert event_type in known, f"{event_type} is not a catalogued type"
+        if event_type not in data_validators:
+            data_validators[event_type] = _validator(catalog.lookup(event_type).schema())
+        errors = [f"{list(e.path)}: {e.message}" for e in data_validators[event_type].iter_errors(envelope["data"])]
+        assert not errors, f"data of {event_type}: {errors}"
+        dt.datetime.fromisoformat(envelope["time"].replace("Z", "+00:00"))  # RFC 3339
+
+    return check
+
+
+def _validator(schema: dict[str, Any]) -> Draft202012Validator:
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
+@pytest.fixture(scope="session")
+def wait_for() -> Callable[..., Any]:
+    """Poll a condition until it holds or ``timeout`` passes; return its last value (for eventual checks)."""
+
+    def wait(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
+        deadline = time.monotonic() + timeout
+        value = condition()
+        while not value and time.monotonic() < deadline:
+            time.sleep(0.02)
+            value = condition()
+        return value
+
+    return wait
