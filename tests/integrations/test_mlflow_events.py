@@ -19,8 +19,6 @@ from databricks_nats.integrations import mlflow as nats_mlflow
 from databricks_nats.settings import resolve_settings
 from databricks_nats.testing import capture
 
-RUN_ACTIONS = ("started", "params", "metrics", "tags", "artifacts", "inputs", "finished", "failed", "killed")
-
 
 def _merged(events: list[Any], field: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -434,35 +432,3 @@ def test_reinstalled_hook_publishes_for_stores_wrapped_before_uninstall(tracking
     assert [e.data["params"] for e in events.of_type("mlflow.run.params")] == [{"round": "1"}, {"round": "3"}]
     assert events.of_type("mlflow.run.artifacts")[-1].data["run_id"] == third.info.run_id
     assert [e.data["run_id"] for e in events.of_type("mlflow.run.finished")][-1] == third.info.run_id
-
-
-def test_settings_configured_before_a_reinstall_take_effect(tracking, namespace):
-    """After uninstall(), configure(metrics_mode=...) then install() applies the new metrics mode."""
-    databricks_nats.configure(disabled=True, metrics_mode="off", **namespace)
-    with capture(**namespace) as first:
-        nats_mlflow.install()
-        with mlflow.start_run():
-            mlflow.log_metric("loss", 1.0)
-        nats_mlflow.uninstall()
-    assert first.of_type("mlflow.run.metrics") == []
-
-    databricks_nats.configure(disabled=True, metrics_mode="every", **namespace)  # replaces the transport
-    with capture(**namespace) as second:
-        nats_mlflow.install()
-        with mlflow.start_run():
-            mlflow.log_metric("loss", 1.0)
-            mlflow.log_metric("loss", 0.5)
-    assert [e.data["points"] for e in second.of_type("mlflow.run.metrics")] == [1, 1]
-
-
-def test_artifacts_of_an_experiment_with_custom_artifact_location_use_the_runs_experiment_id(
-    tracking, record, subject_of
-):
-    """A run in an experiment with a custom artifact_location announces artifacts on its own run subject."""
-    experiment_id = MlflowClient().create_experiment("custom", artifact_location=str(tracking.root / "elsewhere"))
-    events = record()
-    with mlflow.start_run(experiment_id=experiment_id) as run:
-        mlflow.log_text("x", "out.txt")
-    (artifacts,) = events.of_type("mlflow.run.artifacts")
-    assert artifacts.data["experiment_id"] == experiment_id
-    assert artifacts.subject == subject_of("run", experiment_id, run.info.run_id, "artifacts")

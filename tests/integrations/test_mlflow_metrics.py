@@ -122,8 +122,8 @@ def test_eight_threads_logging_to_their_own_runs_are_all_accounted_for(tracking,
         assert finished["metrics"] == {"loss": 1.0 / steps, **{f"k{j}": float(worker) for j in range(keys)}}
 
 
-def test_latest_metrics_on_run_finished_match_mlflows_latest_metrics(tracking, record):
-    """run.finished reports MLflow's latest value per metric (highest step), even when a lower step came last."""
+def test_latest_metrics_follow_mlflows_step_then_timestamp_then_value_order(tracking, record):
+    """run.finished reports MLflow's latest value per metric, for a backfilled lower step and for a tied step."""
     events = record()
     with mlflow.start_run() as run:
         mlflow.log_metric("loss", 0.1, step=10)
