@@ -261,9 +261,16 @@ class Hook:
         return artifacts.wrap_repo(repo, self._emit, self.experiment_of)
 
     def experiment_of(self, run_id: str) -> str | None:
-        """The experiment of a run this hook has seen (an artifact URI need not contain it)."""
+        """The experiment of a run (an artifact URI need not contain it): known runs, else asked once."""
         known = self._runs.get(run_id)
-        return known["experiment_id"] if known else None
+        if known is None:
+            from mlflow.tracking import MlflowClient
+
+            try:
+                known = self._remember(MlflowClient().get_run(run_id).info)
+            except Exception:  # noqa: BLE001 - the URI's layout is the fallback
+                return None
+        return str(known["experiment_id"])
 
 
 def _logged_model_data(model: Any) -> dict[str, Any]:
