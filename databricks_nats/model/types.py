@@ -84,8 +84,14 @@ for _action, _extra in {
         "input_rows": "integer",
         "input_rows_per_second": "number?",
         "processed_rows_per_second": "number?",
+        "trigger_ms": "integer?",
+        "batches": "integer",
+        "rows_since_last": "integer",
         "sources": "array",
+        "source_count": "integer",
         "sink": "object",
+        "state_rows": "integer",
+        "observed_metrics": "object",
     },
     "idle": {},
     "terminated": {"error_class": "string?", "error": "string?"},
@@ -99,22 +105,38 @@ for _action, _extra in {
         )
     )
 
-for _action in ("succeeded", "failed", "summary"):
+_EXECUTION = {
+    "app_id": "string",
+    "execution_id": "integer?",
+    "kind": "string",
+    "description": "string?",
+    "job_group": "string?",
+    "duration_ms": "integer",
+    "jobs": "integer",
+    "stages": "integer",
+    "error": "string?",
+    "error_class": "string?",
+    "mlflow_run_id": "string?",
+}
+for _action, _fields in {
+    "succeeded": _EXECUTION,
+    "failed": _EXECUTION,
+    "summary": {
+        "app_id": "string",
+        "executions": "integer",
+        "duration_ms": "integer",
+        "max_duration_ms": "integer",
+        "jobs": "integer",
+        "window_s": "number",
+        "mlflow_run_ids": "array",
+    },
+}.items():
     register(
         EventType(
             f"spark.execution.{_action}",
             keys=("app_id",),
-            fields={
-                "app_id": "string",
-                "execution_id": "integer?",
-                "description": "string?",
-                "duration_ms": "integer?",
-                "jobs": "integer?",
-                "stages": "integer?",
-                "error": "string?",
-                "mlflow_run_id": "string?",
-            },
-            description=f"Spark SQL execution / action {_action}",
+            fields=_fields,
+            description="Short Spark executions, counted" if _action == "summary" else f"Spark SQL execution {_action}",
         )
     )
 
@@ -129,6 +151,7 @@ register(
             "format": "string?",
             "version": "integer?",
             "operation": "string?",
+            "mlflow_run_id": "string?",
         },
         description="A table has new data",
     )

@@ -1,0 +1,130 @@
+"""Reading the stream back: short-lived connections, time→sequence lookup and ranged reads.
+
+Used by the event log (``read_events``) and the consumers. Every read uses an ephemeral consumer with
+no acks that the server deletes by itself shortly after the reader goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as _dt
+import threading
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from typing import Any, TypeVar
+
+from databricks_nats.settings import Settings
+
+__all__ = ["bounds", "connect", "read_range", "run_sync", "seq_at"]
+
+T = TypeVar("T")
+FETCH = 500
+_IDLE = 30.0  # seconds before the server deletes an abandoned reader's consumer
+
+
+async def connect(settings: Settings, name: str = "reader") -> Any:
+    """A plain connection (no reconnect loop) with the configured credentials."""
+    import nats
+
+    from databricks_nats.transport.auth import auth_options
+
+    return await nats.connect(
+        list(settings.url),
+        name=f"{settings.client_name}-{name}",
+        connect_timeout=settings.connect_timeout,
+        allow_reconnect=False,
+        **auth_options(settings),
+    )
+
+
+def run_sync(coro: Coroutine[Any, Any, T], timeout: float) -> T:
+    """Run a coroutine to completion from sync code, also when the caller is inside a running loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(asyncio.wait_for(coro, timeout))
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(asyncio.wait_for(coro, timeout))
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = e
+
+    th = threading.Thread(target=target, daemon=True)
+    th.start()
+    th.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
+
+
+async def bounds(js: Any, stream: str) -> tuple[int, int]:
+    """(first, last) sequence numbers of a stream; last < first when it is empty."""
+    state = (await js.stream_info(stream)).state
+    return int(state.first_seq), int(state.last_seq)
+
+
+def _consumer_config(filters: Sequence[str], **start: Any) -> Any:
+    from nats.js.api import AckPolicy, ConsumerConfig
+
+    config = ConsumerConfig(ack_policy=AckPolicy.NONE, inactive_threshold=_IDLE, mem_storage=True, **start)
+    if len(filters) == 1:
+        config.filter_subject = filters[0]
+    elif filters:
+        config.filter_subjects = list(filters)
+    return config
+
+
+async def seq_at(js: Any, stream: str, when: _dt.datetime, filters: Sequence[str] = ()) -> int | None:
+    """The sequence of the first message stored at or after ``when``, or None when there is none."""
+    from nats.js.api import DeliverPolicy
+
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=_dt.timezone.utc)
+    stamp = when.astimezone(_dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    config = _consumer_config(filters, deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=stamp)
+    info = await js.add_consumer(stream, config)
+    try:
+        sub = await js.pull_subscribe_bind(info.name, stream=stream)
+        try:
+            msgs = await sub.fetch(1, timeout=1.0)
+        except asyncio.TimeoutError:
+            return None
+        finally:
+            await sub.unsubscribe()
+        return int(msgs[0].metadata.sequence.stream) if msgs else None
+    finally:
+        await _delete(js, stream, info.name)
+
+
+async def read_range(js: Any, stream: str, filters: Sequence[str], lo: int, hi: int) -> AsyncIterator[Any]:
+    """Yield the stored messages with ``lo <= sequence <= hi`` that match ``filters``, in order."""
+    from nats.js.api import DeliverPolicy
+
+    if hi < lo:
+        return
+    config = _consumer_config(filters, deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=lo)
+    info = await js.add_consumer(stream, config)
+    sub = await js.pull_subscribe_bind(info.name, stream=stream)
+    try:
+        while True:
+            try:
+                msgs = await sub.fetch(min(FETCH, hi - lo + 1), timeout=1.0)
+            except asyncio.TimeoutError:
+                return
+            for msg in msgs:
+                meta = msg.metadata
+                if meta.sequence.stream > hi:
+                    return
+                yield msg
+                if meta.num_pending == 0:
+                    return
+    finally:
+        await sub.unsubscribe()
+        await _delete(js, stream, info.name)
+
+
+async def _delete(js: Any, stream: str, name: str) -> None:
+    with contextlib.suppress(Exception):  # the inactive threshold removes it anyway
+        await js.delete_consumer(stream, name)

@@ -1,0 +1,79 @@
+"""Fixtures for the Spark tests: one real local Spark session for the whole run, a real nats-server per module.
+
+Each test publishes into its own workspace namespace (its own stream), attaches the listeners itself and
+detaches them afterwards, so tests sharing the session never see each other's events.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import databricks_nats
+from databricks_nats import spark as nats_spark
+from databricks_nats.integrations.spark import detach_all
+from databricks_nats.testing import NatsServer, read_stream
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real ``local[2]`` SparkSession whose Python workers run this interpreter."""
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    from pyspark.sql import SparkSession
+
+    warehouse = tmp_path_factory.mktemp("warehouse")
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("databricks-nats-tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.sql.warehouse.dir", str(warehouse))
+        .config("spark.sql.streaming.noDataProgressEventInterval", "200ms")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    detach_all()
+    session.stop()
+
+
+@pytest.fixture
+def published(nats_server: NatsServer, namespace: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Configure publishing to the module's real server; return a reader of what reached the stream."""
+    settings = databricks_nats.configure(url=nats_server.url, spool_dir=str(tmp_path / "spool"), **namespace)
+
+    def read(prefix: str = "") -> list[dict[str, Any]]:
+        databricks_nats.flush(timeout=10)
+        envs = [m["envelope"] for m in read_stream(nats_server.url, settings.stream_name)]
+        return [e for e in envs if e["type"].removeprefix("databricks.").startswith(prefix)]
+
+    yield read
+
+
+def wait_until(check: Callable[[], Any], spark: Any, timeout: float = 60.0) -> Any:
+    """Let the listeners settle until ``check()`` is truthy (a wait with a deadline, not a timing assertion)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        nats_spark.settle(spark)
+        found = check()
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def attached(spark: Any) -> Iterator[Callable[..., Any]]:
+    """Attach the listeners with the given options; always detach afterwards."""
+
+    def attach(**options: Any) -> Any:
+        return nats_spark.attach(spark, **options)
+
+    yield attach
+    nats_spark.detach(spark)

@@ -1,0 +1,134 @@
+"""The job listener: one event per SQL execution or action, bounded volume, correlation, attach/detach."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from databricks_nats import spark as nats_spark
+from databricks_nats.integrations.spark import _compat
+from tests.spark.conftest import wait_until
+
+
+def _executions(published: Any, action: str = "") -> list[dict[str, Any]]:
+    return [e["data"] for e in published("spark.execution." + action)]
+
+
+def test_successful_action_publishes_one_execution_event(spark: Any, published: Any, attached: Any) -> None:
+    """A DataFrame action becomes one spark.execution.succeeded event naming its jobs, stages and duration."""
+    attached(min_execution_ms=0)
+    spark.sparkContext.setJobGroup("nightly-features", "aggregate")
+    try:
+        rows = spark.range(1000).selectExpr("id % 3 AS k").groupBy("k").count().collect()
+    finally:
+        spark.sparkContext.setJobGroup("", "")
+    assert len(rows) == 3
+    found = wait_until(lambda: _executions(published, "succeeded"), spark)
+    assert len(found) == 1, found
+    event = found[0]
+    assert event["kind"] == "sql"
+    assert event["app_id"] == spark.sparkContext.applicationId
+    assert event["jobs"] >= 1 and event["stages"] >= 1
+    assert event["job_group"] == "nightly-features"
+    assert event["duration_ms"] >= 0 and event["error"] is None
+
+
+def test_failed_action_publishes_error_and_class(spark: Any, published: Any, attached: Any) -> None:
+    """An action that fails is always published, with Spark's error message and error class."""
+    attached(min_execution_ms=10_000_000)
+    with pytest.raises(Exception, match="boom"):
+        spark.range(10).selectExpr("raise_error('boom')").collect()
+    found = wait_until(lambda: _executions(published, "failed"), spark)
+    assert len(found) == 1
+    assert "boom" in found[0]["error"]
+    assert found[0]["error_class"] == "USER_RAISED_EXCEPTION"
+    assert _executions(published, "succeeded") == []
+
+
+def test_rdd_action_is_published_as_a_job(spark: Any, published: Any, attached: Any) -> None:
+    """An RDD action (no SQL execution) is published as an execution of kind 'job'."""
+    attached(min_execution_ms=0)
+    assert spark.sparkContext.parallelize(range(100), 2).map(lambda x: x * 2).sum() == 9900
+    found = wait_until(lambda: _executions(published, "succeeded"), spark)
+    assert [e["kind"] for e in found] == ["job"]
+    assert found[0]["execution_id"] is None and found[0]["jobs"] == 1
+
+
+def test_short_executions_are_counted_into_one_summary(spark: Any, published: Any, attached: Any) -> None:
+    """Executions shorter than the threshold produce no event each, only one summary counting them all."""
+    attached(min_execution_ms=10_000_000, summary_interval=3600)
+    for _ in range(5):
+        spark.range(10).count()
+    nats_spark.settle(spark)
+    assert _executions(published) == []
+    nats_spark.detach(spark)  # publishes the pending summary
+    summaries = _executions(published, "summary")
+    assert len(summaries) == 1
+    assert summaries[0]["executions"] == 5 and summaries[0]["jobs"] >= 5
+
+
+def test_attach_twice_never_double_publishes_and_detach_stops(spark: Any, published: Any) -> None:
+    """Attaching twice keeps one set of listeners; after detach nothing is published; attach works again."""
+    first = nats_spark.attach(spark, min_execution_ms=0)
+    assert nats_spark.attach(spark, min_execution_ms=0) is first
+    spark.range(5).collect()
+    assert len(wait_until(lambda: _executions(published), spark)) == 1
+    nats_spark.detach(spark)
+    assert nats_spark.attached(spark) is None
+    spark.range(6).collect()
+    nats_spark.detach(spark)  # detaching what is not attached is a no-op
+    nats_spark.attach(spark, min_execution_ms=0)
+    try:
+        spark.range(7).collect()
+        assert len(wait_until(lambda: len(_executions(published)) >= 2 and _executions(published), spark)) == 2
+    finally:
+        nats_spark.detach(spark)
+
+
+def test_mlflow_run_id_set_by_the_hook_is_carried(spark: Any, published: Any, attached: Any, tmp_path: Any) -> None:
+    """Spark work done inside an MLflow run carries that run's id (the hook sets a Spark local property)."""
+    import mlflow
+
+    from databricks_nats.integrations import mlflow as nats_mlflow
+
+    attached(min_execution_ms=0)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    nats_mlflow.install()
+    try:
+        with mlflow.start_run() as run:
+            assert _compat.local_run_id(spark) == run.info.run_id
+            spark.range(100).selectExpr("sum(id)").collect()
+        assert _compat.local_run_id(spark) is None
+    finally:
+        nats_mlflow.uninstall()
+        mlflow.set_tracking_uri("")
+    found = wait_until(lambda: _executions(published, "succeeded"), spark)
+    assert [e["mlflow_run_id"] for e in found] == [run.info.run_id]
+
+
+class _ConnectLike:
+    """A session as Spark Connect presents it: no py4j gateway, the same streaming and conf APIs."""
+
+    def __init__(self, real: Any) -> None:
+        self.streams = real.streams
+        self.conf = real.conf
+        self.session_id = "connect-session"
+
+
+def test_connect_session_skips_the_job_listener(
+    spark: Any, published: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without a JVM (Spark Connect) attach registers only the streaming listener and says so once."""
+    session = _ConnectLike(spark)
+    with caplog.at_level(logging.INFO, logger="databricks_nats.spark"):
+        found = nats_spark.attach(session)
+    try:
+        assert found.jobs is None and found.streaming is not None
+        assert sum("Spark Connect" in r.getMessage() for r in caplog.records) == 1
+        spark.range(3).collect()
+        nats_spark.settle(spark)
+        assert _executions(published) == []
+    finally:
+        nats_spark.detach(session)
