@@ -114,6 +114,26 @@ def _opt_str(v: Any) -> str | None:
     return str(v) if v not in (None, "") else None
 
 
+CREDENTIAL_KINDS = ("creds", "token", "user", "password", "nkey_seed", "tls_cert", "tls_key", "tls_ca")
+DEFAULT_SECRET_KEYS = tuple((k, "nats-" + k.replace("_", "-")) for k in CREDENTIAL_KINDS)
+
+
+def _secret_keys(v: Any) -> tuple[tuple[str, str], ...]:
+    """``kind=key`` pairs (comma-separated, or a mapping): which secret-scope key holds which credential."""
+    pairs = list(v.items()) if isinstance(v, Mapping) else v
+    if isinstance(v, str):
+        pairs = [p.split("=", 1) if "=" in p else [p, ""] for p in v.split(",") if p.strip()]
+    out = []
+    for kind, key in pairs:
+        kind, key = str(kind).strip(), str(key).strip()
+        if kind not in CREDENTIAL_KINDS:
+            raise ValueError(f"unknown credential {kind!r}; known: {', '.join(CREDENTIAL_KINDS)}")
+        if not key:
+            raise ValueError(f"expected {kind}=<secret key>")
+        out.append((kind, key))
+    return tuple(out)
+
+
 def _default_spool_dir() -> str:
     if os.path.isdir("/local_disk0") and os.access("/local_disk0", os.W_OK):  # Databricks driver's local SSD
         return "/local_disk0/tmp/databricks-nats/spool"
@@ -139,6 +159,17 @@ class Settings:
     user: str | None = _f(None, _opt_str, doc="NATS user name")
     password: Secret | None = _f(None, _secret, True, "NATS password")
     nkey_seed: Secret | None = _f(None, _secret, True, "NKey seed: a file path or the seed")
+    tls_ca: str | None = _f(None, _opt_str, doc="CA certificate(s) that verify the server: a PEM file path or PEM")
+    tls_cert: str | None = _f(None, _opt_str, doc="client certificate (mutual TLS): a PEM file path or PEM")
+    tls_key: Secret | None = _f(None, _secret, True, "client certificate's private key: a PEM file path or PEM")
+    tls_hostname: str | None = _f(None, _opt_str, doc="server name expected in its certificate, if not the URL's")
+    secret_scope: str | None = _f(None, _opt_str, doc="Databricks secret scope holding the NATS credentials")
+    secret_keys: tuple[tuple[str, str], ...] = _f(
+        DEFAULT_SECRET_KEYS, _secret_keys, doc="credential=key pairs read from the secret scope (comma-separated)"
+    )
+    credentials_ttl: float = _f(5.0, _positive(float), doc="seconds resolved credentials are reused by reconnects")
+    detect_context: bool = _f(True, _bool, doc="detect the Databricks workspace, cluster, notebook and job")
+    context_timeout: float = _f(2.0, _positive(float), doc="seconds the Databricks SDK may take to name the workspace")
     disabled: bool = _f(False, _bool, doc="true gives a no-op publisher")
     strict: bool = _f(False, _bool, doc="raise publishing errors instead of logging them (tests)")
     spool_dir: str = _f("", str, doc="directory of the durable spool; empty for the default cache dir")

@@ -1,45 +1,291 @@
-"""NATS connection options from settings: servers, credentials (token, user/password, NKey, .creds)."""
+"""NATS credentials: the resolution chain, rotation-friendly connect options, TLS and a printable source.
+
+Chain: settings (keyword arguments, then ``DATABRICKS_NATS_*``; a value may be a file path, read again at
+every resolution) > the Databricks secret scope ``secret_scope`` (read with databricks-sdk). The first
+that holds any secret credential supplies all of them; non-secret ``user``/``tls_ca``/``tls_cert``
+settings complete a secret-scope set.
+
+``CredentialProvider`` keeps the last resolution for ``credentials_ttl`` seconds and hands nats-py
+callbacks (token, user/password, user JWT and nonce signature) that read it at every (re)connect, so a
+rotated secret is used by the next reconnect without a restart. What nats-py binds once per connection
+(the NKey public key, TLS material, the set of auth methods) is compared by ``needs_new_connection``.
+No value ever appears in a repr, log line or error message.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextlib
+import logging
 import os
+import re
+import ssl
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
 from typing import Any
 
-from nats.aio.client import RawCredentials
-
+from databricks_nats.errors import ConfigurationError
 from databricks_nats.settings import Secret, Settings
 
-__all__ = ["auth_options", "credentials_source"]
+__all__ = ["CredentialProvider", "Credentials", "auth_options", "credentials_source", "resolve_credentials"]
+
+log = logging.getLogger("databricks_nats")
+
+_SECRET_KINDS = ("creds", "token", "password", "nkey_seed", "tls_key")
+_ALL_KINDS = ("creds", "token", "user", "password", "nkey_seed", "tls_ca", "tls_cert", "tls_key")
 
 
 def _is_path(value: str) -> bool:
     return "\n" not in value and len(value) < 4096 and os.path.isfile(os.path.expanduser(value))
 
 
-def auth_options(settings: Settings) -> dict[str, Any]:
-    """Keyword arguments for ``nats.connect`` carrying the configured credentials (never logged)."""
+def _load(value: str) -> str:
+    """The value itself, or the content of the file it names (re-read at every resolution: rotation)."""
+    if _is_path(value):
+        with open(os.path.expanduser(value), encoding="utf-8") as f:
+            return f.read()
+    return value
+
+
+@dataclass(frozen=True, repr=False)
+class Credentials:
+    """One resolved credential set; ``source`` says where it came from (never what it is)."""
+
+    source: str = "none"
+    creds: Secret | None = None
+    token: Secret | None = None
+    user: str | None = None
+    password: Secret | None = None
+    nkey_seed: Secret | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: Secret | None = None
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(k for k in _ALL_KINDS if getattr(self, k) is not None)
+
+    def describe(self) -> str:
+        return f"{', '.join(self.kinds) or 'no credentials'} from {self.source}"
+
+    def __repr__(self) -> str:
+        return f"Credentials({self.describe()})"
+
+    def _bound(self) -> tuple[Any, ...]:
+        return (self.kinds, self.nkey_seed, self.tls_ca, self.tls_cert, self.tls_key)
+
+
+def _from_settings(settings: Settings) -> Credentials:
+    def secret(value: Secret | None, strip: bool = True) -> Secret | None:
+        if value is None:
+            return None
+        text = _load(value.reveal())
+        return Secret(text.strip() if strip else text)
+
+    return Credentials(
+        source="settings (arguments / DATABRICKS_NATS_*)",
+        creds=secret(settings.creds, strip=False),
+        token=secret(settings.token),
+        user=settings.user,
+        password=secret(settings.password),
+        nkey_seed=secret(settings.nkey_seed),
+        tls_ca=_load(settings.tls_ca) if settings.tls_ca else None,
+        tls_cert=_load(settings.tls_cert) if settings.tls_cert else None,
+        tls_key=secret(settings.tls_key, strip=False),
+    )
+
+
+def _from_scope(settings: Settings, scope: str) -> Credentials:
+    from databricks_nats.integrations.databricks.sdk import read_secret
+
+    found: dict[str, str] = {}
+    for kind, key in settings.secret_keys:
+        value = read_secret(scope, key, timeout=max(settings.connect_timeout, 5.0))
+        if value is not None:
+            found[kind] = value if kind in ("creds", "tls_key", "tls_ca", "tls_cert") else value.strip()
+    if not set(found) & set(_SECRET_KINDS):
+        raise ConfigurationError(
+            "secret_scope", f"scope {scope!r} holds none of the keys {', '.join(k for _, k in settings.secret_keys)}"
+        )
+    own = _from_settings(settings)
+    return Credentials(
+        source=f"Databricks secret scope {scope!r} ({', '.join(k for c, k in settings.secret_keys if c in found)})",
+        creds=Secret(found["creds"]) if "creds" in found else None,
+        token=Secret(found["token"]) if "token" in found else None,
+        user=found.get("user") or settings.user,
+        password=Secret(found["password"]) if "password" in found else None,
+        nkey_seed=Secret(found["nkey_seed"]) if "nkey_seed" in found else None,
+        tls_ca=own.tls_ca or found.get("tls_ca"),
+        tls_cert=own.tls_cert or found.get("tls_cert"),
+        tls_key=Secret(found["tls_key"]) if "tls_key" in found else None,
+    )
+
+
+def resolve_credentials(settings: Settings) -> Credentials:
+    """Walk the chain once (may call the Databricks API); raise ConfigurationError without any value."""
+    if any(getattr(settings, k) is not None for k in _SECRET_KINDS) or not settings.secret_scope:
+        return _from_settings(settings)
+    return _from_scope(settings, settings.secret_scope)
+
+
+_JWT = re.compile(r"-----BEGIN NATS USER JWT-----\s*(\S+)\s*------END NATS USER JWT------")
+_SEED = re.compile(r"-----BEGIN USER NKEY SEED-----\s*(\S+)\s*------END USER NKEY SEED------")
+
+
+def _creds_parts(content: str) -> tuple[bytes, bytes]:
+    jwt, seed = _JWT.search(content), _SEED.search(content)
+    if not jwt or not seed:
+        raise ConfigurationError("creds", "not a NATS .creds file (user JWT and seed blocks not found)")
+    return jwt.group(1).encode(), seed.group(1).encode()
+
+
+def _sign(seed: bytes, nonce: str) -> bytes:
+    import nkeys
+
+    kp = nkeys.from_seed(bytearray(seed))
+    try:
+        return base64.b64encode(kp.sign(nonce.encode()))
+    finally:
+        kp.wipe()
+
+
+def tls_context(c: Credentials) -> ssl.SSLContext | None:
+    """An SSL context with the custom CA and client certificate, or None when neither is configured."""
+    if c.tls_ca is None and c.tls_cert is None and c.tls_key is None:
+        return None
+    ctx = ssl.create_default_context()
+    if c.tls_ca:
+        ctx.load_verify_locations(cadata=c.tls_ca)
+    if c.tls_cert:
+        # load_cert_chain reads files only: write them for the call into a private directory, then delete.
+        with tempfile.TemporaryDirectory(prefix="dbx-nats-tls-") as d:
+            cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+            for path, text in ((cert, c.tls_cert), (key, c.tls_key.reveal() if c.tls_key else None)):
+                if text is not None:
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    with os.fdopen(fd, "w") as f:
+                        f.write(text)
+            try:
+                ctx.load_cert_chain(cert, key if c.tls_key else None)
+            except (ssl.SSLError, ValueError) as e:
+                problem = f"client certificate or key unusable: {type(e).__name__}"
+                raise ConfigurationError("tls_cert", problem) from None
+    return ctx
+
+
+def _tls_options(settings: Settings, c: Credentials) -> dict[str, Any]:
     opts: dict[str, Any] = {}
-    if settings.creds is not None:
-        raw = settings.creds.reveal()
-        opts["user_credentials"] = os.path.expanduser(raw) if _is_path(raw) else RawCredentials(raw)
-    elif settings.nkey_seed is not None:
-        raw = settings.nkey_seed.reveal()
-        if _is_path(raw):
-            opts["nkeys_seed"] = os.path.expanduser(raw)
-        else:
-            opts["nkeys_seed_str"] = raw
-    if settings.token is not None:
-        opts["token"] = settings.token.reveal()
-    if settings.user:
-        opts["user"] = settings.user
-        if isinstance(settings.password, Secret):
-            opts["password"] = settings.password.reveal()
+    ctx = tls_context(c)
+    if ctx is not None:
+        opts["tls"] = ctx
+    if settings.tls_hostname:
+        opts["tls_hostname"] = settings.tls_hostname
+    return opts
+
+
+def auth_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for a one-off ``nats.connect``: freshly resolved credentials and TLS (never logged)."""
+    from nats.aio.client import RawCredentials
+
+    c = resolve_credentials(settings)
+    opts = _tls_options(settings, c)
+    if c.creds is not None:
+        opts["user_credentials"] = RawCredentials(c.creds.reveal())
+    elif c.nkey_seed is not None:
+        opts["nkeys_seed_str"] = c.nkey_seed.reveal()
+    if c.token is not None:
+        opts["token"] = c.token.reveal()
+    if c.user:
+        opts["user"] = c.user
+        if c.password is not None:
+            opts["password"] = c.password.reveal()
     return opts
 
 
 def credentials_source(settings: Settings) -> str:
-    """A printable description of which credentials are in use (no values)."""
-    kinds = [k for k in ("creds", "nkey_seed", "token", "password") if getattr(settings, k) is not None]
-    if settings.user and "password" not in kinds:
-        kinds.append("user")
-    return ", ".join(kinds) or "none"
+    """A printable description of where credentials come from (no values, no network)."""
+    kinds = [k for k in _ALL_KINDS if getattr(settings, k) is not None]
+    if any(getattr(settings, k) is not None for k in _SECRET_KINDS) or not settings.secret_scope:
+        return f"{', '.join(kinds)} from settings" if kinds else "none"
+    keys = ", ".join(f"{kind}={key}" for kind, key in settings.secret_keys)
+    return f"Databricks secret scope {settings.secret_scope!r} ({keys})"
+
+
+class CredentialProvider:
+    """The current credentials, re-resolved at most every ``credentials_ttl`` seconds, off the event loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.current = Credentials()
+        self.resolved_at: float | None = None
+        self.last_error: str | None = None
+        self._lock = threading.Lock()
+        self._task: asyncio.Future[Credentials] | None = None
+        self._refresher: asyncio.Task[Credentials] | None = None
+
+    def stale(self) -> bool:
+        return self.resolved_at is None or time.monotonic() - self.resolved_at >= self.settings.credentials_ttl
+
+    def refresh(self) -> Credentials:
+        """Resolve now (blocking); on failure keep the previous credentials and remember the error."""
+        with self._lock:
+            try:
+                found = resolve_credentials(self.settings)
+                self.last_error = None
+            except Exception as e:  # noqa: BLE001 - messages are built without values (ConfigurationError)
+                found = self.current
+                self.last_error = str(e) if isinstance(e, ConfigurationError) else type(e).__name__
+                log.warning("databricks-nats: cannot resolve NATS credentials: %s", self.last_error)
+            self.current, self.resolved_at = found, time.monotonic()
+            return found
+
+    async def refresh_async(self, force: bool = False) -> Credentials:
+        """Re-resolve in a worker thread when stale (or forced); concurrent callers share one resolution."""
+        if not force and not self.stale():
+            return self.current
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().run_in_executor(None, self.refresh)
+        return await asyncio.shield(self._task)
+
+    def needs_new_connection(self, old: Credentials) -> bool:
+        """True when what nats-py binds per connection changed (NKey, TLS material, set of methods)."""
+        return old._bound() != self.current._bound()
+
+    def _kick(self) -> None:
+        """From a nats-py callback (sync, on the loop): schedule a refresh when stale, never block."""
+        if self.stale():
+            with contextlib.suppress(RuntimeError):  # no running loop: nothing to schedule on
+                self._refresher = asyncio.get_running_loop().create_task(self.refresh_async())
+
+    def _value(self, kind: str) -> str:
+        self._kick()
+        value = getattr(self.current, kind)
+        return value.reveal() if isinstance(value, Secret) else str(value or "")
+
+    def connect_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``nats.connect`` whose credentials are read at every (re)connect."""
+        c = self.current
+        opts = _tls_options(self.settings, c)
+        if c.creds is not None:
+
+            def user_jwt() -> bytes:
+                return _creds_parts(self._value("creds"))[0]
+
+            def signature(nonce: str) -> bytes:
+                return _sign(_creds_parts(self._value("creds"))[1], nonce)
+
+            opts["user_jwt_cb"], opts["signature_cb"] = user_jwt, signature
+        elif c.nkey_seed is not None:
+            opts["nkeys_seed_str"] = c.nkey_seed.reveal()  # bound per connection: a new seed reconnects
+        if c.token is not None:
+            opts["token"] = lambda: self._value("token")
+        if c.user and c.password is not None:
+            opts["user"] = lambda: self._value("user")
+            opts["password"] = lambda: self._value("password")
+        elif c.user:
+            opts["user"] = c.user
+        return opts
+

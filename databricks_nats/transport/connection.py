@@ -1,5 +1,10 @@
 """The publisher's connection lifecycle: connect (retried forever), reconnect, stream check, server errors.
 
+Credentials come from a ``CredentialProvider`` (``auth.py``): nats-py reads them through callbacks at every
+reconnect; on a disconnect or an authorization error they are re-resolved (at most every
+``credentials_ttl``), and when what nats-py binds per connection changed (NKey, TLS) — or the server closed
+the connection for good — the connection is replaced by a new one (``_restart``).
+
 ``Publisher`` inherits this; it owns the state (settings, stats, in-flight events) and provides the queue
 operations used here (``_requeue``, ``_save``, ``_drop_acked``, ``_on_ack``). Everything runs on the
 worker's event loop; nats-py is imported there, never on the caller's import path.
@@ -8,11 +13,13 @@ worker's event loop; nats-py is imported there, never on the caller's import pat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import re
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from databricks_nats.settings import Settings
 from databricks_nats.transport.spool import Record
@@ -22,11 +29,13 @@ if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
     from nats.aio.msg import Msg
 
+    from databricks_nats.transport.auth import CredentialProvider
     from databricks_nats.transport.stream import StreamReport
 
 __all__ = ["ConnectionLifecycle"]
 
 _PERMISSION = re.compile(r'permissions violation for publish to "([^"]+)"', re.IGNORECASE)
+_AUTH = re.compile(r"authori[sz]ation (violation|failed)|authentication (expired|revoked)", re.IGNORECASE)
 
 
 class ConnectionLifecycle:
@@ -43,6 +52,12 @@ class ConnectionLifecycle:
     _max_bytes: int
     stream_report: StreamReport | None
     _inflight: OrderedDict[int, tuple[Record, float]]
+    _connector: asyncio.Task[None]
+    # Set by the lifecycle itself (class defaults, so the publisher's constructor needs no change):
+    _credentials: CredentialProvider | None = None
+    _connecting: NATS | None = None
+    _background: set[asyncio.Task[None]] | None = None
+    _generation = 0  # bumped per connection; callbacks of older connections are ignored
 
     def _requeue(self, seqs: list[int]) -> None: ...
     def _save(self) -> None: ...
@@ -58,26 +73,41 @@ class ConnectionLifecycle:
         await self._ensure_stream(initial=False)
         self._requeue(list(self._inflight))
 
+    def _guard(self, gen: int, fn: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+        """A nats-py callback that is ignored once its connection was replaced (see ``_restart``)."""
+
+        async def cb(*args: Any) -> None:
+            if gen == self._generation:
+                await fn(*args)
+
+        return cb
+
     async def _connect_forever(self) -> None:
-        import nats
+        from nats.aio.client import Client
 
-        from databricks_nats.transport.auth import auth_options
+        from databricks_nats.transport.auth import CredentialProvider
 
+        if self._credentials is None:
+            self._credentials = CredentialProvider(self.settings)
         delay = 0.1
         while not self._closing:
+            self._generation += 1
+            gen = self._generation
+            nc = self._connecting = Client()
             try:
-                nc = await nats.connect(
+                await self._credentials.refresh_async()
+                await nc.connect(
                     list(self.settings.url),
                     name=self.settings.client_name,
                     allow_reconnect=True,
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=1,
-                    connect_timeout=self.settings.connect_timeout,
-                    error_cb=self._on_error,
-                    disconnected_cb=self._on_disconnect,
-                    reconnected_cb=self._on_reconnect,
-                    closed_cb=self._on_closed,
-                    **auth_options(self.settings),
+                    connect_timeout=self.settings.connect_timeout,  # type: ignore[arg-type]  # float works
+                    error_cb=self._guard(gen, self._on_error),
+                    disconnected_cb=self._guard(gen, self._on_disconnect),
+                    reconnected_cb=self._guard(gen, self._on_reconnect),
+                    closed_cb=self._guard(gen, self._on_closed),
+                    **self._credentials.connect_options(),
                 )
             except Exception as e:  # noqa: BLE001 - retried with backoff while events keep spooling
                 self.stats_.connection = "disconnected"
@@ -91,6 +121,7 @@ class ConnectionLifecycle:
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 5.0)
                 continue
+            self._connecting = None
             self._nc = nc
             self.stats_.connects += 1
             # Headers and the reply subject ride in the same message: keep 1 KiB for them.
@@ -102,6 +133,46 @@ class ConnectionLifecycle:
                     await self._ensure_stream(initial=True)
             self._set_connected(True)
             return
+
+    def _restart(self, why: str) -> None:
+        """Replace the connection (or the attempt) with a new one built from the current credentials."""
+        if self._closing:
+            return
+        self._say(logging.INFO, "restart", "databricks-nats: reconnecting to NATS (%s)", why)
+        self._generation += 1  # callbacks of the old client are ignored from now on
+        old = [c for c in (self._nc, self._connecting) if c is not None]
+        self._nc = self._connecting = None
+        if self._connected:
+            self._set_connected(False)
+            self._save()
+        self.stats_.connection = "connecting"
+        connector = getattr(self, "_connector", None)
+        if connector is not None and not connector.done():
+            connector.cancel()
+
+        async def close_old() -> None:
+            for c in old:
+                with contextlib.suppress(Exception):  # a half-open or broken client may fail to close
+                    await asyncio.wait_for(c.close(), 2)
+
+        self._spawn(close_old())
+        self._connector = asyncio.get_running_loop().create_task(self._connect_forever())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a background task on the loop, holding a reference until it is done."""
+        if self._background is None:
+            self._background = set()
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _recheck_credentials(self, gen: int, why: str) -> None:
+        """Re-resolve credentials when stale; reconnect ourselves when nats-py cannot apply the change."""
+        assert self._credentials is not None
+        before = self._credentials.current
+        await self._credentials.refresh_async()
+        if gen == self._generation and self._credentials.needs_new_connection(before):
+            self._restart(f"{why}; credentials changed")
 
     async def _ensure_stream(self, initial: bool) -> None:
         from databricks_nats.transport.stream import ensure_stream_async
@@ -134,6 +205,7 @@ class ConnectionLifecycle:
             self._set_connected(False)
             self._save()
             self._say(logging.WARNING, "disconnect", "databricks-nats: disconnected from NATS; events are spooled")
+            self._spawn(self._recheck_credentials(self._generation, "disconnected"))
 
     async def _on_reconnect(self) -> None:
         self._set_connected(True)
@@ -142,12 +214,24 @@ class ConnectionLifecycle:
     async def _on_closed(self) -> None:
         self._connected = False
         self.stats_.connection = "closed"
+        if not self._closing:  # the server closed us for good (credentials revoked or expired): start over
+            self._restart("the server closed the connection")
 
     async def _on_error(self, e: Exception) -> None:
         text = str(e)
         self.stats_.error("nats", f"{type(e).__name__}: {text}")
         denied = _PERMISSION.search(text)
-        if denied:
+        if _AUTH.search(text):
+            source = self._credentials.current.describe() if self._credentials else "none"
+            self.stats_.error("auth", f"NATS refused the credentials ({source})")
+            self._say(
+                logging.ERROR,
+                "auth",
+                "databricks-nats: NATS refused the credentials (%s); re-resolving them, events are spooled",
+                source,
+            )
+            self._spawn(self._recheck_credentials(self._generation, "authorization"))
+        elif denied:
             subject = denied.group(1)
             seqs = [seq for seq, (rec, _) in self._inflight.items() if rec.subject == subject]
             self._say(
