@@ -288,4 +288,3 @@ class CredentialProvider:
         elif c.user:
             opts["user"] = c.user
         return opts
-
