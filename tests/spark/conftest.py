@@ -54,7 +54,7 @@ def published(nats_server: NatsServer, namespace: dict[str, str], tmp_path: Path
         envs = [m["envelope"] for m in read_stream(nats_server.url, settings.stream_name)]
         return [e for e in envs if e["type"].removeprefix("databricks.").startswith(prefix)]
 
-    yield read
+    return read
 
 
 def wait_until(check: Callable[[], Any], spark: Any, timeout: float = 60.0) -> Any:

@@ -30,9 +30,11 @@ def test_successful_action_publishes_one_execution_event(spark: Any, published: 
     event = found[0]
     assert event["kind"] == "sql"
     assert event["app_id"] == spark.sparkContext.applicationId
-    assert event["jobs"] >= 1 and event["stages"] >= 1
+    assert event["jobs"] >= 1
+    assert event["stages"] >= 1
     assert event["job_group"] == "nightly-features"
-    assert event["duration_ms"] >= 0 and event["error"] is None
+    assert event["duration_ms"] >= 0
+    assert event["error"] is None
 
 
 def test_failed_action_publishes_error_and_class(spark: Any, published: Any, attached: Any) -> None:
@@ -53,7 +55,8 @@ def test_rdd_action_is_published_as_a_job(spark: Any, published: Any, attached: 
     assert spark.sparkContext.parallelize(range(100), 2).map(lambda x: x * 2).sum() == 9900
     found = wait_until(lambda: _executions(published, "succeeded"), spark)
     assert [e["kind"] for e in found] == ["job"]
-    assert found[0]["execution_id"] is None and found[0]["jobs"] == 1
+    assert found[0]["execution_id"] is None
+    assert found[0]["jobs"] == 1
 
 
 def test_short_executions_are_counted_into_one_summary(spark: Any, published: Any, attached: Any) -> None:
@@ -66,7 +69,8 @@ def test_short_executions_are_counted_into_one_summary(spark: Any, published: An
     nats_spark.detach(spark)  # publishes the pending summary
     summaries = _executions(published, "summary")
     assert len(summaries) == 1
-    assert summaries[0]["executions"] == 5 and summaries[0]["jobs"] >= 5
+    assert summaries[0]["executions"] == 5
+    assert summaries[0]["jobs"] >= 5
 
 
 def test_attach_twice_never_double_publishes_and_detach_stops(spark: Any, published: Any) -> None:
@@ -117,15 +121,14 @@ class _ConnectLike:
         self.session_id = "connect-session"
 
 
-def test_connect_session_skips_the_job_listener(
-    spark: Any, published: Any, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_connect_session_skips_the_job_listener(spark: Any, published: Any, caplog: pytest.LogCaptureFixture) -> None:
     """Without a JVM (Spark Connect) attach registers only the streaming listener and says so once."""
     session = _ConnectLike(spark)
     with caplog.at_level(logging.INFO, logger="databricks_nats.spark"):
         found = nats_spark.attach(session)
     try:
-        assert found.jobs is None and found.streaming is not None
+        assert found.jobs is None
+        assert found.streaming is not None
         assert sum("Spark Connect" in r.getMessage() for r in caplog.records) == 1
         spark.range(3).collect()
         nats_spark.settle(spark)

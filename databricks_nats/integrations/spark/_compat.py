@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 __all__ = [
     "JobEnd",
     "JobStart",
+    "Props",
     "SqlEnd",
     "SqlStart",
     "add_listener",
@@ -33,7 +34,6 @@ __all__ = [
 QUEUE = "databricksNats"
 _SQL_START = "SparkListenerSQLExecutionStart"
 _SQL_END = "SparkListenerSQLExecutionEnd"
-_PROPS = ("spark.sql.execution.id", "sql.streaming.queryId", "spark.jobGroup.id", "spark.job.description")
 RUN_PROPERTY = "databricks_nats.mlflow_run_id"
 
 
@@ -102,11 +102,25 @@ class SqlEnd(NamedTuple):
     error: str | None
 
 
+class Props:
+    """A job's local properties, read from the JVM one key at a time, only when asked (each read is a py4j call)."""
+
+    def __init__(self, jprops: Any) -> None:
+        self._jprops = jprops
+        self._seen: dict[str, str | None] = {}
+
+    def get(self, key: str) -> str | None:
+        if key not in self._seen:
+            value = self._jprops.getProperty(key) if self._jprops is not None else None
+            self._seen[key] = None if value is None else str(value)
+        return self._seen[key]
+
+
 class JobStart(NamedTuple):
     job_id: int
     time_ms: int
     stages: int
-    props: dict[str, str | None]
+    props: Props
 
 
 class JobEnd(NamedTuple):
@@ -118,9 +132,9 @@ class JobEnd(NamedTuple):
 def read_event(kind: str, jevent: Any) -> SqlStart | SqlEnd | JobStart | JobEnd | None:
     """Copy what we publish out of a JVM listener event (py4j calls: never on the listener bus thread)."""
     if kind == "job_start":
-        props = jevent.properties()
-        picked = {k: props.getProperty(k) for k in (*_PROPS, RUN_PROPERTY)} if props is not None else {}
-        return JobStart(int(jevent.jobId()), int(jevent.time()), int(jevent.stageInfos().size()), picked)
+        return JobStart(
+            int(jevent.jobId()), int(jevent.time()), int(jevent.stageInfos().size()), Props(jevent.properties())
+        )
     if kind == "job_end":
         result = str(jevent.jobResult().toString())
         error = None if result.startswith("JobSucceeded") else result.removeprefix("JobFailed(").removesuffix(")")

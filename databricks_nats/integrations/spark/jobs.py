@@ -39,6 +39,7 @@ def error_class(message: str | None) -> str | None:
 
 class _Execution:
     __slots__ = ("description", "error", "execution_id", "group", "jobs", "kind", "run_id", "stages", "start")
+    # each property read is a py4j call: an execution's group, description and run come from its first job
 
     def __init__(self, kind: str, execution_id: int | None, description: str, start: int) -> None:
         self.kind = kind
@@ -51,12 +52,13 @@ class _Execution:
         self.run_id: str | None = None
         self.error: str | None = None
 
-    def add_job(self, stages: int, props: dict[str, str | None]) -> None:
+    def add_job(self, stages: int, props: _compat.Props) -> None:
         self.jobs += 1
         self.stages += stages
-        self.group = self.group or props.get("spark.jobGroup.id")
-        self.run_id = self.run_id or props.get(_compat.RUN_PROPERTY)
-        self.description = props.get("spark.job.description") or self.description
+        if self.jobs == 1:
+            self.group = props.get("spark.jobGroup.id")
+            self.run_id = props.get(_compat.RUN_PROPERTY)
+            self.description = props.get("spark.job.description") or self.description
 
 
 class ExecutionTracker:
@@ -66,7 +68,7 @@ class ExecutionTracker:
         self.app_id = app_id
         self.min_execution_ms = min_execution_ms
         self.summary_interval = summary_interval
-        self.stream_runs: dict[str, str] = {}  # streaming query id -> MLflow run id
+        self.stream_runs: dict[str, str | None] = {}  # streaming query id -> MLflow run id
         self._sql: dict[int, _Execution] = {}
         self._jobs: dict[int, _Execution] = {}  # actions outside any SQL execution (RDD API)
         self._streaming: set[int] = set()
@@ -97,9 +99,8 @@ class ExecutionTracker:
         query_id = props.get("sql.streaming.queryId")
         sql_id = props.get("spark.sql.execution.id")
         if query_id:
-            run_id = props.get(_compat.RUN_PROPERTY)
-            if run_id:
-                self.stream_runs[query_id] = run_id
+            if query_id not in self.stream_runs:
+                self.stream_runs[query_id] = props.get(_compat.RUN_PROPERTY)
             if sql_id is not None:
                 self._streaming.add(int(sql_id))
             return

@@ -57,7 +57,7 @@ class NatsStreamingListener(StreamingQueryListener):
         self,
         progress_interval: float = 10.0,
         tables: dict[str, str] | None = None,
-        run_ids: dict[str, str] | None = None,
+        run_ids: dict[str, str | None] | None = None,
         settings: dict[str, Any] | None = None,
     ) -> None:
         self.progress_interval = progress_interval
