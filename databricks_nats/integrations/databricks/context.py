@@ -114,7 +114,8 @@ def _spark() -> Mapping[str, Any]:
         return {}
     from pyspark.sql import SparkSession
 
-    spark = SparkSession.getActiveSession()
+    # The active session is per thread; the instantiated one serves callers on other threads.
+    spark = SparkSession.getActiveSession() or getattr(SparkSession, "_instantiatedSession", None)
     if spark is None:
         return {}
     return {name: spark.conf.get(key, None) for name, key in _SPARK_KEYS.items()}
