@@ -40,12 +40,16 @@ def test_successful_action_publishes_one_execution_event(spark: Any, published: 
 def test_failed_action_publishes_error_and_class(spark: Any, published: Any, attached: Any) -> None:
     """An action that fails is always published, with Spark's error message and error class."""
     attached(min_execution_ms=10_000_000)
-    with pytest.raises(Exception, match="boom"):
-        spark.range(10).selectExpr("raise_error('boom')").collect()
+    spark.conf.set("spark.sql.ansi.enabled", "true")
+    try:
+        with pytest.raises(Exception, match="DIVIDE_BY_ZERO"):
+            spark.range(10).selectExpr("1 DIV (id - id) AS boom").collect()
+    finally:
+        spark.conf.unset("spark.sql.ansi.enabled")
     found = wait_until(lambda: _executions(published, "failed"), spark)
     assert len(found) == 1
-    assert "boom" in found[0]["error"]
-    assert found[0]["error_class"] == "USER_RAISED_EXCEPTION"
+    assert "by zero" in found[0]["error"]
+    assert found[0]["error_class"] == "DIVIDE_BY_ZERO"
     assert _executions(published, "succeeded") == []
 
 

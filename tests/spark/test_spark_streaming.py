@@ -162,3 +162,28 @@ def test_nats_down_never_blocks_the_stream(
         types = [m["envelope"]["type"] for m in read_stream(server.url, settings.stream_name)]
     assert types.count("databricks.spark.stream.progress") == 4
     assert types.count("databricks.spark.stream.terminated") == 1
+
+
+def test_stream_inside_mlflow_run_carries_the_run_id(
+    spark: Any, published: Any, attached: Any, tmp_path: Path
+) -> None:
+    """A query started while an MLflow run is active names that run on its later events (classic clusters)."""
+    attached(progress_interval=0)
+    _write_files(tmp_path / "in", 3)
+    sc = spark.sparkContext
+    sc.setLocalProperty("databricks_nats.mlflow_run_id", "run-abc")  # what the MLflow hook sets at start_run
+    try:
+        query = (
+            _stream(spark, tmp_path / "in")
+            .writeStream.format("memory")
+            .queryName("correlated")
+            .trigger(availableNow=True)
+            .option("checkpointLocation", str(tmp_path / "ck"))
+            .start()
+        )
+    finally:
+        sc.setLocalProperty("databricks_nats.mlflow_run_id", None)
+    query.awaitTermination(120)
+    terminated = wait_until(lambda: _data(published, "spark.stream.terminated"), spark)
+    assert terminated[0]["mlflow_run_id"] == "run-abc"
+    assert _data(published, "spark.stream.progress")[-1]["mlflow_run_id"] == "run-abc"
