@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import functools
 import logging
 import os
 import threading
@@ -13,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from databricks_nats.errors import DatabricksNatsError, FlushTimeout, PublishError, StreamError
 from databricks_nats.model import catalog
-from databricks_nats.model.events import Event, encode, new_event
+from databricks_nats.model.events import Encoder, Event, new_event
 from databricks_nats.settings import Settings, resolve_settings
 from databricks_nats.transport.publisher import FlushResult, Publisher
 from databricks_nats.transport.spool import open_spool
@@ -64,13 +63,7 @@ def base_context(settings: Settings) -> dict[str, Any]:
 
 def make_encoder(settings: Settings, context: Mapping[str, Any]) -> Any:
     """The function the worker uses to turn an Event into (subject, payload), given ``max_bytes``."""
-    return functools.partial(
-        encode,
-        namespace=settings.namespace,
-        workspace=settings.workspace,
-        env=settings.env,
-        context=dict(context),
-    )
+    return Encoder(namespace=settings.namespace, workspace=settings.workspace, env=settings.env, context=dict(context))
 
 
 def build_transport(settings: Settings, context: Mapping[str, Any] | None = None) -> Transport:

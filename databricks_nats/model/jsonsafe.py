@@ -15,9 +15,10 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["dumps", "sanitize", "trim_to_fit"]
+__all__ = ["ENCODER", "dumps", "encode_compact", "sanitize", "trim_to_fit"]
 
 _NONFINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
 _MAX_STR_REPR = 1024
@@ -55,16 +56,32 @@ def sanitize(value: Any, _depth: int = 0) -> Any:
     return str(value)[:_MAX_STR_REPR]
 
 
-_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+
+
+def _compact() -> Callable[[Any], str]:
+    """``ENCODER.encode`` without its per-call set-up: the C encoder, built once (when there is one).
+
+    Same output and errors, except that a circular structure raises RecursionError instead of ValueError.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return ENCODER.encode
+    encoder = make(None, ENCODER.default, json.encoder.encode_basestring, None, ":", ",", False, False, False)
+    join = "".join
+    return lambda value: join(encoder(value, 0))
+
+
+encode_compact = _compact()
 
 
 def dumps(value: Any) -> bytes:
     """Serialise to compact, strict JSON bytes (sanitising only when the fast path refuses)."""
     try:
-        return _ENCODER.encode(value).encode()
+        return ENCODER.encode(value).encode()
     except (ValueError, TypeError, RecursionError):
         # Lone surrogates (undecodable file names) cannot be UTF-8: they become U+FFFD's stand-in "?".
-        return _ENCODER.encode(sanitize(value)).encode("utf-8", "replace")
+        return ENCODER.encode(sanitize(value)).encode("utf-8", "replace")
 
 
 # Harsher and harsher limits: (max string length, max items per list or map).

@@ -45,6 +45,7 @@ __all__ = ["FlushResult", "Publisher"]
 log = logging.getLogger("databricks_nats")
 _SAVE_DELAY = 0.05  # seconds an event may live only in memory; most are acked sooner and never hit the disk
 _INGEST_SLICE = 1000  # events encoded per loop iteration, so acks are never starved by a burst
+_YIELD_EVERY = 128  # publishes between two yields to the loop (the socket is written when the loop runs)
 
 
 @dataclass(frozen=True)
@@ -73,11 +74,12 @@ class Publisher(ConnectionLifecycle):
         self._wake_scheduled = False
         self._ingested = 0
         self._last_seq = spool.max_seq()  # replayed events count as emitted before any flush
-        self._ready: OrderedDict[int, Record] = OrderedDict()
+        self._ready: deque[Record] = deque()
         self._inflight: OrderedDict[int, tuple[Record, float]] = OrderedDict()
         self._loaded_upto = 0
         self._spilled = True  # the spool may hold events from a dead process: look first
         self._acked: list[int] = []
+        self._acks: list[str] = []  # reply subjects of plain JetStream acks, settled once per loop iteration
         self._unsaved: dict[int, Record] = {}  # in memory, not yet on disk (write-behind, _SAVE_DELAY)
         self._save_timer: asyncio.TimerHandle | None = None
         self._secured = 0
@@ -187,20 +189,19 @@ class Publisher(ConnectionLifecycle):
                 self._say(logging.WARNING, "invalid", "databricks-nats: dropped invalid event %s: %s", event.type, e)
                 continue
             rows.append((event.id, subject, payload))
-        room = self.settings.memory_max_events - len(self._ready) - len(self._inflight)
-        spill: list[Record] = []
-        for rid, subject, payload in rows:
-            self._last_seq += 1
-            rec = Record(self._last_seq, rid, subject, payload)
-            if not self._spilled and room > 0:
-                self._ready[rec.seq] = rec
-                self._unsaved[rec.seq] = rec
-                self._loaded_upto = rec.seq
-                room -= 1
-            else:
-                self._spilled = True
-                spill.append(rec)
-        if spill:
+        room = 0 if self._spilled else self.settings.memory_max_events - len(self._ready) - len(self._inflight)
+        seq = self._last_seq
+        records = [Record(seq + i, *row) for i, row in enumerate(rows, 1)]
+        self._last_seq = seq + len(records)
+        keep, spill = records[: max(0, room)], records[max(0, room) :]
+        if keep:
+            self._ready.extend(keep)
+            self._unsaved.update({rec.seq: rec for rec in keep})
+            self._loaded_upto = keep[-1].seq
+        if spill:  # memory is full: to disk, after the unsaved ones (the spool's rows stay in order)
+            self._spilled = True
+            spill = [*self._unsaved.values(), *spill]
+            self._unsaved.clear()
             self._write(spill)
         if self._unsaved and self._save_timer is None:
             self._save_timer = self._loop.call_later(_SAVE_DELAY, self._save)
@@ -240,8 +241,11 @@ class Publisher(ConnectionLifecycle):
 
     def _forget(self, seqs: list[int], reason: str) -> None:
         """Remove dropped events from memory and count them."""
+        gone = set(seqs)
+        kept = [rec for rec in self._ready if rec.seq not in gone]
+        self._ready.clear()
+        self._ready.extend(kept)
         for seq in seqs:
-            self._ready.pop(seq, None)
             self._inflight.pop(seq, None)
             self._unsaved.pop(seq, None)
         self.stats_.dropped[reason] += len(seqs)
@@ -253,10 +257,9 @@ class Publisher(ConnectionLifecycle):
         if room <= 0:
             return
         batch = self._spool.load(self._loaded_upto, min(room, 1000))
-        for rec in batch:
-            if rec.seq not in self._inflight:
-                self._ready[rec.seq] = rec
-            self._loaded_upto = rec.seq
+        if batch:
+            self._ready.extend(batch)
+            self._loaded_upto = batch[-1].seq
         if len(batch) < min(room, 1000):
             self._spilled = False
 
@@ -266,39 +269,53 @@ class Publisher(ConnectionLifecycle):
             self._work.clear()
             if self._spilled and len(self._ready) < 100:
                 self._refill()
-            while self._connected and self._ready and len(self._inflight) < self.settings.max_inflight:
-                _seq, rec = self._ready.popitem(last=False)
-                if not await self._send(rec):
-                    await asyncio.sleep(0.2)  # the connection is failing; its callbacks will say more
-                    self._work.set()
-                    break
-                if self._spilled and not self._ready:
-                    self._refill()
+            room = self._connected and self._ready and len(self._inflight) < self.settings.max_inflight
+            if room and not await self._send_some():
+                await asyncio.sleep(0.2)  # the connection is failing; its callbacks will say more
+                self._work.set()
+                continue
             if self._connected and self.settings.mode == "core" and self._inflight:
                 await self._core_flush()
 
-    async def _send(self, rec: Record) -> bool:
+    async def _send_some(self) -> bool:
+        """Publish ready events while there is room in flight; False when publishing fails."""
         nc = self._nc
         assert nc is not None
-        if len(rec.payload) > self._max_bytes:  # encoded before the server told us its max_payload
-            rec = rec._replace(payload=shrink(rec.payload, self._max_bytes))
-        headers = {"Nats-Msg-Id": rec.id, "Content-Type": CE_CONTENT_TYPE}
-        reply = f"{self._reply_prefix}{rec.seq}" if self.settings.mode == "jetstream" else ""
-        self._inflight[rec.seq] = (rec, time.monotonic())
+        ready, inflight, publish = self._ready, self._inflight, nc.publish
+        jetstream = self.settings.mode == "jetstream"
+        prefix = self._reply_prefix if jetstream else ""
+        most = self.settings.max_inflight
+        sent = 0
+        now = time.monotonic()
+        rec: Record | None = None
         try:
-            await nc.publish(rec.subject, rec.payload, reply=reply, headers=headers)
+            while ready and len(inflight) < most and self._connected:
+                rec = ready.popleft()
+                if len(rec.payload) > self._max_bytes:  # encoded before the server told us its max_payload
+                    rec = rec._replace(payload=shrink(rec.payload, self._max_bytes))
+                inflight[rec.seq] = (rec, now)
+                reply = f"{prefix}{rec.seq}" if jetstream else ""
+                await publish(rec.subject, rec.payload, reply, {"Nats-Msg-Id": rec.id, "Content-Type": CE_CONTENT_TYPE})
+                sent += 1
+                rec = None
+                if self._spilled and not ready:
+                    self._refill()
+                if not sent % _YIELD_EVERY:  # let the socket writer and the acks run: a pipeline, not batches
+                    await asyncio.sleep(0)
+                    now = time.monotonic()
         except Exception as e:  # noqa: BLE001 - disconnected, buffer full, payload too big
+            assert rec is not None
             self._inflight.pop(rec.seq, None)
             if type(e).__name__ == "MaxPayloadError":
                 self._drop_acked([rec.seq], "too_large")
                 return True
-            self._ready[rec.seq] = rec
-            self._ready.move_to_end(rec.seq, last=False)
+            ready.appendleft(rec)
             self.stats_.error("publish", f"{type(e).__name__}: {e}")
             return False
-        self.stats_.published += 1
-        if self._timer is None and self.settings.mode == "jetstream":
-            self._timer = self._loop.call_later(self.settings.ack_timeout, self._check_timeouts)
+        finally:
+            self.stats_.published += sent
+            if sent and self._timer is None and jetstream:
+                self._timer = self._loop.call_later(self.settings.ack_timeout, self._check_timeouts)
         return True
 
     async def _core_flush(self) -> None:
@@ -311,19 +328,21 @@ class Publisher(ConnectionLifecycle):
             self._requeue(sent)
             return
         now = time.monotonic()
+        inflight, latency = self._inflight, self.stats_.ack_latency
+        done = []
         for seq in sent:
-            entry = self._inflight.pop(seq, None)
+            entry = inflight.pop(seq, None)
             if entry is not None:
-                self.stats_.ack_latency(now - entry[1])
-        self._ack(sent)
+                latency(now - entry[1])
+                done.append(seq)
+        self._ack(done)
 
     def _requeue(self, seqs: list[int]) -> None:
         """Put in-flight events back at the front of the ready queue, oldest first."""
         for seq in sorted(seqs, reverse=True):
             entry = self._inflight.pop(seq, None)
             if entry is not None:
-                self._ready[seq] = entry[0]
-                self._ready.move_to_end(seq, last=False)
+                self._ready.appendleft(entry[0])
         self._work.set()
 
     def _check_timeouts(self) -> None:
@@ -342,6 +361,12 @@ class Publisher(ConnectionLifecycle):
             self._timer = self._loop.call_later(delay, self._check_timeouts)
 
     async def _on_ack(self, msg: Msg) -> None:
+        body = msg.data
+        if not msg.headers and b'"error"' not in body and b'"duplicate"' not in body:  # the common ack
+            if not self._acks:
+                self._loop.call_soon(self._settle_acks)
+            self._acks.append(msg.subject)
+            return
         seq = int(msg.subject.rsplit(".", 1)[1])
         entry = self._inflight.pop(seq, None)
         if entry is None:
@@ -350,11 +375,6 @@ class Publisher(ConnectionLifecycle):
         if msg.headers and msg.headers.get("Status") == "503":
             self._inflight[seq] = entry
             await self._no_stream()
-            return
-        body = msg.data
-        if b'"error"' not in body and b'"duplicate"' not in body:  # the common ack: no parsing needed
-            self.stats_.ack_latency(time.monotonic() - sent)
-            self._ack([seq])
             return
         try:
             resp = json.loads(body)
@@ -370,6 +390,20 @@ class Publisher(ConnectionLifecycle):
             self.stats_.duplicates += 1
         self.stats_.ack_latency(time.monotonic() - sent)
         self._ack([seq])
+
+    def _settle_acks(self) -> None:
+        """Handle the plain acks received since the last loop iteration in one go."""
+        subjects, self._acks = self._acks, []
+        now = time.monotonic()
+        inflight, latency = self._inflight, self.stats_.ack_latency
+        done = []
+        for subject in subjects:
+            seq = int(subject.rsplit(".", 1)[1])
+            entry = inflight.pop(seq, None)
+            if entry is not None:  # else a late ack for an event already re-sent or acked
+                latency(now - entry[1])
+                done.append(seq)
+        self._ack(done)
 
     def _ack(self, seqs: list[int]) -> None:
         self.stats_.acked += len(seqs)

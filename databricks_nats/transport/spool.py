@@ -16,10 +16,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import glob
+import json
 import logging
 import os
 import sqlite3
 import uuid
+import zlib
 from collections import OrderedDict
 from typing import NamedTuple, Protocol
 
@@ -116,9 +118,7 @@ class MemorySpool:
         pass
 
 
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT, subject TEXT, payload BLOB)"
-)
+_SCHEMA = "CREATE TABLE IF NOT EXISTS bursts (seq INTEGER PRIMARY KEY, body BLOB)"
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -129,8 +129,44 @@ def _connect(path: str) -> sqlite3.Connection:
     return db
 
 
+def _pack(records: list[Record]) -> bytes:
+    """One burst row: zlib of a JSON line ``[seqs, ids, subjects, payload sizes]`` then the payloads."""
+    index = [[r.seq for r in records], [r.id for r in records], [r.subject for r in records]]
+    index.append([len(r.payload) for r in records])
+    head = json.dumps(index, separators=(",", ":")).encode()
+    return zlib.compress(b"\n".join([head, *(r.payload for r in records)]), 1)
+
+
+def _unpack(body: bytes) -> list[Record]:
+    head, _, blob = zlib.decompress(body).partition(b"\n")
+    seqs, ids, subjects, sizes = json.loads(head)
+    out, pos = [], 0
+    for seq, rid, subject, size in zip(seqs, ids, subjects, sizes, strict=True):
+        out.append(Record(seq, rid, subject, blob[pos : pos + size]))
+        pos += size + 1
+    return out
+
+
+class _Burst:
+    """The in-memory index of one stored row: its sequences, how many are not yet deleted, its bytes."""
+
+    __slots__ = ("first_live", "live", "seqs", "size")
+
+    def __init__(self, seqs: list[int], size: int) -> None:
+        self.seqs = seqs
+        self.live = len(seqs)
+        self.size = size
+        self.first_live = 0  # index into seqs: no live sequence before it
+
+
 class SqliteSpool:
-    """A durable spool in one SQLite file per process, adopting the files of dead processes."""
+    """A durable spool in one SQLite file per process, adopting the files of dead processes.
+
+    Each ``append`` is one row holding the whole burst (a JSON index and the payloads, concatenated), so a
+    burst costs one insert. ``delete`` is bookkeeping in memory; a row is deleted once all its events are.
+    A process killed with a row partly acknowledged re-publishes the acknowledged ones too: JetStream drops
+    them as duplicates (same ``Nats-Msg-Id``).
+    """
 
     durable = True
 
@@ -143,10 +179,11 @@ class SqliteSpool:
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._db = _connect(self._file)
         self._max = max_bytes
+        self._bursts: OrderedDict[int, _Burst] = OrderedDict()  # first sequence -> row index, ascending
+        self._where: dict[int, int] = {}  # stored sequence -> its row
+        self._bytes = 0
+        self._next = 1
         self.adopted = self._adopt_orphans(directory)
-        row = self._db.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0), COUNT(*) FROM events").fetchone()
-        self._bytes, self._count = int(row[0]), int(row[1])
-        self._next = int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]) + 1
 
     @property
     def size_bytes(self) -> int:
@@ -166,15 +203,7 @@ class SqliteSpool:
                 continue  # its process is alive
             try:
                 if os.path.exists(db_path):
-                    self._db.execute("ATTACH DATABASE ? AS orphan", (db_path,))
-                    try:
-                        cur = self._db.execute(
-                            "INSERT INTO events (id, subject, payload) "
-                            "SELECT id, subject, payload FROM orphan.events ORDER BY seq"
-                        )
-                        adopted += cur.rowcount
-                    finally:
-                        self._db.execute("DETACH DATABASE orphan")
+                    adopted += self._adopt(db_path)
                 for suffix in (".db", ".db-wal", ".db-shm", ".lock"):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(lock_path[: -len(".lock")] + suffix)
@@ -184,65 +213,97 @@ class SqliteSpool:
                 os.close(fd)
         return adopted
 
-    def append(self, records: list[Record]) -> list[int]:
-        db = self._db
-        db.execute("BEGIN")
+    def _adopt(self, db_path: str) -> int:
+        """Copy a dead process's events, oldest first, renumbered after ours (one row per 1000 events)."""
+        orphan = sqlite3.connect(db_path)
         try:
-            db.executemany("INSERT INTO events (seq, id, subject, payload) VALUES (?, ?, ?, ?)", records)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        if records:
-            self._next = records[-1].seq + 1
-        self._bytes += sum(len(r.payload) for r in records)
-        self._count += len(records)
-        return self._drop_oldest() if self._bytes > self._max else []
+            tables = {row[0] for row in orphan.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            records: list[Record] = []
+            if "events" in tables:  # the one-row-per-event layout of earlier versions
+                rows = orphan.execute("SELECT id, subject, payload FROM events ORDER BY seq")
+                records += [Record(0, str(i), str(s), bytes(p)) for i, s, p in rows]
+            if "bursts" in tables:
+                for (body,) in orphan.execute("SELECT body FROM bursts ORDER BY seq"):
+                    records += _unpack(body)
+        finally:
+            orphan.close()
+        for i in range(0, len(records), 1000):
+            chunk = records[i : i + 1000]
+            self._insert([rec._replace(seq=self._next + j) for j, rec in enumerate(chunk)])
+        return len(records)
 
-    def _drop_oldest(self) -> list[int]:
-        dropped = []
-        excess = self._bytes - self._max
-        for seq, size in self._db.execute("SELECT seq, LENGTH(payload) FROM events ORDER BY seq"):
-            dropped.append(seq)
-            excess -= size
-            if excess <= 0:
-                break
-        self.delete(dropped)
+    def append(self, records: list[Record]) -> list[int]:
+        size = sum(len(r.payload) for r in records)
+        dropped: list[int] = []
+        while self._bytes + size > self._max and self._bursts:  # make room: the oldest rows go first
+            dropped += self._drop_first()
+        while size > self._max and records:  # this burst alone is too big: keep its newest events
+            size -= len(records[0].payload)
+            dropped.append(records[0].seq)
+            records = records[1:]
+        if records:
+            self._insert(records)
         return dropped
 
+    def _insert(self, records: list[Record]) -> None:
+        seqs = [r.seq for r in records]
+        size = sum(len(r.payload) for r in records)
+        self._db.execute("INSERT INTO bursts (seq, body) VALUES (?, ?)", (seqs[0], _pack(records)))
+        self._bursts[seqs[0]] = _Burst(seqs, size)
+        self._where.update(dict.fromkeys(seqs, seqs[0]))
+        self._bytes += size
+        self._next = seqs[-1] + 1
+
+    def _drop_first(self) -> list[int]:
+        first, burst = next(iter(self._bursts.items()))
+        live = [seq for seq in burst.seqs if self._where.pop(seq, None) is not None]
+        self._remove([first])
+        return live
+
+    def _remove(self, firsts: list[int]) -> None:
+        for i in range(0, len(firsts), 500):
+            chunk = firsts[i : i + 500]
+            self._db.execute(f"DELETE FROM bursts WHERE seq IN ({','.join('?' * len(chunk))})", chunk)
+        for first in firsts:
+            self._bytes -= self._bursts.pop(first).size
+
     def delete(self, seqs: list[int]) -> None:
-        if not seqs:
-            return
-        db = self._db
-        db.execute("BEGIN")
-        freed = removed = 0
-        for i in range(0, len(seqs), 500):
-            chunk = seqs[i : i + 500]
-            marks = ",".join("?" * len(chunk))
-            freed += db.execute(
-                f"SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM events WHERE seq IN ({marks})", chunk
-            ).fetchone()[0]
-            removed += db.execute(f"DELETE FROM events WHERE seq IN ({marks})", chunk).rowcount
-        db.execute("COMMIT")
-        self._bytes -= int(freed)
-        self._count -= removed
+        where, bursts = self._where, self._bursts
+        done = []
+        for seq in seqs:
+            first = where.pop(seq, None)
+            if first is not None:
+                burst = bursts[first]
+                burst.live -= 1
+                if not burst.live:
+                    done.append(first)
+        if done:
+            self._remove(done)
 
     def load(self, after: int, limit: int) -> list[Record]:
-        rows = self._db.execute(
-            "SELECT seq, id, subject, payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
-        ).fetchall()
-        return [Record(int(s), str(i), str(sub), bytes(p)) for s, i, sub, p in rows]
+        out: list[Record] = []
+        for first, burst in self._bursts.items():
+            if burst.seqs[-1] <= after:
+                continue
+            row = self._db.execute("SELECT body FROM bursts WHERE seq = ?", (first,)).fetchone()
+            out += [r for r in _unpack(row[0]) if r.seq > after and r.seq in self._where]
+            if len(out) >= limit:
+                break
+        return out[:limit]
 
     def min_seq(self) -> int | None:
-        row = self._db.execute("SELECT MIN(seq) FROM events").fetchone()
-        return None if row[0] is None else int(row[0])
+        for burst in self._bursts.values():  # the first row always holds a live sequence
+            while burst.seqs[burst.first_live] not in self._where:
+                burst.first_live += 1
+            return burst.seqs[burst.first_live]
+        return None
 
     def max_seq(self) -> int:
         """The highest sequence ever stored by this process (new records must go above it)."""
         return self._next - 1
 
     def count(self) -> int:
-        return self._count
+        return len(self._where)
 
     def close(self) -> None:
         """Close the database; remove the file when it is empty (nothing left to replay)."""
