@@ -1,4 +1,4 @@
-"""The ``databricks-nats`` command: demo, tail, streams, schema."""
+"""The ``databricks-nats`` command: demo, tail, streams, doctor, schema."""
 
 from __future__ import annotations
 
@@ -239,6 +239,142 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- doctor -------------------------------------------------------------------------------------------
+
+
+def _doctor_settings(args: argparse.Namespace) -> Any:
+    """Settings as the publisher would resolve them, with the Databricks context applied."""
+    from databricks_nats.integrations.databricks import apply_context, detect_context
+    from databricks_nats.settings import resolve_settings
+
+    given = {
+        "url": args.url,
+        "workspace": args.workspace or args.nats_workspace_id,
+        "env": args.env or args.nats_env,
+        "secret_scope": args.secret_scope,
+    }
+    settings = resolve_settings(**{k: v for k, v in given.items() if v and "{{" not in v})
+    context = detect_context(settings)
+    return apply_context(settings, context), context
+
+
+async def _doctor(settings: Any, timeout: float, say: Any, problem: Any) -> None:
+    import nats
+    from nats.js.errors import NotFoundError
+
+    from databricks_nats.settings import redact_url
+    from databricks_nats.transport.auth import CredentialProvider, credentials_source
+    from databricks_nats.transport.stream import _differences, wanted_config
+
+    provider = CredentialProvider(settings)
+    await asyncio.get_running_loop().run_in_executor(None, provider.refresh)
+    if provider.last_error:
+        problem(f"credentials from {credentials_source(settings)}: {provider.last_error}")
+    else:
+        say("credentials", provider.current.describe())
+    errors: list[str] = []
+    denied = asyncio.Event()
+
+    async def on_error(e: Exception) -> None:
+        errors.append(str(e))
+        if "permissions violation" in str(e).lower():
+            denied.set()
+
+    urls = ", ".join(redact_url(u) for u in settings.url)
+    try:
+        nc = await nats.connect(
+            list(settings.url),
+            allow_reconnect=False,
+            max_reconnect_attempts=1,  # nats-py retries each server forever-ish otherwise, even without reconnect
+            reconnect_time_wait=0,
+            connect_timeout=timeout,
+            error_cb=on_error,
+            name=f"{settings.client_name}-doctor",
+            **provider.connect_options(),
+        )
+    except Exception as e:  # noqa: BLE001 - every failure to connect is one problem line
+        problem(f"cannot connect to {urls}: {type(e).__name__}: {str(e) or 'no detail'}"[:300])
+        return
+    try:
+        trips = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            await nc.flush(timeout=max(1, int(timeout)))
+            trips.append((time.perf_counter() - t0) * 1000)
+        say("connection", f"{redact_url(str(nc.connected_url.geturl() if nc.connected_url else urls))}, "
+            f"round trip {min(trips):.2f} ms")  # fmt: skip
+        version = nc.connected_server_version
+        say("server", f"nats-server {version.major}.{version.minor}.{version.patch}, max payload {nc.max_payload}")
+        js: Any = nc.jetstream(timeout=timeout)
+        try:
+            await js.account_info()
+            say("jetstream", "available")
+        except Exception as e:  # noqa: BLE001 - no responders, disabled for the account, …
+            problem(f"JetStream is not available on the server or for this account ({type(e).__name__})")
+            js = None
+        if js is not None:
+            name = settings.stream_name
+            try:
+                info = await js.stream_info(name)
+                cfg = info.config
+                say("stream", f"{name} on {', '.join(cfg.subjects or [])}: max age {cfg.max_age or 0:g} s, "
+                    f"max bytes {cfg.max_bytes}, {info.state.messages} messages")  # fmt: skip
+                for field, (have, want) in _differences(cfg, wanted_config(settings)).items():
+                    problem(f"stream {name}: {field} is {have!r}, settings want {want!r}")
+            except NotFoundError:
+                if settings.auto_create_stream:
+                    say("stream", f"{name} does not exist yet; the publisher creates it at first connect")
+                else:
+                    problem(f"stream {name} does not exist (auto_create_stream off): databricks-nats streams ensure")
+        subject = f"{settings.namespace}._doctor.probe"
+        inbox, answered = nc.new_inbox(), asyncio.Event()
+
+        async def on_reply(msg: Any) -> None:
+            answered.set()
+
+        await nc.subscribe(inbox, cb=on_reply, max_msgs=1)
+        # A stream refuses a message that names another stream: the probe is never stored.
+        headers = {"Nats-Expected-Stream": "databricks-nats-doctor-probe"}
+        await nc.publish(subject, b"", reply=inbox, headers=headers)
+        await nc.flush(timeout=max(1, int(timeout)))
+        waits = [asyncio.ensure_future(e.wait()) for e in (answered, denied)]
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for w in waits:
+            w.cancel()
+        if denied.is_set():
+            problem(f"no permission to publish to {settings.namespace}.> ({errors[-1][:200]})")
+        else:
+            say("permission", f"may publish to {settings.namespace}.>")
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.close()
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from databricks_nats.errors import ConfigurationError
+
+    problems: list[str] = []
+
+    def say(check: str, detail: str) -> None:
+        print(f"ok       {check:<12} {detail}", flush=True)
+
+    def problem(text: str) -> None:
+        problems.append(text)
+        print(f"PROBLEM  {text}", flush=True)
+
+    try:
+        settings, context = _doctor_settings(args)
+    except ConfigurationError as e:
+        return _fail(f"doctor: {e}", 1)
+    say("namespace", f"{settings.namespace}.> (stream {settings.stream_name})")
+    known = ", ".join(f"{k}={getattr(context, k)} ({v})" for k, v in context.sources) or "not on Databricks"
+    say("context", known[:300])
+    asyncio.run(_doctor(settings, args.timeout, say, problem))
+    for text in problems:
+        print(f"databricks-nats doctor: {text}", file=sys.stderr)
+    return 1 if problems else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="databricks-nats", description="Databricks ML events on NATS.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -260,6 +396,15 @@ def build_parser() -> argparse.ArgumentParser:
     streams.add_argument("--env")
     streams.add_argument("--update", action="store_true", help="apply differences to an existing stream")
     streams.set_defaults(func=cmd_streams)
+    doctor = sub.add_parser("doctor", help="check connectivity, JetStream, the stream, permissions and credentials")
+    doctor.add_argument("--url")
+    doctor.add_argument("--workspace")
+    doctor.add_argument("--env")
+    doctor.add_argument("--secret-scope", help="read the NATS credentials from this Databricks secret scope")
+    doctor.add_argument("--timeout", type=float, default=5.0, help="seconds per network check")
+    for name in ("nats_env", "nats_workspace_id", "nats_job_id", "nats_job_run_id", "nats_task_key"):
+        doctor.add_argument(f"--{name}", help=argparse.SUPPRESS)  # job parameters a bundle pushes to tasks
+    doctor.set_defaults(func=cmd_doctor)
     schema = sub.add_parser("schema", help="print the JSON Schema of an event type ('envelope' for the envelope)")
     schema.add_argument("type", nargs="?")
     schema.set_defaults(func=cmd_schema)
