@@ -7,8 +7,9 @@ Every error derives from one root, so ``except DatabricksNatsError`` catches the
     ├── SubjectError             a subject or subject token cannot be built from the given parts
     ├── PublishError             publishing failed; raised only when ``strict=True``
     │   └── FlushTimeout         flush() ran out of time with events still pending
-    └── StreamError              the JetStream stream is missing, differs, or cannot be provisioned
-        └── StreamMismatch       the existing stream differs from the wanted configuration
+    ├── StreamError              the JetStream stream is missing, differs, or cannot be provisioned
+    │   └── StreamMismatch       the existing stream differs from the wanted configuration
+    └── WaitTimeout              wait_for() saw no matching event in time (also a TimeoutError)
 
 Outside ``strict`` mode nothing under ``PublishError`` ever reaches the caller: failures are logged,
 counted and shown by ``stats()``.
@@ -24,6 +25,7 @@ __all__ = [
     "StreamError",
     "StreamMismatch",
     "SubjectError",
+    "WaitTimeout",
 ]
 
 
@@ -67,3 +69,7 @@ class StreamMismatch(StreamError):
         self.differences = differences
         diff = ", ".join(f"{k}: has {have!r}, want {want!r}" for k, (have, want) in differences.items())
         super().__init__(f"stream {stream!r} differs: {diff} (pass update=True to apply)")
+
+
+class WaitTimeout(DatabricksNatsError, TimeoutError):
+    """``wait_for`` saw no matching event before its timeout."""

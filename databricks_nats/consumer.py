@@ -1,0 +1,299 @@
+"""React to events: ``subscribe`` (a sync and async iterator) and ``wait_for``, on the JetStream stream.
+
+Delivery is at least once. An event is acknowledged when the caller asks for the next one (its loop
+body finished) or calls ``event.ack()``; one not acknowledged is delivered again, to the same durable
+consumer after a restart. Every event keeps the id it was published with, so ``Dedupe`` (used by
+default) drops the repeats a consumer has already seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import datetime as _dt
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from typing import Any
+
+from databricks_nats import _api
+from databricks_nats.errors import StreamError, WaitTimeout
+from databricks_nats.model.events import Event
+from databricks_nats.model.filters import matches, subject_filter
+from databricks_nats.settings import Settings, resolve_settings
+from databricks_nats.transport import reader
+
+__all__ = ["Dedupe", "ReceivedEvent", "Subscription", "subscribe", "wait_for"]
+
+Start = str | int | _dt.datetime
+Match = Mapping[str, Any] | Callable[["ReceivedEvent"], bool] | None
+FETCH = 16
+LONG_POLL = 5.0
+
+
+class ReceivedEvent(Event):
+    """An event read from the stream: the published event plus where it was stored."""
+
+    __slots__ = ("_msg", "env", "envelope", "seq", "source", "workspace")
+
+    def __init__(self, msg: Any) -> None:
+        envelope = json.loads(msg.data)
+        data = envelope.get("data")
+        stamp = _dt.datetime.fromisoformat(str(envelope.get("time", "")).replace("Z", "+00:00"))
+        super().__init__(
+            str(envelope.get("type", "")).removeprefix("databricks."),
+            data if isinstance(data, dict) else {"value": data},
+            dataref=envelope.get("dataref"),
+            id=envelope.get("id"),
+            time_ns=int(stamp.timestamp() * 1_000_000) * 1000,
+            traceparent=envelope.get("traceparent"),
+            subject=msg.subject,
+        )
+        self.envelope: dict[str, Any] = envelope
+        self.source: str = envelope.get("source", "")
+        self.workspace: str | None = envelope.get("workspace")
+        self.env: str | None = envelope.get("env")
+        self.seq: int = int(msg.metadata.sequence.stream)
+        self._msg = msg
+
+    def ack(self) -> None:
+        """Acknowledge now (``subscribe`` otherwise does it when the next event is asked for)."""
+        if self._msg is not None:
+            msg, self._msg = self._msg, None
+            _LOOPS.run(msg.ack(), 10.0)
+
+    async def ack_async(self) -> None:
+        if self._msg is not None:
+            msg, self._msg = self._msg, None
+            await msg.ack()
+
+
+class Dedupe:
+    """Remembers the last ``size`` event ids; ``seen(event)`` is True for a repeat."""
+
+    def __init__(self, size: int = 100_000) -> None:
+        self._ids: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.size = size
+        self.dropped = 0
+
+    def seen(self, event: Event) -> bool:
+        if event.id in self._ids:
+            self._ids.move_to_end(event.id)
+            self.dropped += 1
+            return True
+        self._ids[event.id] = None
+        if len(self._ids) > self.size:
+            self._ids.popitem(last=False)
+        return False
+
+
+class _LoopThread:
+    """One daemon thread with an event loop that runs the sync iterators' coroutines."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+
+    def run(self, coro: Any, timeout: float | None) -> Any:
+        with self._lock:
+            if self._loop is None or self._loop.is_closed():
+                self._loop = asyncio.new_event_loop()
+                threading.Thread(target=self._loop.run_forever, name="databricks-nats-consumer", daemon=True).start()
+            loop = self._loop
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
+
+
+_LOOPS = _LoopThread()
+
+
+def _deliver(start: Start) -> dict[str, Any]:
+    from nats.js.api import DeliverPolicy
+
+    if start == "new":
+        return {"deliver_policy": DeliverPolicy.NEW}
+    if start == "all":
+        return {"deliver_policy": DeliverPolicy.ALL}
+    if isinstance(start, int) and not isinstance(start, bool):
+        return {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": start}
+    if isinstance(start, _dt.datetime):
+        when = start if start.tzinfo else start.replace(tzinfo=_dt.timezone.utc)
+        stamp = when.astimezone(_dt.timezone.utc).isoformat().replace("+00:00", "Z")
+        return {"deliver_policy": DeliverPolicy.BY_START_TIME, "opt_start_time": stamp}
+    raise ValueError(f"start must be 'new', 'all', a stream sequence or a datetime, not {start!r}")
+
+
+class Subscription:
+    """Events matching a filter, in stream order; iterate with ``for`` or ``async for``; close when done."""
+
+    def __init__(
+        self, settings: Settings, filters: list[str], durable: str | None, start: Start, match: Match, dedupe: bool
+    ) -> None:
+        self.settings = settings
+        self.filters = filters
+        self.durable = durable
+        self.start = start
+        self.match = match
+        self.dedupe = Dedupe() if dedupe else None
+        self._nc: Any = None
+        self._sub: Any = None
+        self._buffer: collections.deque[Any] = collections.deque()
+        self._last: ReceivedEvent | None = None
+
+    async def _open(self) -> None:
+        from nats.js.api import AckPolicy, ConsumerConfig
+
+        self._nc = await reader.connect(self.settings, "consumer")
+        js = self._nc.jetstream()
+        stream = self.settings.stream_name
+        config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=60, max_ack_pending=1000)
+        for name, value in _deliver(self.start).items():
+            setattr(config, name, value)
+        if len(self.filters) == 1:
+            config.filter_subject = self.filters[0]
+        else:
+            config.filter_subjects = self.filters
+        if self.durable:
+            config.durable_name = self.durable
+        else:
+            config.inactive_threshold = 30.0
+        try:
+            info = await js.add_consumer(stream, config)
+        except Exception as e:  # noqa: BLE001 - nats-py raises several kinds; _existing re-raises clearly
+            info = await self._existing(js, stream, e)
+        self._sub = await js.pull_subscribe_bind(info.name, stream=stream)
+
+    async def _existing(self, js: Any, stream: str, error: Exception) -> Any:
+        """A durable consumer that already exists resumes where it stopped, if it has the same filters."""
+        if not self.durable:
+            raise StreamError(f"cannot read stream {stream!r}: {type(error).__name__}: {error}") from error
+        try:
+            info = await js.consumer_info(stream, self.durable)
+        except Exception as e:
+            raise StreamError(f"cannot create consumer {self.durable!r} on {stream!r}: {error}") from e
+        have = list(info.config.filter_subjects or [info.config.filter_subject])
+        if sorted(have) != sorted(self.filters):
+            raise StreamError(f"durable consumer {self.durable!r} exists with filters {have}, not {self.filters}")
+        return info
+
+    async def next_async(self, timeout: float | None = None) -> ReceivedEvent:
+        """The next matching event (acknowledging the previous one); TimeoutError after ``timeout`` seconds."""
+        if self._last is not None:
+            await self._last.ack_async()
+            self._last = None
+        if self._sub is None:
+            await self._open()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            while self._buffer:
+                event = ReceivedEvent(self._buffer.popleft())
+                if self._wanted(event):
+                    self._last = event
+                    return event
+                await event.ack_async()
+            left = LONG_POLL if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                raise asyncio.TimeoutError
+            try:
+                self._buffer.extend(await self._sub.fetch(FETCH, timeout=min(LONG_POLL, max(left, 0.05))))
+            except asyncio.TimeoutError:
+                continue
+
+    def _wanted(self, event: ReceivedEvent) -> bool:
+        if self.dedupe is not None and self.dedupe.seen(event):
+            return False
+        if self.match is None:
+            return True
+        return self.match(event) if callable(self.match) else matches(event.data, self.match)
+
+    async def close_async(self) -> None:
+        """Hand back what was fetched but not acknowledged (redelivered at once), then disconnect."""
+        if self._nc is None:
+            return
+        pending = [m for m in [getattr(self._last, "_msg", None), *self._buffer] if m is not None]
+        self._buffer.clear()
+        self._last = None
+        with contextlib.suppress(Exception):  # the server redelivers after ack_wait anyway
+            for msg in pending:
+                await msg.nak()
+        nc, self._nc, self._sub = self._nc, None, None
+        await nc.close()
+
+    def next(self, timeout: float | None = None) -> ReceivedEvent:
+        return _LOOPS.run(self.next_async(timeout), None)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Close the connection; the last event, if not acknowledged, will be delivered again."""
+        _LOOPS.run(self.close_async(), 10.0)
+
+    def __iter__(self) -> Iterator[ReceivedEvent]:
+        try:
+            while True:
+                yield self.next()
+        finally:
+            self.close()
+
+    async def __aiter__(self) -> AsyncIterator[ReceivedEvent]:
+        try:
+            while True:
+                yield await self.next_async()
+        finally:
+            await self.close_async()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _settings(overrides: dict[str, Any]) -> Settings:
+    return resolve_settings(**overrides) if overrides else _api.get_settings()
+
+
+def subscribe(
+    event_type: str | None = None,
+    *,
+    match: Match = None,
+    durable: str | None = None,
+    start: Start = "new",
+    keys: Any = None,
+    subjects: list[str] | None = None,
+    dedupe: bool = True,
+    **settings: Any,
+) -> Subscription:
+    """Subscribe to the events of ``event_type`` (default: every event of this workspace/env).
+
+    ``match`` keeps only events whose data has these field values (subject-key fields such as a model
+    ``name`` also narrow the subject, so the server filters them) or for which a callable returns True.
+    ``durable`` names a consumer that survives restarts and resumes after the last acknowledged event;
+    ``start`` (for a new consumer) is ``"new"``, ``"all"``, a stream sequence or a datetime.
+    """
+    resolved = _settings(settings)
+    fields = dict(match) if isinstance(match, Mapping) else {}
+    filters = list(subjects or [subject_filter(resolved.namespace, event_type, keys, **fields)])
+    return Subscription(resolved, filters, durable, start, match, dedupe)
+
+
+def wait_for(
+    event_type: str,
+    *,
+    match: Match = None,
+    timeout: float = 60.0,
+    start: Start = "new",
+    **settings: Any,
+) -> ReceivedEvent:
+    """The first event of ``event_type`` matching ``match``; raises ``WaitTimeout`` after ``timeout`` seconds.
+
+    Typical use: ``wait_for("mlflow.model.version_created", match={"name": "main.ml.churn"}, start=since)``.
+    """
+    sub = subscribe(event_type, match=match, start=start, **settings)
+    try:
+        event = sub.next(timeout)
+        event.ack()
+        return event
+    except (asyncio.TimeoutError, TimeoutError):
+        raise WaitTimeout(f"no {event_type} event matching {match!r} within {timeout:g} s") from None
+    finally:
+        sub.close()
