@@ -78,8 +78,7 @@ def test_server_without_jetstream_is_reported(tmp_path):
         r = _doctor("--url", srv.url, "--workspace", _ws())
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [
-        "databricks-nats doctor: JetStream is not available on the server or for this account "
-        "(ServiceUnavailableError)"
+        "databricks-nats doctor: JetStream is not available on the server or for this account (ServiceUnavailableError)"
     ]
     assert "ok       connection" in r.stdout
 
