@@ -288,3 +288,23 @@ def test_url_credentials_are_masked_in_configuration_errors() -> None:
     with pytest.raises(ConfigurationError) as info:
         _resolve(url="http://alice:pw-SUPERSECRET@nats.internal:4222")
     assert "SUPERSECRET" not in str(info.value)
+
+
+def test_secret_keys_parse_kind_key_pairs_and_reject_unknown_kinds() -> None:
+    """secret_keys takes kind=key pairs (string or mapping); an unknown kind or a missing key names the setting."""
+    s = _resolve({"DATABRICKS_NATS_SECRET_KEYS": "token=nats-tok, creds=svc-creds"})
+    assert s.secret_keys == (("token", "nats-tok"), ("creds", "svc-creds"))
+    assert _resolve(secret_keys={"password": "pw"}).secret_keys == (("password", "pw"),)
+    assert dict(_resolve().secret_keys)["nkey_seed"] == "nats-nkey-seed"
+    for bad in ("tokn=x", "token"):
+        with pytest.raises(ConfigurationError, match="secret_keys"):
+            _resolve(secret_keys=bad)
+
+
+def test_tls_key_is_secret_and_tls_paths_and_scope_are_plain() -> None:
+    """tls_key is masked like every credential; CA, certificate, host name and scope are plain settings."""
+    s = _resolve({"DATABRICKS_NATS_TLS_KEY": "-----BEGIN PRIVATE KEY-----x", "DATABRICKS_NATS_SECRET_SCOPE": "nats"},
+                 tls_ca="/etc/ca.pem", tls_hostname="nats.internal")  # fmt: skip
+    assert isinstance(s.tls_key, Secret)
+    assert "PRIVATE" not in repr(s)
+    assert (s.tls_ca, s.tls_hostname, s.secret_scope) == ("/etc/ca.pem", "nats.internal", "nats")
