@@ -7,10 +7,10 @@ except in CI (``CI=true``), where a missing schema fails.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import re
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +51,7 @@ def _validator(schema: dict[str, Any]) -> Any:
                     if regex.search(patrn, k):
                         yield from validator.descend(v, sub, path=k, schema_path=patrn)
 
-    cls = validators.extend(
-        jsonschema.Draft7Validator, {"pattern": pattern, "patternProperties": pattern_properties}
-    )
+    cls = validators.extend(jsonschema.Draft7Validator, {"pattern": pattern, "patternProperties": pattern_properties})
     return cls(schema)
 
 
@@ -115,11 +113,10 @@ def test_every_referenced_notebook_wheel_and_entry_point_exists():
         source = (bundle_dir / path).resolve()
         assert source.is_file(), path
         assert source.read_text().splitlines()[0] == "# Databricks notebook source"
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wheels = [t["python_wheel_task"] for t in job["tasks"] if "python_wheel_task" in t]
-    for task in wheels:
-        assert task["package_name"].replace("_", "-") == project["name"]
-        assert task["entry_point"] in project["scripts"]
+    for task in wheels:  # what Databricks looks up: the wheel's distribution name and its entry points
+        dist = importlib.metadata.distribution(task["package_name"])
+        assert task["entry_point"] in {ep.name for ep in dist.entry_points if ep.group == "console_scripts"}
     artifact = next(iter(_bundle()["artifacts"].values()))
     assert (bundle_dir / artifact["path"] / "pyproject.toml").is_file()
     libraries = [lib["whl"] for t in job["tasks"] for lib in t.get("libraries", [])]
