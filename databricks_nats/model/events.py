@@ -198,7 +198,7 @@ class Encoder:
             return None
         subject = event.subject
         if subject is None:
-            keys = event.keys if event.keys is not None else tuple(str(data.get(k, "")) for k in etype.keys)
+            keys = event.keys if event.keys is not None else tuple([str(data.get(k, "")) for k in etype.keys])
             subject = self._subjects.get((etype.name, keys))
             if subject is None:
                 if len(self._subjects) >= 4096:
@@ -206,22 +206,23 @@ class Encoder:
                 subject = subjects.build_subject(self._namespace, etype.source, etype.entity, keys, etype.action)
                 self._subjects[(etype.name, keys)] = subject
             event.subject = subject
-        out = ['{"specversion":"1.0","id":', _str(event.id), parts[1], _str(subject)]
-        out += [',"time":"', _rfc3339(event.time_ns), parts[2]]
+        extra = ""
         dataref = event.dataref
         if dataref is None and etype.dataref and data.get(etype.dataref):
             dataref = str(data[etype.dataref])
         if dataref:
-            out += [',"dataref":', _str(dataref[: min(2048, max_bytes // 8)])]
+            extra = ',"dataref":' + _str(dataref[: min(2048, max_bytes // 8)])
         if event.traceparent:
-            out += [',"traceparent":', _str(event.traceparent)]
+            extra += ',"traceparent":' + _str(event.traceparent)
         body = _json(data)
-        if self._context is None or "context" in data:
-            out += [',"data":', body, "}"]
-        else:  # the context goes last in data, as in encode()
-            out += [',"data":', body[:-1], "," if len(body) > 2 else "", self._context, "}}"]
+        if self._context is not None and "context" not in data:  # the context goes last, as in encode()
+            body = f"{body[:-1]}{',' if len(body) > 2 else ''}{self._context}}}"
+        text = (
+            f'{{"specversion":"1.0","id":{_str(event.id)}{parts[1]}{_str(subject)},"time":"{_rfc3339(event.time_ns)}'
+            f'{parts[2]}{extra},"data":{body}}}'
+        )
         try:
-            payload = "".join(out).encode()
+            payload = text.encode()
         except UnicodeEncodeError:  # lone surrogates
             return None
         return (subject, payload) if len(payload) <= max_bytes else None

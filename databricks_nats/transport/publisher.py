@@ -83,7 +83,8 @@ class Publisher(ConnectionLifecycle):
         self._unsaved: dict[int, Record] = {}  # in memory, not yet on disk (write-behind, _SAVE_DELAY)
         self._save_timer: asyncio.TimerHandle | None = None
         self._secured = 0
-        self._flushers: list[tuple[int, asyncio.Future[None]]] = []
+        self._flushers: list[tuple[int, asyncio.Future[None]]] = []  # (last sequence to wait for, future)
+        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()  # (events ingested to wait for, future)
         self._nc: NATS | None = None
         self._reply_prefix = ""
         self._connected = False
@@ -175,24 +176,34 @@ class Publisher(ConnectionLifecycle):
         self._work.set()
 
     def _ingest(self) -> None:
-        """Encode a slice of the inbox into memory (or, when memory is full, straight into the spool)."""
-        rows: list[tuple[str, str, bytes]] = []
-        taken = 0
-        while self._inbox and taken < _INGEST_SLICE:
-            event = self._inbox.popleft()
-            taken += 1
+        """Encode a slice of the inbox into memory (or, when memory is full, straight into the spool).
+
+        Core mode while connected is fire-and-forget: events stay in memory (none spilled, none written
+        behind); what memory cannot hold waits in the inbox. A disconnect saves them (``_save``).
+        """
+        volatile = self._connected and self.settings.mode == "core"
+        room = 0 if self._spilled else self.settings.memory_max_events - len(self._ready) - len(self._inflight)
+        limit = min(_INGEST_SLICE, len(self._inbox), max(0, room) if volatile else _INGEST_SLICE)
+        if self._waiting:  # stop at the next flush's boundary, to know the last sequence before it
+            limit = min(limit, self._waiting[0][0] - self._ingested)
+        inbox, encode, max_bytes = self._inbox, self._encode, self._max_bytes
+        records: list[Record] = []
+        seq = self._last_seq
+        for _ in range(limit):
+            event = inbox.popleft()
             try:
-                subject, payload = self._encode(event, max_bytes=self._max_bytes)
+                subject, payload = encode(event, max_bytes=max_bytes)
             except Exception as e:  # noqa: BLE001 - a bad event is dropped, counted and logged
                 self.stats_.dropped["invalid"] += 1
                 self.stats_.error("invalid_event", f"{type(e).__name__}: {e}")
                 self._say(logging.WARNING, "invalid", "databricks-nats: dropped invalid event %s: %s", event.type, e)
                 continue
-            rows.append((event.id, subject, payload))
-        room = 0 if self._spilled else self.settings.memory_max_events - len(self._ready) - len(self._inflight)
-        seq = self._last_seq
-        records = [Record(seq + i, *row) for i, row in enumerate(rows, 1)]
-        self._last_seq = seq + len(records)
+            seq += 1
+            records.append(Record(seq, event.id, subject, payload))
+        self._last_seq = seq
+        self._ingested += limit
+        while self._waiting and self._waiting[0][0] <= self._ingested:
+            self._flushers.append((seq, self._waiting.popleft()[1]))
         keep, spill = records[: max(0, room)], records[max(0, room) :]
         if keep:
             self._ready.extend(keep)
@@ -203,13 +214,16 @@ class Publisher(ConnectionLifecycle):
             spill = [*self._unsaved.values(), *spill]
             self._unsaved.clear()
             self._write(spill)
-        if self._unsaved and self._save_timer is None:
+        if self._unsaved and self._save_timer is None and not volatile:
             self._save_timer = self._loop.call_later(_SAVE_DELAY, self._save)
-        self._ingested += taken
-        if self._inbox and not self._wake_scheduled:  # a big burst: let sends and acks run in between
+        if self._inbox and not (volatile and limit >= room):  # a big burst: let sends and acks run in between
+            self._wake()
+        self._update_flushers()
+
+    def _wake(self) -> None:
+        if not self._wake_scheduled:
             self._wake_scheduled = True
             self._loop.call_soon(self._on_wake)
-        self._update_flushers()
 
     def _write(self, records: list[Record]) -> None:
         """Append records to the spool (falling back to memory if the disk fails); drop what exceeds its bound."""
@@ -238,6 +252,8 @@ class Publisher(ConnectionLifecycle):
             self._unsaved.clear()
             self._write(records)
         self._secured = self._ingested  # every event ingested so far is now acked, dropped or on disk
+        if self._inbox:  # core mode held them back while connected: now they go to the spool too
+            self._wake()
 
     def _forget(self, seqs: list[int], reason: str) -> None:
         """Remove dropped events from memory and count them."""
@@ -267,6 +283,8 @@ class Publisher(ConnectionLifecycle):
         while True:
             await self._work.wait()
             self._work.clear()
+            if self._inbox:  # core mode may have left events there until memory had room
+                self._ingest()
             if self._spilled and len(self._ready) < 100:
                 self._refill()
             room = self._connected and self._ready and len(self._inflight) < self.settings.max_inflight
@@ -436,14 +454,14 @@ class Publisher(ConnectionLifecycle):
     # ---- flush ----------------------------------------------------------------------------------
 
     async def _flush(self) -> None:
-        """Wait until no event spooled up to now is left (everything appended before the call is ingested)."""
-        target = self._ingested + len(self._inbox)  # everything handed over before the call
-        while self._ingested < target:
-            self._ingest()
-            await asyncio.sleep(0)
+        """Wait until every event handed over before the call is acknowledged (or flushed, in core mode).
+
+        The wait is on the last sequence given to those events: known once the inbox is ingested up to
+        the call (``_waiting`` until then).
+        """
         fut: asyncio.Future[None] = self._loop.create_future()
-        self._flushers.append((self._last_seq, fut))
-        self._update_flushers()
+        self._waiting.append((self._ingested + len(self._inbox), fut))
+        self._ingest()
         self._work.set()
         await fut
 
@@ -472,6 +490,9 @@ class Publisher(ConnectionLifecycle):
             self._timer.cancel()
         if self._acked:
             self._commit_acks()
+        self._connected = False  # whatever is left in the inbox goes to the spool
+        while self._inbox:
+            self._ingest()
         if self._save_timer is not None:
             self._save_timer.cancel()
         self._save()
