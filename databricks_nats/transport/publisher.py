@@ -302,15 +302,15 @@ class Publisher(ConnectionLifecycle):
         ready, inflight, publish = self._ready, self._inflight, nc.publish
         jetstream = self.settings.mode == "jetstream"
         prefix = self._reply_prefix if jetstream else ""
-        most = self.settings.max_inflight
+        most, max_bytes = self.settings.max_inflight, self._max_bytes
         sent = 0
         now = time.monotonic()
         rec: Record | None = None
         try:
             while ready and len(inflight) < most and self._connected:
                 rec = ready.popleft()
-                if len(rec.payload) > self._max_bytes:  # encoded before the server told us its max_payload
-                    rec = rec._replace(payload=shrink(rec.payload, self._max_bytes))
+                if len(rec.payload) > max_bytes:  # encoded before the server told us its max_payload
+                    rec = rec._replace(payload=shrink(rec.payload, max_bytes))
                 inflight[rec.seq] = (rec, now)
                 reply = f"{prefix}{rec.seq}" if jetstream else ""
                 await publish(rec.subject, rec.payload, reply, {"Nats-Msg-Id": rec.id, "Content-Type": CE_CONTENT_TYPE})
@@ -414,9 +414,10 @@ class Publisher(ConnectionLifecycle):
         subjects, self._acks = self._acks, []
         now = time.monotonic()
         inflight, latency = self._inflight, self.stats_.ack_latency
+        cut = len(self._reply_prefix)  # reply subjects are <prefix><seq>
         done = []
         for subject in subjects:
-            seq = int(subject.rsplit(".", 1)[1])
+            seq = int(subject[cut:])
             entry = inflight.pop(seq, None)
             if entry is not None:  # else a late ack for an event already re-sent or acked
                 latency(now - entry[1])

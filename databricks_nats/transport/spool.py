@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import glob
+import itertools
 import json
 import logging
 import os
@@ -140,11 +141,9 @@ def _pack(records: list[Record]) -> bytes:
 def _unpack(body: bytes) -> list[Record]:
     head, _, blob = zlib.decompress(body).partition(b"\n")
     seqs, ids, subjects, sizes = json.loads(head)
-    out, pos = [], 0
-    for seq, rid, subject, size in zip(seqs, ids, subjects, sizes, strict=True):
-        out.append(Record(seq, rid, subject, blob[pos : pos + size]))
-        pos += size + 1
-    return out
+    ends = list(itertools.accumulate(size + 1 for size in sizes))
+    payloads = [blob[end - size - 1 : end - 1] for size, end in zip(sizes, ends, strict=True)]
+    return list(map(Record._make, zip(seqs, ids, subjects, payloads, strict=True)))
 
 
 class _Burst:
