@@ -1,0 +1,13 @@
+"""``databricks_nats.airflow``: the Airflow 3 integration (extra ``[airflow]``); see ``docs/airflow.md``.
+
+``from databricks_nats.airflow import NatsEventTrigger, NatsEventSensor, cloudevents``
+"""
+
+from __future__ import annotations
+
+from databricks_nats.integrations.airflow.events import cloudevents, is_cloudevent
+from databricks_nats.integrations.airflow.provider import get_provider_info
+from databricks_nats.integrations.airflow.sensors import NatsEventSensor
+from databricks_nats.integrations.airflow.triggers import NatsEventTrigger
+
+__all__ = ["NatsEventSensor", "NatsEventTrigger", "cloudevents", "get_provider_info", "is_cloudevent"]

@@ -1,0 +1,54 @@
+"""Airflow 3 integration (extra ``[airflow]``): react to the events in DAGs.
+
+* ``NatsEventTrigger`` — a ``BaseEventTrigger`` on a durable JetStream consumer, for
+  ``Asset(..., watchers=[AssetWatcher(name=..., trigger=NatsEventTrigger(...))])``.
+* ``NatsEventSensor`` — a deferrable sensor; the CloudEvent is its ``return_value`` XCom.
+* ``MessageQueueTrigger(scheme="nats", ...)`` resolves to ``NatsEventTrigger`` through the provider
+  registered by the ``apache_airflow_provider`` entry point (``provider.get_provider_info``).
+* ``cloudevents(triggering_asset_events)`` — every CloudEvent of a (possibly merged) asset-triggered run.
+
+The names are imported on first use, so Airflow's provider discovery (which imports ``provider``) does
+not import the trigger and sensor modules.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__all__ = [
+    "NatsEventSensor",
+    "NatsEventTrigger",
+    "NatsMessageQueueProvider",
+    "cloudevents",
+    "get_provider_info",
+    "is_cloudevent",
+]
+
+_WHERE = {
+    "NatsEventSensor": "sensors",
+    "NatsEventTrigger": "triggers",
+    "NatsMessageQueueProvider": "queues",
+    "cloudevents": "events",
+    "is_cloudevent": "events",
+    "get_provider_info": "provider",
+}
+
+if TYPE_CHECKING:
+    from databricks_nats.integrations.airflow.events import cloudevents, is_cloudevent
+    from databricks_nats.integrations.airflow.provider import get_provider_info
+    from databricks_nats.integrations.airflow.queues import NatsMessageQueueProvider
+    from databricks_nats.integrations.airflow.sensors import NatsEventSensor
+    from databricks_nats.integrations.airflow.triggers import NatsEventTrigger
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
