@@ -1,0 +1,86 @@
+"""Provider registration: ProvidersManager finds databricks-nats, MessageQueueTrigger resolves nats to our trigger."""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+from typing import Any
+
+from airflow.providers_manager import ProvidersManager
+
+import databricks_nats
+from databricks_nats.integrations.airflow import NatsEventTrigger, NatsMessageQueueProvider
+
+QUEUE_CLASS = "databricks_nats.integrations.airflow.queues.NatsMessageQueueProvider"
+
+
+def _message_queue_trigger(**kwargs: Any) -> Any:
+    from airflow.providers.common.messaging.triggers.msg_queue import MessageQueueTrigger
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # queue= is deprecated upstream in favour of scheme=; both must work
+        return MessageQueueTrigger(**kwargs)
+
+
+def test_providers_manager_discovers_the_nats_queue() -> None:
+    """Airflow's ProvidersManager lists databricks-nats (from the entry point) and its nats message queue."""
+    manager = ProvidersManager()
+    manager.initialize_providers_queues()
+    assert "databricks-nats" in manager.providers
+    info = manager.providers["databricks-nats"]
+    assert info.version == databricks_nats.__version__
+    assert info.data["package-name"] == "databricks-nats"
+    assert QUEUE_CLASS in manager.queue_class_names
+
+
+def test_message_queue_trigger_with_scheme_resolves_to_ours() -> None:
+    """MessageQueueTrigger(scheme="nats", ...) builds a NatsEventTrigger and stores our class path and kwargs."""
+    mqt = _message_queue_trigger(
+        scheme="nats", event_type="mlflow.model.alias_set", match={"alias": "champion"}, workspace="w", env="prod"
+    )
+    assert isinstance(mqt.trigger, NatsEventTrigger)
+    direct = NatsEventTrigger(
+        event_type="mlflow.model.alias_set", match={"alias": "champion"}, workspace="w", env="prod"
+    )
+    assert mqt.serialize() == direct.serialize()
+
+
+def test_message_queue_trigger_with_queue_uri_resolves_to_ours() -> None:
+    """A nats:// queue URI gives servers, event type and namespace; keyword arguments win over the URI."""
+    mqt = _message_queue_trigger(
+        queue="nats://nats-1:4222,nats-2:4222/mlflow.model.alias_set?workspace=123&env=prod&durable=x",
+        durable="deploy-champion",
+        match={"name": "main.ml.churn"},
+    )
+    assert isinstance(mqt.trigger, NatsEventTrigger)
+    _, kwargs = mqt.serialize()
+    assert kwargs["url"] == "nats://nats-1:4222,nats://nats-2:4222"
+    assert (kwargs["event_type"], kwargs["workspace"], kwargs["env"]) == ("mlflow.model.alias_set", "123", "prod")
+    assert kwargs["durable"] == "deploy-champion"
+    assert NatsMessageQueueProvider().queue_matches("nats://x:4222")
+    assert not NatsMessageQueueProvider().queue_matches("kafka://x:9092/topic")
+
+
+def test_message_queue_trigger_runs_our_trigger(live: Any, consumer_ready: Any) -> None:
+    """MessageQueueTrigger(scheme="nats").run() yields the CloudEvent published to a real server."""
+    mqt = _message_queue_trigger(
+        scheme="nats",
+        event_type="mlflow.model.alias_set",
+        url=",".join(live.url),
+        workspace=live.workspace,
+        env=live.env,
+    )
+
+    async def main() -> dict[str, Any]:
+        agen = mqt.run()
+        first = asyncio.ensure_future(asyncio.wait_for(agen.__anext__(), 30))
+        await consumer_ready(live, mqt.trigger.durable)
+        event = databricks_nats.emit("mlflow.model.alias_set", {"name": "m", "alias": "champion", "version": "3"})
+        assert event is not None
+        assert databricks_nats.flush(timeout=10).ok
+        payload = (await first).payload
+        await agen.aclose()
+        assert payload["id"] == event.id
+        return payload  # type: ignore[no-any-return]
+
+    assert asyncio.run(main())["data"]["version"] == "3"
