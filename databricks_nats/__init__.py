@@ -4,9 +4,16 @@ import databricks_nats as dn
 dn.configure(url="nats://nats.internal:4222", env="prod")
 dn.emit("myteam.features.refreshed", {"table": "main.features.users"}, keys=["users"])
 dn.flush(timeout=5)
+
+The public names are imported on first use (PEP 562): MLflow loads our run context provider while
+``import mlflow`` runs, and that must not pay for the publisher, the event model or asyncio.
 """
 
-from databricks_nats._api import configure, emit, ensure_stream, flush, get_settings, publish, shutdown, stats
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from databricks_nats._version import __version__
 from databricks_nats.errors import (
     ConfigurationError,
@@ -17,16 +24,50 @@ from databricks_nats.errors import (
     StreamMismatch,
     SubjectError,
 )
-from databricks_nats.model.events import Event
-from databricks_nats.settings import Secret, Settings
-from databricks_nats.transport.publisher import FlushResult
+
+if TYPE_CHECKING:
+    from databricks_nats._api import configure, emit, ensure_stream, flush, get_settings, publish, shutdown, stats
+    from databricks_nats.model.events import Event
+    from databricks_nats.settings import Secret, Settings
+    from databricks_nats.transport.publisher import FlushResult
+
+_LAZY = {
+    "configure": "databricks_nats._api",
+    "emit": "databricks_nats._api",
+    "ensure_stream": "databricks_nats._api",
+    "flush": "databricks_nats._api",
+    "get_settings": "databricks_nats._api",
+    "publish": "databricks_nats._api",
+    "shutdown": "databricks_nats._api",
+    "stats": "databricks_nats._api",
+    "Event": "databricks_nats.model.events",
+    "Secret": "databricks_nats.settings",
+    "Settings": "databricks_nats.settings",
+    "FlushResult": "databricks_nats.transport.publisher",
+}
 
 
-def autolog(*, disable: bool = False, **mlflow_autolog_kwargs: object) -> None:
-    """Install the MLflow hook and call ``mlflow.autolog(**kwargs)``; ``disable=True`` removes it."""
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'databricks_nats' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
+def autolog(*, disable: bool = False, spark: Any = None, **mlflow_autolog_kwargs: Any) -> None:
+    """Install the MLflow hook and call ``mlflow.autolog(**kwargs)``; ``disable=True`` removes it.
+
+    With ``spark`` (a SparkSession), the Spark listeners are attached to it as well (detached on disable).
+    """
     from databricks_nats.integrations.mlflow import autolog as _mlflow_autolog
 
-    _mlflow_autolog(disable=disable, **mlflow_autolog_kwargs)
+    _mlflow_autolog(disable=disable, spark=spark, **mlflow_autolog_kwargs)
 
 
 __all__ = [

@@ -87,14 +87,28 @@ class Capture(list[CapturedEvent]):
 
 @contextlib.contextmanager
 def capture(**settings: Any) -> Iterator[Capture]:
-    """Route every event of this process into a list for the duration of the block."""
+    """Route every event of this process into a list for the duration of the block.
+
+    The settings given here (e.g. ``metrics_mode``, ``deny_keys``) are also those of an installed MLflow
+    hook for the block's duration; afterwards it goes back to the settings in effect before.
+    """
     resolved = resolve_settings(environ={}, spark_conf={}, **settings)
     cap = Capture(resolved)
     previous = _api.set_transport(cap)
+    _reconfigure_mlflow_hook()
     try:
         yield cap
     finally:
         _api.set_transport(previous)
+        _reconfigure_mlflow_hook()
+
+
+def _reconfigure_mlflow_hook() -> None:
+    """Let an installed MLflow hook read the settings of the transport now in place (no import if unused)."""
+    module = sys.modules.get("databricks_nats.integrations.mlflow")
+    hook = module.current_hook() if module is not None else None
+    if hook is not None:
+        hook.reconfigure()
 
 
 def find_nats_server() -> str:

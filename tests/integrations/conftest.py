@@ -9,9 +9,8 @@ Isolation, per test:
 * ``_isolated_mlflow`` (autouse): no ``DATABRICKS_NATS_*``/``MLFLOW_*`` variables leak in; afterwards any
   active run is ended, the hook is uninstalled (into a throw-away capture, never a real server), and the
   tracking URI, active experiment and async-logging switch are restored.
-* ``record(**settings)``: the hook reads its settings (deny list, metrics mode) from the process-wide
-  settings when it is installed, not from ``capture()``, so ``record`` configures both, then installs the
-  hook inside the capture and returns the captured events.
+* ``record(**settings)``: captures events with these settings (which the hook follows: deny list,
+  metrics mode), installs the hook inside the capture and returns the captured events.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ import mlflow
 import pytest
 from jsonschema import Draft202012Validator
 
-import databricks_nats
 from databricks_nats.integrations import mlflow as nats_mlflow
 from databricks_nats.model import catalog
 from databricks_nats.testing import Capture, capture
@@ -101,11 +99,10 @@ def tracking(mlflow_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 @pytest.fixture
 def record(namespace: dict[str, str]) -> Iterator[Callable[..., Capture]]:
-    """``record(**settings)``: configure the hook's settings (no network), capture events, install the hook."""
+    """``record(**settings)``: capture events with these settings (no network), install the hook."""
     with contextlib.ExitStack() as stack:
 
         def start(**settings: Any) -> Capture:
-            databricks_nats.configure(disabled=True, **namespace, **settings)
             events = stack.enter_context(capture(**namespace, **settings))
             nats_mlflow.install()
             return events

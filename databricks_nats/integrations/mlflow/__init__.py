@@ -5,19 +5,20 @@
 
 Zero-code: with the wheel installed and ``DATABRICKS_NATS_URL`` set, MLflow loads our run context
 provider (entry point ``mlflow.run_context_provider``), which installs the hook before the first run.
+MLflow imports that provider during ``import mlflow``, through this package: so this module imports
+nothing beyond the standard library until a function is called.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from databricks_nats.integrations.mlflow import _compat
-from databricks_nats.integrations.mlflow.hook import Hook
+if TYPE_CHECKING:
+    from databricks_nats.integrations.mlflow.hook import Hook
 
-__all__ = ["autolog", "install", "installed", "uninstall"]
+__all__ = ["autolog", "current_hook", "install", "installed", "uninstall"]
 
 log = logging.getLogger("databricks_nats")
 _lock = threading.Lock()
@@ -28,6 +29,11 @@ _active = False
 def install() -> Hook:
     """Install the store-layer hook (idempotent); return it."""
     global _hook, _active
+    import atexit
+
+    from databricks_nats.integrations.mlflow import _compat
+    from databricks_nats.integrations.mlflow.hook import Hook
+
     with _lock:
         if _hook is None:
             _hook = Hook()
@@ -43,6 +49,8 @@ def install() -> Hook:
 def uninstall() -> None:
     """Remove the hook: registries are restored and already wrapped stores stop publishing."""
     global _active
+    from databricks_nats.integrations.mlflow import _compat
+
     with _lock:
         if _hook is None or not _active:
             return
@@ -55,13 +63,29 @@ def installed() -> bool:
     return _active
 
 
-def autolog(*, disable: bool = False, **mlflow_autolog_kwargs: Any) -> None:
-    """Install the hook, then call ``mlflow.autolog(**kwargs)``; ``disable=True`` removes the hook too."""
+def current_hook() -> Hook | None:
+    """The installed hook, or None (used by ``testing.capture`` to hand its settings over)."""
+    return _hook if _active else None
+
+
+def autolog(*, disable: bool = False, spark: Any = None, **mlflow_autolog_kwargs: Any) -> None:
+    """Install the hook, then call ``mlflow.autolog(**kwargs)``; ``disable=True`` removes the hook too.
+
+    ``spark``: a SparkSession whose Spark listeners are attached too (detached on ``disable=True``).
+    """
     import mlflow
 
     if disable:
         uninstall()
+        if spark is not None:
+            from databricks_nats.integrations.spark import detach
+
+            detach(spark)
         mlflow.autolog(disable=True, **mlflow_autolog_kwargs)
         return
     install()
+    if spark is not None:
+        from databricks_nats.integrations.spark import attach
+
+        attach(spark)
     mlflow.autolog(**mlflow_autolog_kwargs)

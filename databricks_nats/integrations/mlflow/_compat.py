@@ -21,7 +21,14 @@ from typing import Any
 
 from databricks_nats.errors import DatabricksNatsError
 
-__all__ = ["MlflowCompatError", "install", "mlflow_version", "rebind_async_queue", "uninstall"]
+__all__ = [
+    "MlflowCompatError",
+    "install",
+    "is_unity_catalog_registry",
+    "mlflow_version",
+    "rebind_async_queue",
+    "uninstall",
+]
 
 _MARK = "_databricks_nats_wrapped"
 _installed: list[tuple[Any, str, Any]] = []  # (object, attribute, original) to restore
@@ -110,6 +117,15 @@ def is_delegating_repo(repo: Any) -> bool:
         "ModelsArtifactRepository",
         "UnityCatalogModelsArtifactRepository",
     }
+
+
+def is_unity_catalog_registry(store: Any) -> bool:
+    """Whether a registry store is a Unity Catalog one: what ``databricks-uc`` (or OSS ``uc``) registry URIs build.
+
+    MLflow 2.x registers ``UcModelRegistryStore`` itself, 3.x a builder choosing it or ``UcNativeModelRegistryStore``;
+    all of them (and ``UnityCatalogOssStore``) live under ``mlflow.store._unity_catalog``.
+    """
+    return any(str(cls.__module__).startswith("mlflow.store._unity_catalog.") for cls in type(store).__mro__)
 
 
 def run_status_name(status: Any) -> str:

@@ -4,7 +4,8 @@ A directory of 10,000 files is one event with the file count, total bytes and a 
 Sizes are read from the local files before the upload (MLflow deletes its temporary files afterwards).
 Files uploaded as part of a directory upload (some repositories upload each file with ``log_artifact`` on
 a thread pool) are not announced twice: a per-repository set of directories in flight filters them.
-Model artifacts (``…/models/m-<id>/artifacts``) are announced by the logged-model events instead.
+Model artifacts (``…/models/m-<id>/artifacts``) are announced by the logged-model events instead; their
+upload is where the model's flavours are read (the local ``MLmodel`` file, bounded, never the network).
 """
 
 from __future__ import annotations
@@ -17,16 +18,55 @@ from typing import Any
 
 from databricks_nats import _api
 
-__all__ = ["SAMPLE", "run_of", "wrap_repo"]
+__all__ = ["SAMPLE", "local_flavors", "model_of", "read_flavors", "run_of", "wrap_repo"]
 
 SAMPLE = 20
+MAX_FLAVORS = 20
+MLMODEL_MAX_BYTES = 256 * 1024
 _RUN_URI = re.compile(r"(?:/(?P<exp>[^/]+))?/(?P<run>[0-9a-f]{32})/artifacts(?:/|$)")
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+_MODEL_URI = re.compile(r"/(?P<model>m-[0-9a-f]{32})/artifacts/?$")
 
 
 def run_of(artifact_uri: str) -> tuple[str, str] | None:
     """(experiment id as the URI shows it, run id) of a run's artifact URI, else None."""
     m = _RUN_URI.search(artifact_uri or "")
     return (m.group("exp") or "", m.group("run")) if m else None
+
+
+def model_of(artifact_uri: str) -> str | None:
+    """The logged model id of a logged model's artifact URI (``…/m-<32 hex>/artifacts``), else None."""
+    m = _MODEL_URI.search(artifact_uri or "")
+    return m.group("model") if m else None
+
+
+def read_flavors(model_dir: str) -> list[str]:
+    """The flavour names in ``<model_dir>/MLmodel`` (a local file of at most 256 KiB), in file order; else []."""
+    path = os.path.join(model_dir, "MLmodel")
+    try:
+        if os.path.getsize(path) > MLMODEL_MAX_BYTES:
+            return []
+        import importlib
+
+        yaml = importlib.import_module("yaml")  # MLflow's own dependency (PyYAML; no type stubs needed)
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+    except Exception:  # noqa: BLE001 - no MLmodel, or not one we can read: no flavours
+        return []
+    flavors = doc.get("flavors") if isinstance(doc, dict) else None
+    return [str(k)[:100] for k in list(flavors)[:MAX_FLAVORS]] if isinstance(flavors, dict) else []
+
+
+def local_flavors(artifact_location: str | None) -> list[str]:
+    """The flavours of a model whose artifact location is a local directory (``file://`` or a path); else []."""
+    loc = artifact_location or ""
+    if loc.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        loc = unquote(urlparse(loc).path)
+    elif _SCHEME.match(loc):  # s3://, dbfs:/, …: no network on the hot path
+        return []
+    return read_flavors(loc) if loc and os.path.isdir(loc) else []
 
 
 def _walk(local_dir: str) -> tuple[int, int, list[dict[str, Any]]]:
@@ -47,11 +87,17 @@ def _walk(local_dir: str) -> tuple[int, int, list[dict[str, Any]]]:
 
 
 def wrap_repo(
-    repo: Any, emit: Callable[[str, dict[str, Any]], None], experiment_of: Callable[[str], str | None]
+    repo: Any,
+    emit: Callable[[str, dict[str, Any]], None],
+    experiment_of: Callable[[str], str | None],
+    note_flavors: Callable[[str, list[str]], None] | None = None,
 ) -> Any:
-    """Wrap ``log_artifact`` and ``log_artifacts`` of one repository instance (only for run repositories)."""
+    """Wrap ``log_artifact`` and ``log_artifacts`` of a run's repository; note flavours of a logged model's."""
     owner = run_of(str(getattr(repo, "artifact_uri", "")))
     if owner is None:
+        model_id = model_of(str(getattr(repo, "artifact_uri", "")))
+        if model_id is not None and note_flavors is not None:
+            _wrap_model_repo(repo, model_id, note_flavors)
         return repo
     run_id = owner[1]
     experiment_id = experiment_of(run_id) or owner[0]  # a custom artifact_location hides the experiment
@@ -102,6 +148,25 @@ def wrap_repo(
 
     repo.log_artifact, repo.log_artifacts = log_artifact, log_artifacts
     return repo
+
+
+def _wrap_model_repo(repo: Any, model_id: str, note_flavors: Callable[[str, list[str]], None]) -> None:
+    many = repo.log_artifacts
+
+    @functools.wraps(many)
+    def log_artifacts(local_dir: str, artifact_path: str | None = None, *a: Any, **k: Any) -> Any:
+        flavors = None
+        if not artifact_path:  # the model directory itself (MLmodel at its root)
+            try:
+                flavors = read_flavors(local_dir)
+            except Exception as e:  # noqa: BLE001 - never break the upload
+                _api._fail(e, "mlflow model flavours")
+        result = many(local_dir, artifact_path, *a, **k)
+        if flavors:
+            note_flavors(model_id, flavors)
+        return result
+
+    repo.log_artifacts = log_artifacts
 
 
 def _size(path: str) -> int | None:

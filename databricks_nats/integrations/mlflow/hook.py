@@ -32,16 +32,29 @@ class Hook:
         self.enabled = True
         self._local = threading.local()
         self._runs: dict[str, dict[str, Any]] = {}  # run_id -> {experiment_id, start_time, run_name, artifact_uri}
+        self._flavors: dict[str, list[str]] = {}  # logged model id -> flavours read from its uploaded MLmodel
+        self._settings: Any = None
         self.metrics = MetricsCoalescer(lambda data: self._emit("mlflow.run.metrics", data), "coalesce", 1.0)
         self.reconfigure()
 
     def reconfigure(self) -> None:
-        """Read the settings in effect (deny/allow keys, metrics mode and interval)."""
-        settings = _api.get_settings()
+        """Apply the settings in effect: those of the transport events go to (``capture()``'s), else configured."""
+        transport = _api._transport
+        self._apply(transport.settings if transport is not None else _api.get_settings())
+
+    def _apply(self, settings: Any) -> None:
+        self._settings = settings
         self._deny = settings.deny_keys
         self._allow = settings.allow_keys
         self.metrics.mode = settings.metrics_mode
         self.metrics.interval = settings.metrics_interval
+
+    def _refresh(self) -> None:
+        """Pick up settings replaced since the last run began (``configure()`` again): two attribute reads."""
+        transport = _api._transport
+        settings = getattr(transport, "settings", None)
+        if settings is not None and settings is not self._settings:
+            self._apply(settings)
 
     # ---- plumbing --------------------------------------------------------------------------------
 
@@ -130,6 +143,10 @@ class Hook:
         info = run.info
         known = self._remember(info)
         tags = dict(run.data.tags or {})
+        # create_run(experiment_id, user_id, start_time, tags, run_name): the tags given, if the Run lacks them
+        given = kwargs.get("tags", args[3] if len(args) > 3 else None)
+        for tag in given or ():
+            tags.setdefault(tag.key, tag.value)
         self._emit(
             "mlflow.run.started",
             {
@@ -143,6 +160,8 @@ class Hook:
                 "user": info.user_id or None,
             },
         )
+        self._refresh()  # the first event built the transport: its settings (deny list) are now known
+        self._emit_kv(store, info.run_id, "tags", tags)  # start_run(tags=…); system tags are filtered
         _compat.spark_set_run_property(info.run_id)
 
     def _update_run_info(
@@ -153,10 +172,13 @@ class Hook:
         if action is None:
             return  # a rename or RUNNING: not the end of the run
         base = self._run_base(store, run_id)
-        latest = self.metrics.finish(run_id)
         start = self._runs.get(run_id, {}).get("start_time")
         duration = int(end_time - start) if isinstance(end_time, int) and isinstance(start, int) else None
-        self._emit(f"mlflow.run.{action}", {**base, "status": status, "duration_ms": duration, "metrics": latest})
+
+        def ended(latest: dict[str, Any]) -> None:
+            self._emit(f"mlflow.run.{action}", {**base, "status": status, "duration_ms": duration, "metrics": latest})
+
+        self.metrics.finish(run_id, then=ended)  # the final metrics event and the end are the run's last events
         self._runs.pop(run_id, None)
         _compat.spark_set_run_property(None)
 
@@ -215,21 +237,31 @@ class Hook:
             self._emit("mlflow.run.inputs", {**self._run_base(store, run_id), "datasets": items})
 
     def _create_logged_model(self, store: Any, model: Any, *args: Any, **kwargs: Any) -> None:
-        self._emit("mlflow.logged_model.logged", _logged_model_data(model))
+        self._emit("mlflow.logged_model.logged", _logged_model_data(model, self._flavors.get(model.model_id, [])))
 
     def _finalize_logged_model(self, store: Any, model: Any, model_id: str, status: Any, *a: Any, **k: Any) -> None:
-        data = _logged_model_data(model) if model is not None and hasattr(model, "model_id") else {"model_id": model_id}
+        flavors = self._flavors.pop(model_id, None)
+        if model is not None and hasattr(model, "model_id"):
+            if flavors is None:  # files uploaded by a path we did not see: read a local MLmodel, never the network
+                flavors = artifacts.local_flavors(getattr(model, "artifact_location", None))
+            data = _logged_model_data(model, flavors)
+        else:
+            data = {"model_id": model_id, "experiment_id": "", "flavors": flavors or []}
         data["status"] = str(getattr(status, "name", status))
-        if "experiment_id" not in data:
-            data["experiment_id"] = ""
         self._emit("mlflow.logged_model.finalized", data)
+
+    def note_flavors(self, model_id: str, flavors: list[str]) -> None:
+        """Remember the flavours of a logged model's MLmodel as its files are uploaded (until finalised)."""
+        if len(self._flavors) >= 1000:  # bounded: forget the oldest
+            self._flavors.pop(next(iter(self._flavors)))
+        self._flavors[model_id] = flavors
 
     # ---- model registry --------------------------------------------------------------------------
 
     def wrap_registry(self, store: Any) -> Any:
         if not _compat.mark(store):
             return store
-        uc = "Uc" in type(store).__name__ or "UnityCatalog" in type(store).__name__
+        uc = _compat.is_unity_catalog_registry(store)  # from the registry URI's store, never from dots in names
         for name, action in (
             ("create_registered_model", "registered"),
             ("delete_registered_model", "deleted"),
@@ -258,7 +290,7 @@ class Hook:
     def wrap_artifacts(self, repo: Any) -> Any:
         if _compat.is_delegating_repo(repo) or not _compat.mark(repo):
             return repo
-        return artifacts.wrap_repo(repo, self._emit, self.experiment_of)
+        return artifacts.wrap_repo(repo, self._emit, self.experiment_of, self.note_flavors)
 
     def experiment_of(self, run_id: str) -> str | None:
         """The experiment of a run (an artifact URI need not contain it): known runs, else asked once."""
@@ -273,7 +305,7 @@ class Hook:
         return str(known["experiment_id"])
 
 
-def _logged_model_data(model: Any) -> dict[str, Any]:
+def _logged_model_data(model: Any, flavors: list[str] | None = None) -> dict[str, Any]:
     from databricks_nats.integrations.mlflow.urls import logged_model_uri
 
     return {
@@ -283,7 +315,7 @@ def _logged_model_data(model: Any) -> dict[str, Any]:
         "source_run_id": getattr(model, "source_run_id", None),
         "artifact_location": getattr(model, "artifact_location", None),
         "model_uri": logged_model_uri(model.model_id),
-        "flavors": [],
+        "flavors": list(flavors or []),
         "status": str(getattr(getattr(model, "status", None), "name", getattr(model, "status", None)) or "") or None,
         "created_at": getattr(model, "creation_timestamp", None) or int(time.time() * 1000),
     }

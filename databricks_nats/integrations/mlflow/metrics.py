@@ -5,16 +5,22 @@ last event. A point arriving when the interval has passed emits at once; otherwi
 ``last + interval`` and a single daemon thread, sleeping on a condition until the earliest due time (never
 polling), emits it then. ``finish(run_id)`` emits the final event of a run. Mode ``every`` emits one event
 per logging call; ``off`` emits none.
+
+Events are handed to ``emit`` while the lock is held (emitting only enqueues: it never blocks), so a
+periodic event taken by the thread can never be handed over after the run's final event and its end.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 __all__ = ["MetricsCoalescer"]
+
+log = logging.getLogger("databricks_nats")
 
 MAX_KEYS = 200  # metric keys kept per run (the event is also size-capped)
 
@@ -59,15 +65,11 @@ class MetricsCoalescer:
                     run.latest[m.key] = {"value": m.value, "step": m.step, "timestamp": m.timestamp}
             run.points += len(metrics)
             if self.mode == "every" or now - run.last_emit >= self.interval:
-                payload = self._take(run, now, final=False)
-            else:
-                payload = None
-                if run.due is None:
-                    run.due = run.last_emit + self.interval
-                    self._ensure_thread()
-                    self._cond.notify()
-        if payload is not None:
-            self._emit(payload)
+                self._emit(self._take(run, now, final=False))
+            elif run.due is None:
+                run.due = run.last_emit + self.interval
+                self._ensure_thread()
+                self._cond.notify()
 
     def latest(self, run_id: str) -> dict[str, Any]:
         """The latest value of each metric of a run (for the run's end event)."""
@@ -75,25 +77,27 @@ class MetricsCoalescer:
             run = self._runs.get(run_id)
             return {k: v["value"] for k, v in run.latest.items()} if run else {}
 
-    def finish(self, run_id: str) -> dict[str, Any]:
-        """Emit the final metrics event (if points arrived since the last one), forget the run, return latest values."""
+    def finish(self, run_id: str, then: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Emit the final metrics event (if points arrived since the last one), forget the run, return latest values.
+
+        ``then(latest)`` (the run's end event) is called under the same lock: nothing this coalescer emits for
+        the run can come between the final metrics event and it.
+        """
         with self._cond:
             run = self._runs.pop(run_id, None)
-        if run is None:
-            return {}
-        values = {k: v["value"] for k, v in run.latest.items()}
-        if self.mode != "off" and run.points:
-            self._emit(self._take(run, time.monotonic(), final=True))
+            values = {k: v["value"] for k, v in run.latest.items()} if run is not None else {}
+            if run is not None and self.mode != "off" and run.points:
+                self._emit(self._take(run, time.monotonic(), final=True))
+            if then is not None:
+                then(values)
         return values
 
     def flush_all(self) -> None:
         """Emit what every run has pending (at exit)."""
         with self._cond:
-            due = [
-                (rid, self._take(run, time.monotonic(), final=False)) for rid, run in self._runs.items() if run.points
-            ]
-        for _, payload in due:
-            self._emit(payload)
+            for run in self._runs.values():
+                if run.points:
+                    self._emit(self._take(run, time.monotonic(), final=False))
 
     def _take(self, run: _RunMetrics, now: float, final: bool) -> dict[str, Any]:
         payload = {**run.base, "metrics": dict(run.latest), "points": run.points, "final": final}
@@ -119,8 +123,9 @@ class MetricsCoalescer:
                 if wait > 0:
                     self._cond.wait(wait)
                     continue
-                ready = [
-                    self._take(r, now, final=False) for r in self._runs.values() if r.due is not None and r.due <= now
-                ]
-            for payload in ready:
-                self._emit(payload)
+                for r in self._runs.values():
+                    if r.due is not None and r.due <= now:
+                        try:
+                            self._emit(self._take(r, now, final=False))
+                        except Exception:  # strict mode raises; this thread must live on
+                            log.warning("databricks-nats: periodic metrics event failed", exc_info=True)

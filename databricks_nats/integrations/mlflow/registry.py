@@ -39,8 +39,9 @@ def describe_registry_call(
     version = str(version if version is not None else call.get("version") or "") or None
     data: dict[str, Any] = {
         "name": name,
+        # UC-ness is the registry's (databricks-uc / uc), never the name's: "a.b.c" on sqlite is not UC
         "catalog_name": name.split(".", 1)[0] if uc and name.count(".") == 2 else None,
-        "is_unity_catalog": bool(uc or name.count(".") == 2),
+        "is_unity_catalog": uc,
         "model_uri": model_uri(name, version, call.get("alias")),
     }
     if version:
