@@ -41,7 +41,8 @@ def test_subscribe_delivers_in_stream_order(live: Any) -> None:
     assert [e.id for e in got] == ids
     assert [e.data["version"] for e in got] == [str(v) for v in range(1, 21)]
     assert [e.seq for e in got] == sorted(e.seq for e in got)
-    assert got[0].type == "mlflow.model.version_created" and got[0].env == live.env
+    assert got[0].type == "mlflow.model.version_created"
+    assert got[0].env == live.env
 
 
 def test_durable_consumer_resumes_after_restart(live: Any) -> None:
@@ -53,7 +54,7 @@ def test_durable_consumer_resumes_after_restart(live: Any) -> None:
     ids += _versions("m", 3, start=6)
     with subscribe("mlflow.model.version_created", durable="retrain") as again:
         rest = [again.next(timeout=10).id for _ in range(6)]
-        with pytest.raises(asyncio.TimeoutError):
+        with pytest.raises(TimeoutError):
             again.next(timeout=0.5)
     assert seen == ids[:3]
     assert rest == ids[2:]  # the unacknowledged third comes again, then everything after it
@@ -102,7 +103,8 @@ def test_duplicates_in_the_stream_are_dropped(live: Any, nats_server: NatsServer
     _versions("dup", 1, start=2)
     with subscribe("mlflow.model.version_created", start="all") as sub:
         got = [sub.next(timeout=10), sub.next(timeout=10)]
-        assert sub.dedupe is not None and sub.dedupe.dropped == 1
+        assert sub.dedupe is not None
+        assert sub.dedupe.dropped == 1
     assert [e.data["version"] for e in got] == ["1", "2"]
     assert got[0].id == event_id
 

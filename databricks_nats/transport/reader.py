@@ -33,6 +33,8 @@ async def connect(settings: Settings, name: str = "reader") -> Any:
         name=f"{settings.client_name}-{name}",
         connect_timeout=settings.connect_timeout,
         allow_reconnect=False,
+        max_reconnect_attempts=1,  # without it nats-py retries an unreachable server for minutes
+        reconnect_time_wait=0,
         **auth_options(settings),
     )
 

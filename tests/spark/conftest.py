@@ -1,4 +1,4 @@
-"""Fixtures for the Spark tests: one real local Spark session for the whole run, a real nats-server per module.
+"""Fixtures for the Spark tests: the run's one local Spark session (tests/conftest.py), a real nats-server per module.
 
 Each test publishes into its own workspace namespace (its own stream), attaches the listeners itself and
 detaches them afterwards, so tests sharing the session never see each other's events.
@@ -6,8 +6,6 @@ detaches them afterwards, so tests sharing the session never see each other's ev
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,31 +15,7 @@ import pytest
 
 import databricks_nats
 from databricks_nats import spark as nats_spark
-from databricks_nats.integrations.spark import detach_all
 from databricks_nats.testing import NatsServer, read_stream
-
-
-@pytest.fixture(scope="session")
-def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A real ``local[2]`` SparkSession whose Python workers run this interpreter."""
-    os.environ["PYSPARK_PYTHON"] = sys.executable
-    os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
-    from pyspark.sql import SparkSession
-
-    warehouse = tmp_path_factory.mktemp("warehouse")
-    session = (
-        SparkSession.builder.master("local[2]")
-        .appName("databricks-nats-tests")
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.shuffle.partitions", "2")
-        .config("spark.sql.warehouse.dir", str(warehouse))
-        .config("spark.sql.streaming.noDataProgressEventInterval", "200ms")
-        .getOrCreate()
-    )
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    detach_all()
-    session.stop()
 
 
 @pytest.fixture
