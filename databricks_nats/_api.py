@@ -149,7 +149,7 @@ def emit(
     """
     try:
         catalog.lookup(event_type)
-        if data is not None and not isinstance(data, Mapping):
+        if data is not None and type(data) is not dict and not isinstance(data, Mapping):
             raise TypeError(f"data must be a mapping, got {type(data).__name__}")
         event = new_event(event_type, data or {}, keys=keys, dataref=dataref)
         _current().emit(event)

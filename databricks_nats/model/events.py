@@ -189,7 +189,7 @@ class Encoder:
         return fast or encode(event, max_bytes=max_bytes, **self._args)
 
     def _fast(self, event: Event, max_bytes: int) -> tuple[str, bytes] | None:
-        etype = catalog.lookup(event.type)
+        etype = _lookup(event.type)
         parts = self._parts.get(etype.name)
         if parts is None or parts[0] is not etype:
             parts = self._parts_of(etype)
@@ -229,6 +229,7 @@ class Encoder:
 
 
 _json = jsonsafe.encode_compact
+_lookup = catalog.lookup
 _str = json.encoder.encode_basestring
 
 

@@ -345,15 +345,7 @@ class Publisher(ConnectionLifecycle):
             self.stats_.error("flush", f"{type(e).__name__}: {e}")
             self._requeue(sent)
             return
-        now = time.monotonic()
-        inflight, latency = self._inflight, self.stats_.ack_latency
-        done = []
-        for seq in sent:
-            entry = inflight.pop(seq, None)
-            if entry is not None:
-                latency(now - entry[1])
-                done.append(seq)
-        self._ack(done)
+        self._settle(sent)
 
     def _requeue(self, seqs: list[int]) -> None:
         """Put in-flight events back at the front of the ready queue, oldest first."""
@@ -412,17 +404,16 @@ class Publisher(ConnectionLifecycle):
     def _settle_acks(self) -> None:
         """Handle the plain acks received since the last loop iteration in one go."""
         subjects, self._acks = self._acks, []
-        now = time.monotonic()
-        inflight, latency = self._inflight, self.stats_.ack_latency
         cut = len(self._reply_prefix)  # reply subjects are <prefix><seq>
-        done = []
-        for subject in subjects:
-            seq = int(subject[cut:])
-            entry = inflight.pop(seq, None)
-            if entry is not None:  # else a late ack for an event already re-sent or acked
-                latency(now - entry[1])
-                done.append(seq)
-        self._ack(done)
+        self._settle([int(subject[cut:]) for subject in subjects])
+
+    def _settle(self, seqs: list[int]) -> None:
+        """These in-flight events are acknowledged (core: flushed); a sequence no longer in flight is ignored."""
+        pop = self._inflight.pop
+        sent = [(seq, entry[1]) for seq in seqs if (entry := pop(seq, None)) is not None]
+        now = time.monotonic()
+        self.stats_.ack_latencies([now - t for _, t in sent])
+        self._ack([seq for seq, _ in sent])
 
     def _ack(self, seqs: list[int]) -> None:
         self.stats_.acked += len(seqs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, deque
+from collections.abc import Iterable
 from typing import Any
 
 __all__ = ["RateLimitedLog", "Stats"]
@@ -30,6 +31,9 @@ class Stats:
 
     def ack_latency(self, seconds: float) -> None:
         self._latencies.append(seconds)
+
+    def ack_latencies(self, seconds: Iterable[float]) -> None:
+        self._latencies.extend(seconds)
 
     def error(self, kind: str, message: str) -> None:
         self.errors[kind] += 1
