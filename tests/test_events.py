@@ -70,8 +70,19 @@ def strict_loads(payload: bytes) -> Any:
     return json.loads(payload.decode("utf-8"), parse_constant=_no_constant)
 
 
+ENCODER = events.Encoder(namespace=NAMESPACE, workspace=WORKSPACE, env=ENV, context=CONTEXT)
+
+
 def _encode(event: events.Event, max_bytes: int = CAP) -> tuple[str, bytes]:
-    return events.encode(event, namespace=NAMESPACE, workspace=WORKSPACE, env=ENV, context=CONTEXT, max_bytes=max_bytes)
+    """Encode as the publisher does (``Encoder``), checking that it gives exactly the reference ``encode``'s bytes."""
+    subject = event.subject
+    fast = ENCODER(event, max_bytes=max_bytes)
+    event.subject = subject
+    reference = events.encode(
+        event, namespace=NAMESPACE, workspace=WORKSPACE, env=ENV, context=CONTEXT, max_bytes=max_bytes
+    )
+    assert fast == reference
+    return fast
 
 
 def _check(subject: str, payload: bytes, etype: EventType, max_bytes: int = CAP) -> dict[str, Any]:
@@ -524,3 +535,17 @@ def test_deeply_nested_data_still_encodes() -> None:
         cur = nxt
     _, payload = _encode(events.new_event("custom.deep.data", {"d": deep}, keys=["k"]))
     assert len(payload) <= CAP
+
+
+def test_encoder_renders_plain_events_without_the_reference_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ordinary events (plain JSON data within the cap) never take the slow reference path."""
+    reference = _encode(events.new_event("mlflow.run.metrics", {"experiment_id": "1", "run_id": "r", "metrics": {}}))
+    monkeypatch.setattr(events, "encode", lambda *a, **k: pytest.fail("took the reference path"))
+    for data in ({}, {"context": {"a": 1}}, {"experiment_id": "é ✓", "run_id": "r\n", "x": [1, None, True]}):
+        event = events.new_event("mlflow.run.metrics", data)
+        envelope = strict_loads(ENCODER(event, max_bytes=CAP)[1])
+        assert envelope["id"] == event.id
+        assert envelope["data"] == {"context": CONTEXT, **data}
+    custom = events.new_event("custom.thing.done", {"n": 1}, keys=["a.b"], dataref="s3://x")
+    assert strict_loads(ENCODER(custom, max_bytes=CAP)[1])["dataref"] == "s3://x"
+    assert reference[0] == f"{NAMESPACE}.mlflow.run.1.r.metrics"

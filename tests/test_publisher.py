@@ -296,3 +296,98 @@ def test_event_size_cap_is_clamped_below_the_servers_max_payload(make_settings, 
     assert data["truncated"] is True
     assert data["run_id"] == "r"
     assert len(json.dumps(msg["envelope"]).encode()) < 4096
+
+
+def _subscribe_in_thread(url: str, subject: str, expect: int) -> tuple[list[bytes], threading.Event, Any]:
+    """A core subscriber on its own thread; returns (payloads, ready, stop) where stop() joins it."""
+    import nats
+
+    got: list[bytes] = []
+    ready, done = threading.Event(), threading.Event()
+
+    async def run() -> None:
+        nc = await nats.connect(url)
+
+        async def on_msg(m: Any) -> None:
+            got.append(m.data)
+
+        await nc.subscribe(subject, cb=on_msg)
+        await nc.flush()
+        ready.set()
+        while not (done.is_set() and len(got) >= expect):
+            await asyncio.sleep(0.02)
+        await nc.close()
+
+    th = threading.Thread(target=lambda: asyncio.run(asyncio.wait_for(run(), 60)))
+    th.start()
+    assert ready.wait(10)
+
+    def stop() -> None:
+        done.set()
+        th.join(60)
+
+    return got, ready, stop
+
+
+def test_core_mode_while_connected_keeps_a_burst_in_memory_and_off_the_disk(nats_server, make_settings):
+    """Core mode is fire-and-forget: a burst 40x the memory bound is delivered in order without touching the spool."""
+    settings = make_settings(nats_server, mode="core", memory_max_events=50, max_inflight=20)
+    pub = _api.build_transport(settings)
+    assert isinstance(pub, Publisher)
+    for _ in range(200):
+        if pub.stats()["connection"] == "connected":
+            break
+        threading.Event().wait(0.05)
+    got, _, stop = _subscribe_in_thread(nats_server.url, f"{settings.namespace}.>", 2000)
+    events = [new_event("mlflow.run.metrics", _metric(i)) for i in range(2000)]
+    for ev in events:
+        pub.emit(ev)
+        assert pub.stats()["in_memory"] <= 50
+    assert pub.flush(30).ok
+    stats = pub.stats()
+    pub.close()
+    stop()
+    assert [json.loads(d)["id"] for d in got] == [e.id for e in events]
+    assert stats["spooled"] == 0
+    assert stats["acked"] == 2000
+
+
+def test_core_mode_spools_while_the_server_is_away(make_settings):
+    """Core mode without a server writes to the spool (like JetStream mode) and delivers once it appears."""
+    import socket
+
+    from databricks_nats.testing import NatsServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = make_settings(f"nats://127.0.0.1:{port}", mode="core", memory_max_events=50)
+    pub = _api.build_transport(settings)
+    events = [new_event("mlflow.run.metrics", _metric(i)) for i in range(300)]
+    for ev in events:
+        pub.emit(ev)
+    assert not pub.flush(0.5).ok
+    assert pub.stats()["spooled"] == 300
+    with NatsServer(port=port) as srv:
+        got, _, stop = _subscribe_in_thread(srv.url, f"{settings.namespace}.>", 300)
+        assert pub.flush(30).ok
+        pub.close()
+        stop()
+    assert [json.loads(d)["id"] for d in got] == [e.id for e in events]
+
+
+def test_close_spools_what_is_still_queued_and_the_next_publisher_sends_it(nats_server, make_settings):
+    """Events still queued when the publisher is closed without waiting are spooled, then sent by the next one."""
+    settings = make_settings(nats_server)
+    ids = []
+    pub = _api.build_transport(make_settings("nats://127.0.0.1:1", connect_timeout=0.2))  # same spool directory
+    for i in range(500):
+        ev = new_event("mlflow.run.metrics", _metric(i))
+        ids.append(ev.id)
+        pub.emit(ev)
+    pub.close(0)
+    pub = _api.build_transport(settings)
+    assert pub.stats()["replayed"] == 500
+    assert pub.flush(20).ok
+    pub.close()
+    assert [m["envelope"]["id"] for m in stream_messages(nats_server.url, settings.stream_name)] == ids
