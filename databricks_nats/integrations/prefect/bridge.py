@@ -1,0 +1,213 @@
+"""The bridge: NATS JetStream (durable consumer) → Prefect events, one Prefect event per CloudEvent.
+
+Each event read with ``databricks_nats.consumer.subscribe`` is sent to the Prefect API with Prefect's own
+events client, and the NATS message is acknowledged only after Prefect confirmed receipt (a websocket
+ping/pong after the event, the same checkpoint Prefect uses to know an event was delivered). If sending
+fails the bridge stops with the error and the message is handed back to JetStream: the durable consumer
+delivers it again when the bridge restarts. Redelivered events keep their id, which is the Prefect event
+id, so Prefect stores them once and its triggers fire once.
+
+Why not ``prefect.events.emit_event``: it puts the event on a background queue and returns, and a failed
+send there is logged and dropped, so nothing tells the bridge when it may acknowledge. The events are the
+same (``prefect_event_fields`` gives ``emit_event``'s keyword arguments).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import signal
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from databricks_nats.consumer import Match, ReceivedEvent, Start, subscribe
+from databricks_nats.integrations.prefect.resources import ResourceRule, prefect_event_fields
+
+__all__ = ["BridgeResult", "Stop", "bridge", "bridge_async", "stop_on_signals"]
+
+log = logging.getLogger("databricks_nats.prefect")
+
+DEFAULT_DURABLE = "prefect-bridge"
+POLL = 1.0  # seconds between checks of the stop condition while no event arrives
+KEEP_IDS = 10_000
+
+Stop = threading.Event | asyncio.Event | Callable[[], bool] | None
+T = TypeVar("T")
+
+
+@dataclass
+class BridgeResult:
+    """What a bridge run did: how many events it handled and the ids of the last ones (oldest first)."""
+
+    count: int = 0
+    ids: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=KEEP_IDS))
+    flow_runs: collections.deque[Any] = field(default_factory=lambda: collections.deque(maxlen=KEEP_IDS))
+    stopped_by: str = ""
+
+
+def _stopped(stop: Stop) -> bool:
+    if stop is None:
+        return False
+    if isinstance(stop, (threading.Event, asyncio.Event)):
+        return stop.is_set()
+    return bool(stop())
+
+
+async def pump(
+    sub: Any,
+    handle: Callable[[ReceivedEvent], Awaitable[Any]],
+    result: BridgeResult,
+    *,
+    max_events: int | None,
+    idle_timeout: float | None,
+    stop: Stop,
+) -> BridgeResult:
+    """Hand each event to ``handle``; acknowledge it when ``handle`` returned; stop on the first condition met.
+
+    An exception from ``handle`` propagates and the event is not acknowledged (closing the subscription
+    hands it back to JetStream, which delivers it again).
+    """
+    last = time.monotonic()
+    try:
+        while True:
+            if max_events is not None and result.count >= max_events:
+                result.stopped_by = "max_events"
+                break
+            if _stopped(stop):
+                result.stopped_by = "stop"
+                break
+            wait = POLL
+            if idle_timeout is not None:
+                left = idle_timeout - (time.monotonic() - last)
+                if left <= 0:
+                    result.stopped_by = "idle_timeout"
+                    break
+                wait = min(wait, left)
+            try:
+                event = await sub.next_async(wait)
+            except TimeoutError:
+                continue
+            outcome = await handle(event)
+            await event.ack_async()
+            result.count += 1
+            result.ids.append(event.id)
+            if outcome is not None:
+                result.flow_runs.append(outcome)
+            last = time.monotonic()
+    finally:
+        await sub.close_async()
+    return result
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion, also from a thread that already runs an event loop (a notebook)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(coro)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = e
+
+    thread = threading.Thread(target=target, name="databricks-nats-prefect", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
+
+
+def _require_api() -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        raise RuntimeError(
+            "PREFECT_API_URL is not set: the bridge sends events to a running Prefect server or Prefect Cloud "
+            "(set PREFECT_API_URL, and PREFECT_API_KEY for Cloud)"
+        )
+
+
+async def bridge_async(
+    event_type: str | None = None,
+    *,
+    match: Match = None,
+    durable: str = DEFAULT_DURABLE,
+    start: Start = "new",
+    resource_id: ResourceRule | None = None,
+    max_events: int | None = None,
+    idle_timeout: float | None = None,
+    stop: Stop = None,
+    subjects: list[str] | None = None,
+    **settings: Any,
+) -> BridgeResult:
+    """Forward events from NATS to Prefect until a stop condition is met (see ``bridge``)."""
+    from prefect.events import Event
+    from prefect.events.clients import get_events_client
+
+    _require_api()
+    sub = subscribe(event_type, match=match, durable=durable, start=start, subjects=subjects, **settings)
+    result = BridgeResult()
+    async with get_events_client(checkpoint_every=1) as client:
+
+        async def forward(event: ReceivedEvent) -> None:
+            prefect_event = Event(**prefect_event_fields(event.envelope, resource_id))
+            await client.emit(prefect_event)  # returns once Prefect confirmed receipt (checkpoint_every=1)
+            log.info("bridged %s %s as %s", event.type, event.id, prefect_event.resource.id)
+
+        return await pump(sub, forward, result, max_events=max_events, idle_timeout=idle_timeout, stop=stop)
+
+
+def bridge(
+    event_type: str | None = None,
+    *,
+    match: Match = None,
+    durable: str = DEFAULT_DURABLE,
+    start: Start = "new",
+    resource_id: ResourceRule | None = None,
+    max_events: int | None = None,
+    idle_timeout: float | None = None,
+    stop: Stop = None,
+    subjects: list[str] | None = None,
+    **settings: Any,
+) -> BridgeResult:
+    """Forward every event of ``event_type`` (default: all of this workspace/env) to Prefect as a Prefect event.
+
+    Reads with the durable JetStream consumer ``durable`` (created with ``start`` the first time, then
+    resuming after the last acknowledged event), keeps those whose data matches ``match``, emits each to
+    the Prefect API in ``PREFECT_API_URL`` and acknowledges it once Prefect confirmed it. Runs until
+    ``max_events`` were forwarded, no event came for ``idle_timeout`` seconds, or ``stop`` (a
+    ``threading.Event``, ``asyncio.Event`` or callable) is set; with none of them, for ever.
+    ``resource_id(envelope)`` may override the resource id of an event; ``settings`` are the NATS
+    settings (``url``, ``workspace``, ``env``, ...) as for ``databricks_nats.configure``.
+    """
+    return run_sync(
+        bridge_async(
+            event_type,
+            match=match,
+            durable=durable,
+            start=start,
+            resource_id=resource_id,
+            max_events=max_events,
+            idle_timeout=idle_timeout,
+            stop=stop,
+            subjects=subjects,
+            **settings,
+        )
+    )
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An ``asyncio.Event`` set by SIGINT or SIGTERM (call inside the running loop), for a long-lived bridge."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop

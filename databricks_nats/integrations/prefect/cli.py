@@ -1,0 +1,108 @@
+"""``databricks-nats prefect-bridge``: the bridge (or a deployment runner) as a long-lived process.
+
+    databricks-nats prefect-bridge --workspace 1234 --env prod                      # every event → Prefect
+    databricks-nats prefect-bridge --type mlflow.model.alias_set --match alias=champion \\
+        --deployment deploy-model/prod --param model=name --param version=version  # run a deployment
+
+The Prefect API comes from Prefect's own settings (``PREFECT_API_URL``, ``PREFECT_API_KEY`` or the active
+profile), the NATS settings from the usual ``DATABRICKS_NATS_*`` environment unless given here. SIGINT
+or SIGTERM stops it after the event in hand (which is then acknowledged or handed back).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from typing import Any
+
+__all__ = ["add_parser", "cmd_prefect_bridge"]
+
+
+def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in values or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"databricks-nats prefect-bridge: {what} must be NAME=VALUE, not {item!r}")
+        out[name] = value
+    return out
+
+
+def _start(value: str) -> str | int:
+    return int(value) if value.isdigit() else value
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``prefect-bridge`` subcommand on the ``databricks-nats`` subparsers."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "prefect-bridge",
+        help="forward events to Prefect as Prefect events (or run a deployment per event)",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    p.add_argument("--type", dest="event_type", help="event type, e.g. mlflow.model.alias_set (default: every event)")
+    p.add_argument("--match", action="append", metavar="FIELD=VALUE", help="keep events whose data has this value")
+    p.add_argument("--durable", help="durable consumer name (default: prefect-bridge, or prefect-run-<deployment>)")
+    p.add_argument("--start", type=_start, default="new", help="new (default), all or a stream sequence")
+    p.add_argument("--url", help="NATS server URL(s)")
+    p.add_argument("--workspace")
+    p.add_argument("--env")
+    p.add_argument("--deployment", help="run this deployment ('<flow>/<deployment>') per event instead of bridging")
+    p.add_argument("--param", action="append", metavar="NAME=FIELD", help="flow parameter from a data field/template")
+    p.add_argument("--wait", type=float, default=0.0, help="seconds to wait for each flow run to finish")
+    p.add_argument("--max-events", type=int, help="exit after this many events")
+    p.add_argument("--idle-timeout", type=float, help="exit when no event came for this many seconds")
+    p.add_argument("--quiet", action="store_true", help="log only warnings and errors")
+    p.set_defaults(func=cmd_prefect_bridge)
+    return p
+
+
+async def _run(args: argparse.Namespace) -> Any:
+    from databricks_nats.integrations.prefect import bridge_async, run_deployment_on_async, stop_on_signals
+
+    settings = {k: v for k, v in (("url", args.url), ("workspace", args.workspace), ("env", args.env)) if v}
+    common: dict[str, Any] = {
+        "match": _pairs(args.match, "--match") or None,
+        "start": args.start,
+        "max_events": args.max_events,
+        "idle_timeout": args.idle_timeout,
+        "stop": stop_on_signals(),
+        **settings,
+    }
+    if args.durable:
+        common["durable"] = args.durable
+    if args.deployment:
+        params = _pairs(args.param, "--param")
+        return await run_deployment_on_async(
+            args.deployment, args.event_type, parameters=params, wait=args.wait, **common
+        )
+    return await bridge_async(args.event_type, **common)
+
+
+def cmd_prefect_bridge(args: argparse.Namespace) -> int:
+    """Run the bridge until stopped; print what it did."""
+    try:
+        import prefect  # noqa: F401 - a clear message when the extra is missing
+    except ImportError:
+        print("databricks-nats: prefect-bridge needs Prefect: pip install 'databricks-nats[prefect]'", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
+    )
+    logging.getLogger("databricks_nats.prefect").setLevel(logging.WARNING if args.quiet else logging.INFO)
+    what = f"deployment {args.deployment}" if args.deployment else "Prefect events"
+    print(f"databricks-nats prefect-bridge: {args.event_type or 'every event'} → {what}", file=sys.stderr, flush=True)
+    try:
+        result = asyncio.run(_run(args))
+    except KeyboardInterrupt:
+        return 0
+    except Exception as e:
+        from databricks_nats.errors import DatabricksNatsError
+
+        if isinstance(e, DatabricksNatsError):
+            raise
+        print(f"databricks-nats: prefect-bridge stopped: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    print(f"{result.count} event(s) handled (stopped by {result.stopped_by or 'signal'})", flush=True)
+    return 0
