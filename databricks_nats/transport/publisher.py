@@ -2,18 +2,22 @@
 
 Flow of one event::
 
-    emit() ── deque.append ──► inbox ──(loop woken once per burst)──► encode ─► spool (SQLite, one commit
-    per burst) ─► ready ─► publish (JetStream: reply inbox per event; core: publish + flush) ─► ack ─►
-    delete from spool
+    emit() ── deque.append ──► inbox ──(loop woken once per burst)──► encode ─► memory (ready) ─► publish
+    (JetStream: reply subject per event; core: publish, then one flush per batch) ─► ack ─► done
+                                              └─(not acked within 50 ms, or memory full)─► spool (SQLite)
 
 * The caller only appends to a deque and, when the loop is not already woken, schedules one wake-up
   with ``call_soon_threadsafe``: no polling anywhere; an idle worker sleeps in ``select``.
-* Every unacknowledged event is in the spool; at most ``memory_max_events`` are also in memory, the rest
-  are read back from disk when there is room (spill-to-disk backpressure). The spool is bounded by
-  ``spool_max_bytes``: beyond it the oldest events are dropped and counted (``dropped.spool_full``).
+* Every event not acknowledged within ``_SAVE_DELAY`` is in the spool (write-behind: one row per burst);
+  at most ``memory_max_events`` are also in memory, the rest are read back from disk when there is room
+  (spill-to-disk backpressure). The spool is bounded by ``spool_max_bytes``: beyond it the oldest events
+  are dropped and counted (``dropped.spool_full``).
+* Core mode is fire-and-forget: while connected its events stay in memory (what does not fit waits in the
+  inbox) and never touch the disk; while disconnected, and at shutdown, they are spooled like any other.
 * JetStream: at most ``max_inflight`` publishes await an ack; an ack that does not come within
   ``ack_timeout`` (or a reconnect) sends the event again with the same ``Nats-Msg-Id``, so the stream
-  stores it once; duplicate acks are counted.
+  stores it once; duplicate acks are counted. Publishes yield to the loop every ``_YIELD_EVERY`` so the
+  socket is written and acks are handled while sending (a pipeline); plain acks are settled in batches.
 * The connection lifecycle (connect, reconnect, stream check, server errors) is in ``connection.py``.
 """
 

@@ -2,13 +2,15 @@
 
 ``SqliteSpool`` keeps one SQLite database per process (WAL, ``synchronous=NORMAL``: a committed row
 survives the process being killed; only an OS crash may lose the last commits) in the namespace's
-spool directory, locked with ``flock`` for the process's lifetime. At start, a process adopts the
-spools of dead processes (their lock is free): it copies their rows, oldest first, into its own spool
-and deletes them, so whatever they never got acknowledged is published again with its original id.
+spool directory, locked with ``flock`` for the process's lifetime. A burst of events is one row
+(zlib-compressed: one insert, a few pages); a row is deleted once all its events are. At start, a
+process adopts the spools of dead processes (their lock is free): it copies their events, oldest first,
+into its own spool and deletes their files, so whatever they never got acknowledged is published again
+with its original id (events of a partly acknowledged row too: JetStream drops those as duplicates).
 
-Bounded: when the stored payload bytes exceed ``max_bytes`` the oldest rows are dropped (and counted).
-``MemorySpool`` has the same contract without durability; it is the fallback when the directory is
-not writable.
+Bounded: when the stored payload bytes exceed ``max_bytes`` the oldest rows are dropped (and counted),
+then the oldest events of a burst that alone exceeds it. ``MemorySpool`` has the same contract without
+durability; it is the fallback when the directory is not writable.
 """
 
 from __future__ import annotations
@@ -161,10 +163,8 @@ class _Burst:
 class SqliteSpool:
     """A durable spool in one SQLite file per process, adopting the files of dead processes.
 
-    Each ``append`` is one row holding the whole burst (a JSON index and the payloads, concatenated), so a
-    burst costs one insert. ``delete`` is bookkeeping in memory; a row is deleted once all its events are.
-    A process killed with a row partly acknowledged re-publishes the acknowledged ones too: JetStream drops
-    them as duplicates (same ``Nats-Msg-Id``).
+    Each ``append`` is one row (``_pack``); which events of which row are still live is kept in memory,
+    so ``delete`` is bookkeeping until a row has none left.
     """
 
     durable = True
