@@ -26,7 +26,7 @@ def format_event(envelope: dict[str, Any], subject: str) -> str:
     data = envelope.get("data") or {}
     pointers = [
         f"{k}={data[k]}"
-        for k in ("run_id", "name", "version", "alias", "model_id", "query_id", "table")
+        for k in ("run_id", "name", "version", "alias", "model_id", "query_id", "batch_id", "table", "duration_ms")
         if data.get(k) not in (None, "")
     ]
     if envelope.get("dataref"):
@@ -36,34 +36,33 @@ def format_event(envelope: dict[str, Any], subject: str) -> str:
     return f"{stamp}  {etype:<28} {subject}  {' '.join(pointers)[:160]}"
 
 
-async def _tail(
-    url: str, subject: str, as_json: bool, stop: threading.Event, ready: threading.Event, limit: int | None = None
+def _print_events(
+    sub: Any, as_json: bool, limit: int | None, stop: threading.Event | None = None, seen: list[int] | None = None
 ) -> int:
-    import nats
-
-    nc = await nats.connect(url, connect_timeout=3, allow_reconnect=True, max_reconnect_attempts=-1)
-    seen = 0
-    done = asyncio.Event()
-
-    async def on_msg(msg: Any) -> None:
-        nonlocal seen
+    """Print events from a subscription until ``limit`` events or ``stop``; return how many."""
+    seen = seen if seen is not None else [0]
+    while (limit is None or seen[0] < limit) and not (stop is not None and stop.is_set()):
         try:
-            envelope = json.loads(msg.data)
-        except ValueError:
-            return
-        print(json.dumps(envelope) if as_json else format_event(envelope, msg.subject), flush=True)
-        seen += 1
-        if limit is not None and seen >= limit:
-            done.set()
+            event = sub.next(timeout=0.5 if stop is not None else None)
+        except TimeoutError:
+            continue
+        print(json.dumps(event.envelope) if as_json else format_event(event.envelope, event.subject or ""), flush=True)
+        seen[0] += 1
+    return seen[0]
 
-    await nc.subscribe(subject, cb=on_msg)
-    await nc.flush()
-    ready.set()
-    while not stop.is_set() and not done.is_set():
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(done.wait(), 0.2)
-    await nc.drain()
-    return seen
+
+def _start(value: str | None) -> Any:
+    """``--since``: 'new', 'all', a stream sequence, an ISO time, or a duration like 10m / 2h / 1d."""
+    import datetime as dt
+
+    if value is None or value in ("new", "all"):
+        return value or "new"
+    if value.isdigit():
+        return int(value)
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if value[-1:] in units and value[:-1].isdigit():
+        return dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=int(value[:-1]) * units[value[-1]])
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 @contextlib.contextmanager
@@ -78,112 +77,55 @@ def _server(url: str | None) -> Iterator[str]:
         yield srv.url
 
 
-def _demo_workload(dn: Any) -> None:
-    """What a training run announces (simulated here; the MLflow hook emits the same from real runs)."""
-    exp, run = "42", "3f2a9c0d1e"
-    base = {
-        "experiment_id": exp,
-        "run_id": run,
-        "run_name": "churn-xgb",
-        "artifact_uri": f"dbfs:/databricks/mlflow/{exp}/{run}/artifacts",
-    }
-    dn.emit(
-        "mlflow.run.started", {**base, "run_url": f"#mlflow/experiments/{exp}/runs/{run}", "user": "demo@example.com"}
-    )
-    dn.emit("mlflow.run.params", {**base, "params": {"max_depth": "6", "eta": "0.1"}})
-    for step in range(1, 6):
-        dn.emit(
-            "mlflow.run.metrics",
-            {
-                **base,
-                "metrics": {"auc": 0.80 + step / 100, "loss": float("nan") if step == 1 else 1 / step},
-                "points": 2,
-                "final": False,
-            },
-        )
-        time.sleep(0.05)
-    dn.emit(
-        "mlflow.run.artifacts",
-        {**base, "files": [{"path": "model/MLmodel", "size": 412}], "file_count": 1, "total_bytes": 412},
-    )
-    dn.emit(
-        "mlflow.model.version_created",
-        {
-            "name": "main.ml.churn",
-            "version": "3",
-            "run_id": run,
-            "model_uri": "models:/main.ml.churn/3",
-            "catalog_name": "main",
-            "is_unity_catalog": True,
-        },
-    )
-    dn.emit(
-        "mlflow.model.alias_set",
-        {
-            "name": "main.ml.churn",
-            "alias": "champion",
-            "version": "3",
-            "model_uri": "models:/main.ml.churn@champion",
-            "catalog_name": "main",
-            "is_unity_catalog": True,
-        },
-    )
-    dn.emit(
-        "mlflow.run.finished",
-        {
-            **base,
-            "status": "FINISHED",
-            "duration_ms": 5230,
-            "metrics": {"auc": 0.85},
-            "run_url": f"#mlflow/experiments/{exp}/runs/{run}",
-        },
-    )
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
+    import datetime as dt
+
     import databricks_nats as dn
+    from databricks_nats import _demo
+    from databricks_nats.consumer import subscribe
 
     with _server(args.url) as url:
-        spool = tempfile.mkdtemp(prefix="dbx-nats-demo-")
-        settings = dn.configure(url=url, workspace=args.workspace, env=args.env, spool_dir=spool)
-        stop, ready = threading.Event(), threading.Event()
-        box: dict[str, int] = {}
-        th = threading.Thread(
-            target=lambda: box.update(n=asyncio.run(_tail(url, f"{settings.namespace}.>", False, stop, ready))),
-            daemon=True,
-        )
-        th.start()
-        if not ready.wait(10):
-            return _fail(f"cannot subscribe at {url}", 1)
+        workdir = tempfile.mkdtemp(prefix="dbx-nats-demo-")
+        settings = dn.configure(url=url, workspace=args.workspace, env=args.env, spool_dir=f"{workdir}/spool")
+        dn.ensure_stream()
+        stop, seen = threading.Event(), [0]
+        sub = subscribe(start=dt.datetime.now(dt.timezone.utc))
+        printer = threading.Thread(target=_print_events, args=(sub, False, None, stop, seen), daemon=True)
         print(f"listening on {settings.namespace}.>  (events arrive live below)\n")
-        _demo_workload(dn)
-        result = dn.flush(timeout=15)
-        time.sleep(0.3)
-        stop.set()
-        th.join(5)
+        printer.start()
+        (_demo.simulated if args.simulate else _demo.real)(dn, workdir)
+        result = dn.flush(timeout=30)
         stats = dn.stats()
+        deadline = time.monotonic() + 10
+        while seen[0] < stats["acked"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stop.set()
+        printer.join(5)
+        sub.close()
         dn.shutdown()
         lat = stats["ack_latency_ms"]
         print(
             f"\n{stats['emitted']} events emitted, {stats['acked']} acked by JetStream stream {settings.stream_name}, "
-            f"{box.get('n', 0)} received live; ack latency p50 {lat['p50']} ms, p99 {lat['p99']} ms"
+            f"{seen[0]} received live; ack latency p50 {lat['p50']} ms, p99 {lat['p99']} ms"
         )
-        return 0 if result.ok and box.get("n", 0) == stats["emitted"] else 1
+        return 0 if result.ok and seen[0] == stats["emitted"] == stats["acked"] else 1
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    import databricks_nats as dn
+    from databricks_nats.consumer import subscribe
+    from databricks_nats.settings import resolve_settings
 
-    settings = dn.get_settings() if not args.url else None
-    url = args.url or settings.url[0]  # type: ignore[union-attr]
-    subject = args.filter or f"{(settings or dn.get_settings()).namespace}.>"
-    stop, ready = threading.Event(), threading.Event()
+    overrides = {k: v for k, v in (("url", args.url), ("workspace", args.workspace), ("env", args.env)) if v}
     try:
-        asyncio.run(_tail(url, subject, args.json, stop, ready, args.count))
+        settings = resolve_settings(**overrides)
+        with subscribe(
+            args.type, subjects=[args.filter] if args.filter else None, start=_start(args.since), **overrides
+        ) as sub:
+            _print_events(sub, args.json, args.count)
     except KeyboardInterrupt:
         return 0
     except Exception as e:  # noqa: BLE001 - one clear line instead of a traceback
-        return _fail(f"cannot tail {url}: {type(e).__name__}: {e}", 1)
+        return _fail(f"cannot tail {settings.stream_name}: {type(e).__name__}: {e}", 1)
     return 0
 
 
@@ -382,10 +324,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--url", help="use this NATS server instead of starting one")
     demo.add_argument("--workspace", default="1234567890")
     demo.add_argument("--env", default="dev")
+    demo.add_argument("--simulate", action="store_true", help="emit a simulated run instead of training (fast)")
     demo.set_defaults(func=cmd_demo)
-    tail = sub.add_parser("tail", help="print events as they arrive")
-    tail.add_argument("filter", nargs="?", help="subject filter (default: this namespace's '>')")
+    tail = sub.add_parser("tail", help="print events as they arrive (or from a time or sequence in the stream)")
+    tail.add_argument("filter", nargs="?", help="raw subject filter (default: this namespace's '>')")
+    tail.add_argument("--type", help="event type, e.g. mlflow.model.alias_set or mlflow.run.* (instead of FILTER)")
+    tail.add_argument("--since", help="'new' (default), 'all', a stream sequence, an ISO time, or 10m / 2h / 1d")
     tail.add_argument("--url")
+    tail.add_argument("--workspace")
+    tail.add_argument("--env")
     tail.add_argument("--json", action="store_true", help="print raw CloudEvents JSON")
     tail.add_argument("--count", type=int, help="exit after this many events")
     tail.set_defaults(func=cmd_tail)
