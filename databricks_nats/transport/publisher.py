@@ -49,6 +49,7 @@ __all__ = ["FlushResult", "Publisher"]
 log = logging.getLogger("databricks_nats")
 _SAVE_DELAY = 0.05  # seconds an event may live only in memory; most are acked sooner and never hit the disk
 _INGEST_SLICE = 1000  # events encoded per loop iteration, so acks are never starved by a burst
+_new = tuple.__new__  # Record(*fields) without the Python-level __new__ of a NamedTuple
 _YIELD_EVERY = 128  # publishes between two yields to the loop (the socket is written when the loop runs)
 
 
@@ -203,7 +204,7 @@ class Publisher(ConnectionLifecycle):
                 self._say(logging.WARNING, "invalid", "databricks-nats: dropped invalid event %s: %s", event.type, e)
                 continue
             seq += 1
-            records.append(Record(seq, event.id, subject, payload))
+            records.append(_new(Record, (seq, event.id, subject, payload)))
         self._last_seq = seq
         self._ingested += limit
         while self._waiting and self._waiting[0][0] <= self._ingested:

@@ -145,7 +145,10 @@ def _unpack(body: bytes) -> list[Record]:
     seqs, ids, subjects, sizes = json.loads(head)
     ends = list(itertools.accumulate(size + 1 for size in sizes))
     payloads = [blob[end - size - 1 : end - 1] for size, end in zip(sizes, ends, strict=True)]
-    return list(map(Record._make, zip(seqs, ids, subjects, payloads, strict=True)))
+    return [_new(Record, fields) for fields in zip(seqs, ids, subjects, payloads, strict=True)]
+
+
+_new = tuple.__new__  # Record(*fields) without the Python-level __new__ of a NamedTuple
 
 
 class _Burst:
