@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -101,14 +102,33 @@ def test_cloudevents_reads_merged_asset_events() -> None:
     def ce(i: int, kind: str = "mlflow.model.alias_set") -> dict[str, Any]:
         return {"specversion": "1.0", "id": f"id-{i}", "type": f"databricks.{kind}", "data": {"v": i}}
 
-    merged = {
-        "asset-a": [AssetEvent({"from_trigger": True, "payload": ce(1)}), AssetEvent({"from_trigger": True})],
-        "asset-b": [
-            AssetEvent({"payload": ce(2)}),
-            AssetEvent({"payload": ce(1)}),
-            AssetEvent({"payload": ce(3, "x.y.z")}),
-        ],
-    }
+    class Accessor(Mapping[Any, Any]):
+        """Like Airflow's triggering_asset_events: keyed by assets, TypeError for any other key."""
+
+        def __init__(self, events: dict[tuple[str], list[AssetEvent]]) -> None:
+            self.events = events
+
+        def __getitem__(self, key: Any) -> list[AssetEvent]:
+            if not isinstance(key, tuple):
+                raise TypeError(f"Key should be either an asset or an asset alias, not {type(key)}")
+            return self.events[key]
+
+        def __iter__(self) -> Iterator[Any]:
+            return iter(self.events)
+
+        def __len__(self) -> int:
+            return len(self.events)
+
+    merged = Accessor(
+        {
+            ("asset-a",): [AssetEvent({"from_trigger": True, "payload": ce(1)}), AssetEvent({"from_trigger": True})],
+            ("asset-b",): [
+                AssetEvent({"payload": ce(2)}),
+                AssetEvent({"payload": ce(1)}),
+                AssetEvent({"payload": ce(3, "x.y.z")}),
+            ],
+        }
+    )
     assert [e["id"] for e in cloudevents(merged)] == ["id-1", "id-2", "id-3"]
     assert [e["id"] for e in cloudevents(merged, event_type="mlflow.model.alias_set")] == ["id-1", "id-2"]
     assert cloudevents({"payload": ce(7)}) == [ce(7)]

@@ -14,33 +14,35 @@ __all__ = ["cloudevents", "is_cloudevent"]
 
 
 def is_cloudevent(value: Any) -> bool:
-    """True for a structured CloudEvents 1.0 envelope (a mapping with ``specversion``, ``id`` and ``type``)."""
-    return isinstance(value, Mapping) and "specversion" in value and "id" in value and "type" in value
+    """True for a structured CloudEvents 1.0 envelope (a dict with ``specversion``, ``id`` and ``type``)."""
+    return isinstance(value, dict) and "specversion" in value and "id" in value and "type" in value
 
 
 def _walk(value: Any) -> Iterator[dict[str, Any]]:
-    if value is None:
+    # Only plain dicts are probed by key: Airflow's triggering_asset_events is a Mapping keyed by assets
+    # that raises TypeError for any other key, so every other Mapping is walked through its values().
+    if value is None or isinstance(value, (str, bytes)):
         return
     if is_cloudevent(value):
         yield dict(value)
         return
-    extra = value.get("extra") if isinstance(value, Mapping) else getattr(value, "extra", None)
+    extra = value.get("extra") if isinstance(value, dict) else getattr(value, "extra", None)
     if isinstance(extra, Mapping):  # an asset event (object or dict form)
         yield from _walk(extra.get("payload"))
         return
-    if isinstance(value, Mapping) and "payload" in value:  # a serialised TriggerEvent
+    if isinstance(value, dict) and "payload" in value:  # a serialised TriggerEvent
         yield from _walk(value["payload"])
         return
     payload = getattr(value, "payload", None)
-    if payload is not None and not isinstance(value, (str, bytes)):  # a TriggerEvent
+    if payload is not None:  # a TriggerEvent
         yield from _walk(payload)
         return
     values = getattr(value, "values", None)
-    if callable(values) and not isinstance(value, (str, bytes)):  # triggering_asset_events: asset -> [events]
+    if callable(values):  # triggering_asset_events: asset -> [events]
         for item in values():
             yield from _walk(item)
         return
-    if isinstance(value, Iterable) and not isinstance(value, (str, bytes, Mapping)):
+    if isinstance(value, Iterable):
         for item in value:
             yield from _walk(item)
 
