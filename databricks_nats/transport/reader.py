@@ -35,8 +35,13 @@ async def connect(settings: Settings, name: str = "reader") -> Any:
         allow_reconnect=False,
         max_reconnect_attempts=1,  # without it nats-py retries an unreachable server for minutes
         reconnect_time_wait=0,
+        error_cb=_quiet,  # failures surface as exceptions to the caller, not as nats-py's logged tracebacks
         **auth_options(settings),
     )
+
+
+async def _quiet(_error: Exception) -> None:
+    return None
 
 
 def run_sync(coro: Coroutine[Any, Any, T], timeout: float) -> T:
