@@ -72,6 +72,11 @@ def _family(envelope: Mapping[str, Any]) -> tuple[str, str, str]:
     return source, entity, action
 
 
+def _data(envelope: Mapping[str, Any]) -> Mapping[str, Any]:
+    data = envelope.get("data")
+    return data if isinstance(data, Mapping) else {}
+
+
 def _subject_keys(envelope: Mapping[str, Any]) -> list[str]:
     """The decoded subject keys of an event: the tokens between ``<source>.<entity>`` and the action."""
     source, entity, action = _family(envelope)
@@ -87,7 +92,7 @@ def _subject_keys(envelope: Mapping[str, Any]) -> list[str]:
 def resource_id(envelope: Mapping[str, Any]) -> str:
     """The stable Prefect resource id of the thing an event is about (see the table in this module)."""
     source, entity, _ = _family(envelope)
-    data = envelope.get("data") if isinstance(envelope.get("data"), Mapping) else {}
+    data = _data(envelope)
     family = FAMILIES.get(f"{source}.{entity}")
     if family is not None and data.get(family[1]) not in (None, ""):
         return f"{family[0]}.{data[family[1]]}"
@@ -106,7 +111,7 @@ def _scalar(value: Any) -> str | None:
 
 def related_resources(envelope: Mapping[str, Any], primary: str) -> list[dict[str, str]]:
     """The workspace and the MLflow objects an event's data names, as Prefect related resources."""
-    data = envelope.get("data") if isinstance(envelope.get("data"), Mapping) else {}
+    data = _data(envelope)
     related: list[dict[str, str]] = []
     seen = {primary}
     workspace = envelope.get("workspace")
@@ -130,7 +135,7 @@ def related_resources(envelope: Mapping[str, Any], primary: str) -> list[dict[st
 
 def _resource(envelope: Mapping[str, Any], rid: str) -> dict[str, str]:
     source, entity, _ = _family(envelope)
-    data = envelope.get("data") if isinstance(envelope.get("data"), Mapping) else {}
+    data = _data(envelope)
     family = FAMILIES.get(f"{source}.{entity}")
     name = None
     if family is not None:
