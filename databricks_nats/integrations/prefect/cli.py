@@ -39,9 +39,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = subparsers.add_parser(
         "prefect-bridge",
         help="forward events to Prefect as Prefect events (or run a deployment per event)",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        description="Forward NATS events to Prefect as Prefect events (durable consumer; ack after Prefect "
+        "confirmed), or with --deployment run a deployment per event. Stops on SIGINT/SIGTERM.",
     )
-    p.add_argument("--type", dest="event_type", help="event type, e.g. mlflow.model.alias_set (default: every event)")
+    p.add_argument(
+        "--type",
+        dest="event_type",
+        metavar="TYPE",
+        help="event type, e.g. mlflow.model.alias_set (default: every event)",
+    )
     p.add_argument("--match", action="append", metavar="FIELD=VALUE", help="keep events whose data has this value")
     p.add_argument("--durable", help="durable consumer name (default: prefect-bridge, or prefect-run-<deployment>)")
     p.add_argument("--start", type=_start, default="new", help="new (default), all or a stream sequence")
