@@ -355,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help="print the JSON Schema of an event type ('envelope' for the envelope)")
     schema.add_argument("type", nargs="?")
     schema.set_defaults(func=cmd_schema)
+    from databricks_nats.integrations.prefect.cli import add_parser as add_prefect_bridge
+
+    add_prefect_bridge(sub)  # imports Prefect only when the command runs
     return p
 
 

@@ -88,6 +88,16 @@ def _positive(kind: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return parse
 
 
+def _non_negative(kind: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def parse(v: Any) -> Any:
+        x = kind(v)
+        if not x >= 0 or x == float("inf"):  # also rejects NaN
+            raise ValueError("must be zero or a positive, finite number")
+        return x
+
+    return parse
+
+
 def _choice(*options: str) -> Callable[[Any], str]:
     def parse(v: Any) -> str:
         s = str(v).strip().lower()
@@ -195,6 +205,13 @@ class Settings:
     client_name: str = _f("databricks-nats", str, doc="connection name shown in NATS monitoring")
     metrics_mode: str = _f("coalesce", _choice("coalesce", "every", "off"), doc="MLflow metric events per run")
     metrics_interval: float = _f(1.0, _positive(float), doc="seconds between coalesced metric events of one run")
+    spark_progress_interval: float = _f(
+        10.0, _non_negative(float), doc="seconds between published progress events of one streaming query"
+    )
+    spark_min_execution_ms: int = _f(
+        1000, _non_negative(int), doc="Spark executions this long are published one by one; shorter ones are counted"
+    )
+    spark_summary_interval: float = _f(30.0, _positive(float), doc="seconds between summaries of short executions")
     deny_keys: tuple[str, ...] = _f(
         ("*password*", "*secret*", "*token*", "*credential*", "*api_key*", "*apikey*", "*private_key*"),
         _patterns,

@@ -139,3 +139,23 @@ def test_connect_session_skips_the_job_listener(spark: Any, published: Any, capl
         assert _executions(published) == []
     finally:
         nats_spark.detach(session)
+
+
+def test_volume_policy_comes_from_spark_conf(spark: Any, nats_server: Any, namespace: Any, tmp_path: Any) -> None:
+    """A cluster-wide Spark conf setting (spark.databricks_nats.spark_min_execution_ms) sets attach's policy."""
+    import databricks_nats
+    from databricks_nats.testing import read_stream
+
+    spark.conf.set("spark.databricks_nats.spark_min_execution_ms", "0")
+    try:
+        settings = databricks_nats.configure(url=nats_server.url, spool_dir=str(tmp_path / "spool"), **namespace)
+        assert settings.spark_min_execution_ms == 0
+        nats_spark.attach(spark)
+        spark.range(4).collect()
+        nats_spark.settle(spark)
+        nats_spark.detach(spark)
+    finally:
+        spark.conf.unset("spark.databricks_nats.spark_min_execution_ms")
+    databricks_nats.flush(timeout=10)
+    types = [m["envelope"]["type"] for m in read_stream(nats_server.url, settings.stream_name)]
+    assert types == ["databricks.spark.execution.succeeded"]

@@ -24,9 +24,6 @@ from databricks_nats.integrations.spark.tables import table_updated
 __all__ = ["EVENT_LOG_SCHEMA", "Attachment", "attach", "attached", "detach", "read_events", "settle", "table_updated"]
 
 log = logging.getLogger("databricks_nats.spark")
-PROGRESS_INTERVAL = 10.0
-MIN_EXECUTION_MS = 1000
-SUMMARY_INTERVAL = 30.0
 
 
 @dataclass
@@ -73,18 +70,25 @@ def _portable_settings() -> dict[str, Any]:
 def attach(
     spark: Any = None,
     *,
-    progress_interval: float = PROGRESS_INTERVAL,
-    min_execution_ms: int = MIN_EXECUTION_MS,
-    summary_interval: float = SUMMARY_INTERVAL,
+    progress_interval: float | None = None,
+    min_execution_ms: int | None = None,
+    summary_interval: float | None = None,
     tables: dict[str, str] | None = None,
 ) -> Attachment:
     """Register the listeners on ``spark`` (default: the active session); idempotent.
+
+    The volume policy comes from the settings ``spark_progress_interval`` (10 s), ``spark_min_execution_ms``
+    (1000) and ``spark_summary_interval`` (30 s) unless given here.
 
     ``tables`` maps a streaming query's name (or id) to the full name of the table its sink writes, so
     its ``data.table.updated`` pointers name the table rather than the sink's path.
     """
     global _exit_hook
     spark = _session(spark)
+    settings = _api.get_settings()
+    progress_interval = settings.spark_progress_interval if progress_interval is None else progress_interval
+    min_execution_ms = settings.spark_min_execution_ms if min_execution_ms is None else min_execution_ms
+    summary_interval = settings.spark_summary_interval if summary_interval is None else summary_interval
     with _lock:
         have = _sessions.get(id(spark))
         if have is not None:
