@@ -10,7 +10,7 @@ metadata database, no example DAGs) at a temporary directory before any test mod
 
 from __future__ import annotations
 
-import importlib.util
+import importlib.metadata
 import os
 import shutil
 import subprocess
@@ -23,8 +23,21 @@ from typing import Any
 import pytest
 
 _REQUIRED = os.environ.get("DATABRICKS_NATS_AIRFLOW_TESTS") == "1"
-_HOME = Path(tempfile.mkdtemp(prefix="dbx-nats-airflow-")) if importlib.util.find_spec("airflow") else None
-if _HOME is not None:  # before anything imports airflow (find_spec of a submodule imports the package)
+
+
+def _installed(distribution: str) -> bool:
+    # By distribution, not find_spec("airflow"): under pytest the tests/ directory is on sys.path, where
+    # this very directory passes for a namespace package named airflow.
+    try:
+        importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+_MISSING = [d for d in ("apache-airflow", "apache-airflow-providers-common-messaging") if not _installed(d)]
+if not _MISSING:  # before anything imports airflow
+    _HOME = Path(tempfile.mkdtemp(prefix="dbx-nats-airflow-"))
     os.environ.update(
         {
             "AIRFLOW_HOME": str(_HOME),
@@ -36,9 +49,6 @@ if _HOME is not None:  # before anything imports airflow (find_spec of a submodu
         }
     )
     (_HOME / "dags").mkdir()
-    _MISSING = [] if importlib.util.find_spec("airflow.providers.common.messaging") else ["common-messaging"]
-else:
-    _MISSING = ["apache-airflow"]
 
 if _MISSING and _REQUIRED:
     raise RuntimeError(f"the Airflow test environment lacks {_MISSING}: build it with .ci/airflow.sh <venv>")
@@ -57,7 +67,6 @@ def airflow_home() -> Iterator[Path]:
         timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert _HOME is not None
     yield _HOME
     shutil.rmtree(_HOME, ignore_errors=True)
 
