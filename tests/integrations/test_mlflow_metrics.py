@@ -26,7 +26,7 @@ def _points(events, run_id: str) -> int:
     return sum(e.data["points"] for e in events.of_type("mlflow.run.metrics") if e.data["run_id"] == run_id)
 
 
-def test_coalesced_metrics_are_bounded_by_interval_and_count_every_point(tracking, record, wait_for):
+def test_coalesced_metrics_are_bounded_by_interval_and_count_every_point(tracking, record):
     """100k points in 100 ``log_batch`` calls give at most elapsed/interval + 3 events whose points sum to 100k."""
     interval = 1.0
     events = record(metrics_mode="coalesce", metrics_interval=interval)
@@ -38,8 +38,9 @@ def test_coalesced_metrics_are_bounded_by_interval_and_count_every_point(trackin
     client.set_terminated(run_id)
     elapsed = time.monotonic() - began
 
-    # a periodic event taken just before the run ended may be handed over a moment later
-    assert wait_for(lambda: _points(events, run_id) == 100_000), _points(events, run_id)
+    # every point is accounted for when set_terminated returns, and the run's end is its last event
+    assert _points(events, run_id) == 100_000
+    assert events.types()[-1] == "mlflow.run.finished"
     metric_events = events.of_type("mlflow.run.metrics")
     assert 1 <= len(metric_events) <= elapsed / interval + 3, (len(metric_events), elapsed)
     assert sum(e.data["final"] for e in metric_events) <= 1  # none if a periodic event took the last points
@@ -76,7 +77,7 @@ def test_mode_off_publishes_no_metric_events_but_still_the_run_lifecycle(trackin
     assert len(client.get_metric_history(run_id, "m0")) == 5 * BATCH // 4
 
 
-def test_eight_threads_logging_to_their_own_runs_are_all_accounted_for(tracking, record, wait_for):
+def test_eight_threads_logging_to_their_own_runs_are_all_accounted_for(tracking, record):
     """Eight threads training at once: each run gets one started and one finished and all its points are counted."""
     events = record(metrics_mode="coalesce", metrics_interval=0.2)
     steps, keys = 40, 10
@@ -105,9 +106,7 @@ def test_eight_threads_logging_to_their_own_runs_are_all_accounted_for(tracking,
     assert not errors
     assert len(set(runs.values())) == 8
     per_run = steps + keys
-    assert wait_for(lambda: all(_points(events, r) == per_run for r in runs.values())), {
-        r: _points(events, r) for r in runs.values()
-    }
+    assert all(_points(events, r) == per_run for r in runs.values()), {r: _points(events, r) for r in runs.values()}
     lifecycle = Counter((e.type, e.data["run_id"]) for e in events if e.type.endswith(("started", "finished")))
     for run_id in runs.values():
         assert lifecycle[("mlflow.run.started", run_id)] == 1
@@ -115,6 +114,7 @@ def test_eight_threads_logging_to_their_own_runs_are_all_accounted_for(tracking,
     for worker, run_id in runs.items():
         mine = [e for e in events if e.data["run_id"] == run_id]
         assert mine[0].type == "mlflow.run.started"
+        assert mine[-1].type == "mlflow.run.finished"  # nothing of a run is published after its end
         assert all(e.data["run_name"] == f"worker-{worker}" for e in mine if "run_name" in e.data)
         params = [e.data["params"] for e in mine if e.type == "mlflow.run.params"]
         assert params == [{"worker": str(worker)}]

@@ -97,8 +97,9 @@ def logged_model(tracking):
 
     X, y = _data()
     with mlflow.start_run() as run:
+        where = {"name": "model"} if MLFLOW_3 else {"artifact_path": "model"}  # MLflow 2.x has no name=
         info = mlflow.sklearn.log_model(
-            sklearn_linear.LinearRegression().fit(X, y), name="model", pip_requirements=["scikit-learn"]
+            sklearn_linear.LinearRegression().fit(X, y), pip_requirements=["scikit-learn"], **where
         )
     return run.info.run_id, info
 
@@ -139,6 +140,7 @@ def test_registry_calls_publish_model_events_with_encoded_uc_style_name(
         assert_valid_event(e.envelope)
         assert e.subject == subject_of("model", "main%2Eml%2Echurn", e.type.rsplit(".", 1)[1])
         assert e.data["name"] == name
+        assert (e.data["is_unity_catalog"], e.data["catalog_name"]) == (False, None)  # a sqlite registry is not UC
 
     by_type = {e.type: e.data for e in reversed(model_events)}  # first occurrence of each
     created = by_type["mlflow.model.version_created"]

@@ -34,19 +34,30 @@ def test_latest_metrics_on_run_finished_match_mlflows_latest_metrics(tracking, r
 
 
 def test_settings_configured_before_a_reinstall_take_effect(tracking, namespace):
-    """After uninstall(), configure(metrics_mode=...) then install() applies the new metrics mode."""
-    databricks_nats.configure(disabled=True, metrics_mode="off", **namespace)
-    with capture(**namespace) as events:
+    """After uninstall(), install() applies the settings then in effect (here each capture's metrics mode)."""
+    with capture(**namespace, metrics_mode="off") as events:
         nats_mlflow.install()
         with mlflow.start_run():
             mlflow.log_metric("loss", 1.0)
         nats_mlflow.uninstall()
     assert events.of_type("mlflow.run.metrics") == []
 
-    databricks_nats.configure(disabled=True, metrics_mode="every", **namespace)
-    with capture(**namespace) as events:
+    with capture(**namespace, metrics_mode="every") as events:  # the hook is not installed: nothing to tell
         nats_mlflow.install()
         with mlflow.start_run():
             mlflow.log_metric("loss", 1.0)
             mlflow.log_metric("loss", 0.5)
     assert len(events.of_type("mlflow.run.metrics")) == 2
+
+
+def test_configure_after_install_applies_from_the_next_run(tracking, namespace):
+    """configure(...) while the hook is installed takes effect for runs started afterwards."""
+    databricks_nats.configure(disabled=True, metrics_mode="off", **namespace)
+    nats_mlflow.install()
+    hook = nats_mlflow.current_hook()
+    assert hook is not None
+    assert hook.metrics.mode == "off"
+    databricks_nats.configure(disabled=True, metrics_mode="every", **namespace)
+    with mlflow.start_run():
+        mlflow.log_metric("loss", 1.0)
+    assert hook.metrics.mode == "every"
