@@ -56,7 +56,10 @@ class NatsEventSensor(BaseSensorOperator):
         self.where = where
         self.durable = durable
         self.start = start
-        self.connection = {"url": url, "workspace": workspace, "env": env, "subject_prefix": subject_prefix}
+        self.url = url
+        self.workspace = workspace
+        self.env = env
+        self.subject_prefix = subject_prefix
         self.stream = stream
         self.keys = keys
         self.settings = dict(settings or {})
@@ -75,7 +78,10 @@ class NatsEventSensor(BaseSensorOperator):
             stream=self.stream,
             keys=self.keys,
             settings=self.settings,
-            **self.connection,
+            url=self.url,
+            workspace=self.workspace,
+            env=self.env,
+            subject_prefix=self.subject_prefix,
         )
 
     def _start(self, context: Mapping[str, Any]) -> str | int | _dt.datetime:

@@ -43,7 +43,7 @@ _POLL = 30.0  # seconds one wait for an event lasts before it is started again
 _BACKOFF = (0.5, 30.0)  # first and largest pause before reconnecting after a failure
 
 
-def _start_value(start: Any) -> str | int:
+def _start_value(start: object) -> str | int:
     if isinstance(start, _dt.datetime):
         when = start if start.tzinfo else start.replace(tzinfo=_dt.timezone.utc)
         return when.astimezone(_dt.timezone.utc).isoformat()
@@ -99,7 +99,7 @@ class NatsEventTrigger(BaseEventTrigger):
         settings: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(**kwargs)  # type: ignore[no-untyped-call]
         self.event_type = event_type.removeprefix("databricks.") if event_type else None
         self.match = dict(match or {})
         self.where = normalize_where(where)
@@ -196,9 +196,9 @@ class NatsEventTrigger(BaseEventTrigger):
                 pause = _BACKOFF[0]
                 if self.once:
                     await event.ack_async()
-                    yield TriggerEvent(event.envelope)
+                    yield TriggerEvent(event.envelope)  # type: ignore[no-untyped-call]
                     return
-                yield TriggerEvent(event.envelope)
+                yield TriggerEvent(event.envelope)  # type: ignore[no-untyped-call]
                 await event.ack_async()
         finally:
             if sub is not None:
