@@ -10,13 +10,13 @@ metadata database, no example DAGs) at a temporary directory before any test mod
 
 from __future__ import annotations
 
+import atexit
 import importlib.metadata
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ if not _MISSING:  # before anything imports airflow
         }
     )
     (_HOME / "dags").mkdir()
+    atexit.register(shutil.rmtree, _HOME, True)
 
 if _MISSING and _REQUIRED:
     raise RuntimeError(f"the Airflow test environment lacks {_MISSING}: build it with .ci/airflow.sh <venv>")
@@ -57,7 +58,7 @@ if _MISSING:
 
 
 @pytest.fixture(scope="session")
-def airflow_home() -> Iterator[Path]:
+def airflow_home() -> Path:
     """The session's AIRFLOW_HOME with a migrated SQLite metadata database (``airflow db migrate``, once)."""
     result = subprocess.run(
         [sys.executable, "-m", "airflow", "db", "migrate"],
@@ -67,8 +68,7 @@ def airflow_home() -> Iterator[Path]:
         timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    yield _HOME
-    shutil.rmtree(_HOME, ignore_errors=True)
+    return _HOME
 
 
 @pytest.fixture
