@@ -113,6 +113,34 @@ def test_zero_code_process_publishes_runs_with_only_env_vars(
     assert quiet.data.metrics == {"x": 1.0}
 
 
+IMPORTS = """
+import json, sys
+import mlflow
+from mlflow.tracking.context.registry import _run_context_provider_registry as registry
+print(json.dumps({
+    "ours": sorted(m for m in sys.modules if m.split(".")[0] == "databricks_nats"),
+    "registered": [type(p).__name__ for p in registry if type(p).__module__.startswith("databricks_nats")],
+}))
+"""
+
+
+def test_loading_the_entry_point_during_import_mlflow_imports_only_the_plugin(tmp_path):
+    """`import mlflow` loads our provider but none of the publisher, the event model or the hook (they are lazy)."""
+    proc = _spawn(IMPORTS, tmp_path / "imports", _env(DATABRICKS_NATS_URL="nats://127.0.0.1:1"))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    state = json.loads(out.strip().splitlines()[-1])
+    assert state["registered"] == ["NatsRunContextProvider"]
+    assert state["ours"] == [
+        "databricks_nats",
+        "databricks_nats._version",
+        "databricks_nats.errors",
+        "databricks_nats.integrations",
+        "databricks_nats.integrations.mlflow",
+        "databricks_nats.integrations.mlflow.plugin",
+    ]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
