@@ -3,7 +3,7 @@
 Flow of one event::
 
     emit() ── deque.append ──► inbox ──(loop woken once per burst)──► encode ─► memory (ready) ─► publish
-    (JetStream: reply subject per event; core: publish, then one flush per batch) ─► ack ─► done
+    (JetStream: reply subject per event; core: a flush every 128 publishes, pipelined) ─► ack ─► done
                                               └─(not acked within 50 ms, or memory full)─► spool (SQLite)
 
 * The caller only appends to a deque and, when the loop is not already woken, schedules one wake-up
@@ -85,6 +85,8 @@ class Publisher(ConnectionLifecycle):
         self._spilled = True  # the spool may hold events from a dead process: look first
         self._acked: list[int] = []
         self._acks: list[str] = []  # reply subjects of plain JetStream acks, settled once per loop iteration
+        self._unflushed: list[int] = []  # core: published since the last flush
+        self._flushing: set[asyncio.Task[None]] = set()  # core: flushes awaiting their PONG
         self._unsaved: dict[int, Record] = {}  # in memory, not yet on disk (write-behind, _SAVE_DELAY)
         self._save_timer: asyncio.TimerHandle | None = None
         self._secured = 0
@@ -296,9 +298,6 @@ class Publisher(ConnectionLifecycle):
             if room and not await self._send_some():
                 await asyncio.sleep(0.2)  # the connection is failing; its callbacks will say more
                 self._work.set()
-                continue
-            if self._connected and self.settings.mode == "core" and self._inflight:
-                await self._core_flush()
 
     async def _send_some(self) -> bool:
         """Publish ready events while there is room in flight; False when publishing fails."""
@@ -320,10 +319,13 @@ class Publisher(ConnectionLifecycle):
                 reply = f"{prefix}{rec.seq}" if jetstream else ""
                 await publish(rec.subject, rec.payload, reply, {"Nats-Msg-Id": rec.id, "Content-Type": CE_CONTENT_TYPE})
                 sent += 1
+                if not jetstream:
+                    self._unflushed.append(rec.seq)
                 rec = None
                 if self._spilled and not ready:
                     self._refill()
                 if not sent % _YIELD_EVERY:  # let the socket writer and the acks run: a pipeline, not batches
+                    self._flush_core()
                     await asyncio.sleep(0)
                     now = time.monotonic()
         except Exception as e:  # noqa: BLE001 - disconnected, buffer full, payload too big
@@ -339,18 +341,26 @@ class Publisher(ConnectionLifecycle):
             self.stats_.published += sent
             if sent and self._timer is None and jetstream:
                 self._timer = self._loop.call_later(self.settings.ack_timeout, self._check_timeouts)
+            self._flush_core()
         return True
 
-    async def _core_flush(self) -> None:
+    def _flush_core(self) -> None:
+        """Core mode: a flush (PING/PONG) for what was published since the last one; several may be pending."""
+        if self._unflushed:
+            seqs, self._unflushed = self._unflushed, []
+            task = self._loop.create_task(self._core_flush(seqs))
+            self._flushing.add(task)
+            task.add_done_callback(self._flushing.discard)
+
+    async def _core_flush(self, seqs: list[int]) -> None:
         assert self._nc is not None
-        sent = list(self._inflight)
         try:
             await self._nc.flush(timeout=max(1, int(self.settings.ack_timeout)))
-        except Exception as e:  # noqa: BLE001 - not flushed: send again after reconnect
+        except Exception as e:  # noqa: BLE001 - not flushed: send again (in order) after reconnect
             self.stats_.error("flush", f"{type(e).__name__}: {e}")
-            self._requeue(sent)
+            self._requeue(list(self._inflight))
             return
-        self._settle(sent)
+        self._settle(seqs)
 
     def _requeue(self, seqs: list[int]) -> None:
         """Put in-flight events back at the front of the ready queue, oldest first."""
@@ -481,7 +491,7 @@ class Publisher(ConnectionLifecycle):
 
     async def _shutdown(self) -> None:
         self._closing = True
-        for task in (self._connector, self._sender):
+        for task in (self._connector, self._sender, *self._flushing):
             task.cancel()
         if self._timer is not None:
             self._timer.cancel()
