@@ -82,7 +82,7 @@ class Publisher(ConnectionLifecycle):
         self._ready: deque[Record] = deque()
         self._inflight: OrderedDict[int, tuple[Record, float]] = OrderedDict()
         self._loaded_upto = 0
-        self._spilled = True  # the spool may hold events from a dead process: look first
+        self._spilled = spool.count() > 0  # events adopted from a dead process: send those first
         self._acked: list[int] = []
         self._acks: list[str] = []  # reply subjects of plain JetStream acks, settled once per loop iteration
         self._unflushed: list[int] = []  # core: published since the last flush
