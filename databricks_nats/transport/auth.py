@@ -24,6 +24,7 @@ import ssl
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -214,6 +215,32 @@ def credentials_source(settings: Settings) -> str:
     return f"Databricks secret scope {settings.secret_scope!r} ({keys})"
 
 
+def _in_thread(fn: Callable[[], Credentials]) -> asyncio.Future[Credentials]:
+    """Run ``fn`` on a thread of its own: the default executor refuses work once the interpreter exits,
+    and the exit flush may be the first time a short script connects."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Credentials] = loop.create_future()
+
+    def settle(result: Credentials | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        elif result is not None:
+            future.set_result(result)
+
+    def run() -> None:
+        try:
+            result = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the awaiting coroutine
+            loop.call_soon_threadsafe(settle, None, e)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=run, name="databricks-nats-credentials", daemon=True).start()
+    return future
+
+
 class CredentialProvider:
     """The current credentials, re-resolved at most every ``credentials_ttl`` seconds, off the event loop."""
 
@@ -246,8 +273,10 @@ class CredentialProvider:
         """Re-resolve in a worker thread when stale (or forced); concurrent callers share one resolution."""
         if not force and not self.stale():
             return self.current
+        if not self.settings.secret_scope:
+            return self.refresh()  # settings, variables and files only: fast enough for the loop
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().run_in_executor(None, self.refresh)
+            self._task = _in_thread(self.refresh)
         return await asyncio.shield(self._task)
 
     def needs_new_connection(self, old: Credentials) -> bool:
