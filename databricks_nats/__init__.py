@@ -12,7 +12,7 @@ The public names are imported on first use (PEP 562): MLflow loads our run conte
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+import typing
 
 from databricks_nats._version import __version__
 from databricks_nats.errors import (
@@ -23,10 +23,14 @@ from databricks_nats.errors import (
     StreamError,
     StreamMismatch,
     SubjectError,
+    WaitTimeout,
 )
 
-if TYPE_CHECKING:
+if typing.TYPE_CHECKING:
+    from typing import Any
+
     from databricks_nats._api import configure, emit, ensure_stream, flush, get_settings, publish, shutdown, stats
+    from databricks_nats.consumer import subscribe, wait_for
     from databricks_nats.model.events import Event
     from databricks_nats.settings import Secret, Settings
     from databricks_nats.transport.publisher import FlushResult
@@ -40,6 +44,8 @@ _LAZY = {
     "publish": "databricks_nats._api",
     "shutdown": "databricks_nats._api",
     "stats": "databricks_nats._api",
+    "subscribe": "databricks_nats.consumer",
+    "wait_for": "databricks_nats.consumer",
     "Event": "databricks_nats.model.events",
     "Secret": "databricks_nats.settings",
     "Settings": "databricks_nats.settings",
@@ -47,7 +53,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> typing.Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'databricks_nats' has no attribute {name!r}")
@@ -82,6 +88,7 @@ __all__ = [
     "StreamError",
     "StreamMismatch",
     "SubjectError",
+    "WaitTimeout",
     "__version__",
     "autolog",
     "configure",
@@ -92,4 +99,6 @@ __all__ = [
     "publish",
     "shutdown",
     "stats",
+    "subscribe",
+    "wait_for",
 ]
