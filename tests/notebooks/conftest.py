@@ -83,6 +83,9 @@ def notebook_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[di
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     yield {"env": "nb" + uuid.uuid4().hex[:8], "tmp": str(tmp_path)}
     from databricks_nats.integrations import mlflow as nats_mlflow
+    from databricks_nats.integrations.spark import detach_all
+
+    detach_all()  # a notebook may leave its listeners attached, as on a cluster; later tests attach their own
 
     if mlflow.active_run() is not None:
         mlflow.end_run()
