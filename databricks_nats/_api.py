@@ -57,8 +57,21 @@ class NoopPublisher:
 
 
 def base_context(settings: Settings) -> dict[str, Any]:
-    """The context every event carries; the Databricks integration adds cluster, notebook and job."""
+    """The context every event carries when none was detected: the namespace parts."""
     return {"workspace": settings.workspace, "env": settings.env}
+
+
+def _resolve(overrides: Mapping[str, Any]) -> tuple[Settings, dict[str, Any]]:
+    """Settings plus the detected Databricks context: the numeric workspace id (when known) becomes the
+    workspace token before anything derives from it (namespace, stream, spool); never raises for context."""
+    resolved = resolve_settings(**overrides)
+    if not resolved.detect_context:
+        return resolved, base_context(resolved)
+    from databricks_nats.integrations.databricks import apply_context, as_event_context, detect_context
+
+    found = detect_context(resolved)
+    resolved = apply_context(resolved, found)
+    return resolved, as_event_context(found, resolved)
 
 
 def make_encoder(settings: Settings, context: Mapping[str, Any]) -> Any:
@@ -90,20 +103,20 @@ def configure(**settings: Any) -> Settings:
     Keyword arguments override ``DATABRICKS_NATS_*`` variables, which override Spark conf.
     """
     global _transport, _settings, _overrides
-    resolved = resolve_settings(**settings)
+    resolved, context = _resolve(settings)
     with _lock:
         old = _transport
         _transport, _settings, _overrides = None, resolved, dict(settings)
         if old is not None:
             old.close(timeout=min(5.0, resolved.exit_flush_timeout))
-        _transport = build_transport(resolved)
+        _transport = build_transport(resolved, context)
     return resolved
 
 
 def get_settings() -> Settings:
     """The settings in effect (resolving them from the environment if ``configure`` was not called)."""
     with _lock:
-        return _settings if _settings is not None else resolve_settings(**_overrides)
+        return _settings if _settings is not None else _resolve(_overrides)[0]
 
 
 def _current() -> Transport:
@@ -113,8 +126,11 @@ def _current() -> Transport:
         return t
     with _lock:
         if _transport is None:
-            _settings = _settings or resolve_settings(**_overrides)
-            _transport = build_transport(_settings)
+            if _settings is None:
+                _settings, context = _resolve(_overrides)
+            else:
+                context = _resolve(_overrides)[1] if _settings.detect_context else base_context(_settings)
+            _transport = build_transport(_settings, context)
         return _transport
 
 
