@@ -136,7 +136,8 @@ def test_nats_killed_and_restarted_during_autologged_training_delivers_every_eve
         if chaos_done.is_set():
             after_restart += 1
     chaos_thread.join(30)
-    assert chaos_done.is_set() and "down" in outage, "the outage never happened"
+    assert chaos_done.is_set(), "the outage thread did not finish"
+    assert "down" in outage, "the outage never happened"
 
     result = databricks_nats.flush(60)
     final = databricks_nats.stats()
