@@ -38,7 +38,7 @@ from sklearn.linear_model import LogisticRegression
 X, y = load_iris(return_X_y=True)
 with mlflow.start_run(run_name="registry-demo"):
     clf = LogisticRegression(max_iter=300).fit(X, y)
-    info = mlflow.sklearn.log_model(clf, name="model", registered_model_name=model_name)
+    info = mlflow.sklearn.log_model(clf, "model", registered_model_name=model_name)
 version = info.registered_model_version
 MlflowClient().set_registered_model_alias(model_name, "champion", version)
 print("registered", model_name, "version", version, "as champion")

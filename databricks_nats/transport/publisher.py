@@ -40,7 +40,29 @@ from databricks_nats.transport.connection import ConnectionLifecycle
 from databricks_nats.transport.spool import MemorySpool, Record, Spool
 from databricks_nats.transport.stats import RateLimitedLog, Stats
 
-if TYPE_CHECKING:  # nats-py is imported by the worker thread, keeping it off the caller's import time
+
+def _preload(settings: Settings) -> None:
+    """Import, in the caller's thread, everything the worker would otherwise import on its own.
+
+    An import in the worker while the caller holds another import-time lock deadlocks both: MLflow's
+    ``autolog()`` holds its post-import-hook lock while importing flavours, and its import finder needs
+    that lock, so ``configure()`` then ``autolog()`` hung (tests/faults/test_r1_training_outage.py).
+    """
+    import nats.aio.client
+    import nats.errors
+    import nats.js.api
+    import nats.js.errors  # noqa: F401
+    import nkeys  # noqa: F401
+
+    import databricks_nats.transport.auth
+    import databricks_nats.transport.stream
+
+    if settings.secret_scope:
+        with contextlib.suppress(ImportError):  # reported when the secret is read
+            import databricks_nats.integrations.databricks.sdk  # noqa: F401
+
+
+if TYPE_CHECKING:  # nats-py is imported at configure(), keeping it off ``import databricks_nats``
     from nats.aio.client import Client as NATS
     from nats.aio.msg import Msg
 
@@ -102,6 +124,7 @@ class Publisher(ConnectionLifecycle):
         self._loop = asyncio.new_event_loop()
         self._work = asyncio.Event()
         self._started = threading.Event()
+        _preload(settings)
         self._thread = threading.Thread(target=self._run, name="databricks-nats-publisher", daemon=True)
         self._thread.start()
         self._started.wait()

@@ -5,6 +5,8 @@ Facts this module relies on (PySpark 3.5 to 4.x, classic sessions only):
 * the py4j callback server is not started by default (``ensure_callback_server_started``);
 * each pass of a Python object to Java makes a new proxy, so the proxy is materialised once (through
   a ``java.util.ArrayList``) and that same proxy is added and removed;
+* ``mlflow.autolog(disable=True)`` shuts the callback server down and py4j keeps the dead object, which
+  ``ensure_callback_server_started`` takes for a live one: ``add_listener`` starts a fresh one then;
 * the JVM calls every interface method, including ``equals``/``hashCode``/``toString``;
 * ``LiveListenerBus.addToQueue`` is ``private[spark]`` in Scala but public in bytecode: a queue of our
   own means a slow Python listener can only ever delay or drop *our* events, never Spark's UI's.
@@ -55,6 +57,11 @@ def add_listener(spark: Any, listener: Any) -> Any:
 
     sc = spark.sparkContext
     gateway = sc._gateway
+    server = gateway.__dict__.get("_callback_server")
+    if server is not None and getattr(server, "is_shutdown", False):
+        # Someone shut it down (MLflow's Spark autologging does, when disabled) and py4j keeps the dead
+        # object, so PySpark would never start it again: forget it, so it is started afresh.
+        gateway._callback_server = None
     ensure_callback_server_started(gateway)  # type: ignore[no-untyped-call]
     holder = gateway.jvm.java.util.ArrayList()
     holder.add(listener)
