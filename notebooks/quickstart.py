@@ -24,7 +24,8 @@ import databricks_nats
 from databricks_nats import spark as nats_spark
 
 settings = databricks_nats.configure(url=dbutils.widgets.get("nats_url"), env=dbutils.widgets.get("env"))
-databricks_nats.autolog(spark=spark, log_models=True)
+# Spark is announced by our listeners (spark=); MLflow's own Spark datasource autologging needs a JVM package.
+databricks_nats.autolog(spark=spark, log_models=True, exclude_flavors=["pyspark", "pyspark.ml"])
 started = dt.datetime.now(dt.timezone.utc)
 print("publishing to", settings.namespace, "stream", settings.stream_name)
 
