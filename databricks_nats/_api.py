@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import logging
 import os
@@ -232,24 +231,9 @@ def ensure_stream(*, update: bool = False, timeout: float = 10.0, **settings: An
 
 def _run_sync(coro: Any, timeout: float) -> Any:
     """Run a coroutine to completion from sync code, even when the caller is inside a running loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(asyncio.wait_for(coro, timeout))
-    box: dict[str, Any] = {}
+    from databricks_nats.transport.reader import run_sync
 
-    def target() -> None:
-        try:
-            box["value"] = asyncio.run(asyncio.wait_for(coro, timeout))
-        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
-            box["error"] = e
-
-    th = threading.Thread(target=target, daemon=True)
-    th.start()
-    th.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+    return run_sync(coro, timeout)
 
 
 def _at_exit() -> None:
