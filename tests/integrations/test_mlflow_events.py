@@ -415,6 +415,24 @@ def test_envelopes_are_strict_json(tracking, record):
     }
 
 
+def test_uninstall_takes_the_wrappers_off_stores_already_handed_out(tracking, record):
+    """After uninstall() the cached tracking store and its async queue call MLflow's own methods again."""
+    from mlflow.tracking._tracking_service.utils import _get_store
+
+    record()
+    with mlflow.start_run():
+        mlflow.log_metric("loss", 1.0, synchronous=False)
+    store = _get_store()
+    assert "log_metric" in vars(store), "the hook wraps the store on the instance"
+    nats_mlflow.uninstall()
+    assert _get_store() is store
+    assert not {"log_metric", "log_batch", "create_run"} & set(vars(store))
+    queue = getattr(store, "_async_logging_queue", None)
+    if queue is not None:
+        assert queue._logging_func == store.log_batch
+        assert "databricks_nats" not in getattr(queue._logging_func, "__module__", "")
+
+
 def test_reinstalled_hook_publishes_for_stores_wrapped_before_uninstall(tracking, record):
     """After uninstall() and install(), runs on a store first wrapped by the earlier install publish again."""
     events = record()

@@ -22,7 +22,7 @@ __all__ = ["autolog", "current_hook", "install", "installed", "uninstall"]
 
 log = logging.getLogger("databricks_nats")
 _lock = threading.Lock()
-_hook: Hook | None = None  # kept after uninstall: stores it wrapped stay wrapped and re-enable with it
+_hook: Hook | None = None  # kept after uninstall: its runs and metrics state carry over a reinstall
 _active = False
 
 
@@ -47,7 +47,7 @@ def install() -> Hook:
 
 
 def uninstall() -> None:
-    """Remove the hook: registries are restored and already wrapped stores stop publishing."""
+    """Remove the hook: registries are restored and stores and repositories already handed out are unwrapped."""
     global _active
     from databricks_nats.integrations.mlflow import _compat
 

@@ -7,15 +7,18 @@ We hook the three registries MLflow hands stores out of, on their *instances*:
 * ``mlflow.store.artifact.artifact_repository_registry._artifact_repository_registry.get_artifact_repository``
 
 Each store or repository they return is wrapped once, by setting attributes on the instance (so
-``isinstance`` checks keep working and cached instances are reused). The tracking store's async logging
-queue captured the unwrapped ``log_batch`` at construction: we point ``_logging_func`` at the wrapper.
-The per-run artifact repository cache is cleared so repositories made before installation get wrapped.
+``isinstance`` checks keep working and cached instances are reused); ``uninstall`` takes them off again.
+The tracking store's async logging queue captured the unwrapped ``log_batch`` at construction: we point
+``_logging_func`` at the wrapper (and back). The per-run artifact repository cache is cleared so
+repositories made before installation get wrapped.
 If MLflow moves any of this, ``install`` raises ``MlflowCompatError`` naming what is missing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -25,13 +28,17 @@ __all__ = [
     "MlflowCompatError",
     "install",
     "is_unity_catalog_registry",
+    "mark",
     "mlflow_version",
+    "patch",
     "rebind_async_queue",
     "uninstall",
 ]
 
 _MARK = "_databricks_nats_wrapped"
 _installed: list[tuple[Any, str, Any]] = []  # (object, attribute, original) to restore
+_wrapped: weakref.WeakSet[Any] = weakref.WeakSet()  # instances carrying our wrappers
+_MISSING = object()
 
 
 class MlflowCompatError(DatabricksNatsError):
@@ -62,9 +69,14 @@ def _require(module: str, attr: str) -> Any:
 def _hook(obj: Any, attr: str, wrap: Callable[[Any], Any]) -> None:
     original = getattr(obj, attr)
 
+    last: list[Any] = [None]  # the object handed out last, already wrapped: the common case costs one `is`
+
     @functools.wraps(original)  # keeps the signature: MLflow inspects builder signatures
     def hooked(*args: Any, **kwargs: Any) -> Any:
-        return wrap(original(*args, **kwargs))
+        obj = original(*args, **kwargs)
+        if obj is not last[0]:
+            last[0] = wrap(obj)
+        return obj
 
     setattr(obj, attr, hooked)
     _installed.append((obj, attr, original))
@@ -89,18 +101,35 @@ def install(
 
 
 def uninstall() -> None:
-    """Restore the registries' methods (stores already wrapped stay wrapped but go quiet)."""
+    """Restore the registries' methods and take our wrappers off every store and repository they handed out."""
     while _installed:
         obj, attr, original = _installed.pop()
         setattr(obj, attr, original)
+    for obj in list(_wrapped):
+        for name, own in obj.__dict__.pop(_MARK, {}).items():
+            if own is _MISSING:
+                obj.__dict__.pop(name, None)
+            else:
+                setattr(obj, name, own)
+        rebind_async_queue(obj)
+    _wrapped.clear()
 
 
 def mark(obj: Any) -> bool:
     """Mark an instance as wrapped; return False when it already was."""
-    if getattr(obj, _MARK, False):
+    if _MARK in getattr(obj, "__dict__", {}):
         return False
-    setattr(obj, _MARK, True)
+    obj.__dict__[_MARK] = {}
+    with contextlib.suppress(TypeError):  # not weak-referenceable: keeps its wrappers, quiet once disabled
+        _wrapped.add(obj)
     return True
+
+
+def patch(obj: Any, name: str, wrapper: Any) -> None:
+    """Set ``wrapper`` as ``obj.name`` on the instance, remembering what ``uninstall`` restores."""
+    saved = obj.__dict__.setdefault(_MARK, {})
+    saved.setdefault(name, obj.__dict__.get(name, _MISSING))
+    setattr(obj, name, wrapper)
 
 
 def rebind_async_queue(store: Any) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from databricks_nats import _api
+from databricks_nats.integrations.mlflow import _compat
 
 __all__ = ["SAMPLE", "local_flavors", "model_of", "read_flavors", "run_of", "wrap_repo"]
 
@@ -146,7 +147,8 @@ def wrap_repo(
         announce(artifact_path, sample, count, total)
         return result
 
-    repo.log_artifact, repo.log_artifacts = log_artifact, log_artifacts
+    _compat.patch(repo, "log_artifact", log_artifact)
+    _compat.patch(repo, "log_artifacts", log_artifacts)
     return repo
 
 
@@ -166,7 +168,7 @@ def _wrap_model_repo(repo: Any, model_id: str, note_flavors: Callable[[str, list
             note_flavors(model_id, flavors)
         return result
 
-    repo.log_artifacts = log_artifacts
+    _compat.patch(repo, "log_artifacts", log_artifacts)
 
 
 def _size(path: str) -> int | None:

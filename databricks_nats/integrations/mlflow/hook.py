@@ -83,7 +83,7 @@ class Hook:
                     _api._fail(e, f"mlflow hook {name}")
             return result
 
-        setattr(obj, name, wrapper)
+        _compat.patch(obj, name, wrapper)
 
     def _keep(self, key: str) -> bool:
         low = key.lower()
@@ -194,14 +194,14 @@ class Hook:
         **k: Any,
     ) -> None:
         if metrics:
-            self.metrics.add(run_id, self._run_base(store, run_id), list(metrics))
+            self.metrics.add(run_id, functools.partial(self._run_base, store, run_id), list(metrics))
         if params:
             self._emit_kv(store, run_id, "params", {p.key: p.value for p in params})
         if tags:
             self._emit_kv(store, run_id, "tags", {t.key: t.value for t in tags})
 
     def _log_metric(self, store: Any, result: Any, run_id: str, metric: Any, *a: Any, **k: Any) -> None:
-        self.metrics.add(run_id, self._run_base(store, run_id), [metric])
+        self.metrics.add(run_id, functools.partial(self._run_base, store, run_id), [metric])
 
     def _log_param(self, store: Any, result: Any, run_id: str, param: Any, *a: Any, **k: Any) -> None:
         self._emit_kv(store, run_id, "params", {param.key: param.value})

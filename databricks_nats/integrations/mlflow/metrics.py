@@ -44,18 +44,19 @@ class MetricsCoalescer:
         self.mode = mode
         self.interval = interval
         self._runs: dict[str, _RunMetrics] = {}
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())
         self._thread: threading.Thread | None = None
 
-    def add(self, run_id: str, base: dict[str, Any], metrics: list[Any]) -> None:
-        """Record metric entities (key, value, step, timestamp) logged to a run."""
+    def add(self, run_id: str, base: Callable[[], dict[str, Any]], metrics: list[Any]) -> None:
+        """Record metric entities (key, value, step, timestamp) logged to a run; ``base()`` describes a new run."""
         if self.mode == "off" or not metrics:
             return
+        new = base() if run_id not in self._runs else None  # outside the lock: it may ask the store once
         now = time.monotonic()
         with self._cond:
             run = self._runs.get(run_id)
             if run is None:
-                run = self._runs[run_id] = _RunMetrics(base)
+                run = self._runs[run_id] = _RunMetrics(new if new is not None else base())
             for m in metrics:
                 have = run.latest.get(m.key)
                 if have is None and len(run.latest) >= MAX_KEYS:
