@@ -164,9 +164,7 @@ def test_nats_down_never_blocks_the_stream(
     assert types.count("databricks.spark.stream.terminated") == 1
 
 
-def test_stream_inside_mlflow_run_carries_the_run_id(
-    spark: Any, published: Any, attached: Any, tmp_path: Path
-) -> None:
+def test_stream_inside_mlflow_run_carries_the_run_id(spark: Any, published: Any, attached: Any, tmp_path: Path) -> None:
     """A query started while an MLflow run is active names that run on its later events (classic clusters)."""
     attached(progress_interval=0)
     _write_files(tmp_path / "in", 3)
