@@ -159,3 +159,44 @@ def test_volume_policy_comes_from_spark_conf(spark: Any, nats_server: Any, names
     databricks_nats.flush(timeout=10)
     types = [m["envelope"]["type"] for m in read_stream(nats_server.url, settings.stream_name)]
     assert types == ["databricks.spark.execution.succeeded"]
+
+
+def test_task_and_stage_events_never_cross_into_python(
+    spark: Any, published: Any, attached: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The JVM filters the listener bus: only job and SQL events reach Python, never one per task or stage."""
+    from databricks_nats.integrations.spark import jobs
+
+    heard: list[Any] = []
+    monkeypatch.setattr(jobs, "_ignore", lambda *args: heard.append(args))
+    attachment = attached(min_execution_ms=0)
+    handlers = [spark._jvm.java.lang.reflect.Proxy.getInvocationHandler(p) for p in _compat_proxies(attachment)]
+    assert sorted(str(h.getListenerMethodName()) for h in handlers) == ["onJobEnd", "onJobStart", "onOtherEvent"]
+    spark.range(1000, numPartitions=4).selectExpr("id % 7 AS k").groupBy("k").count().collect()
+    assert len(wait_until(lambda: _executions(published, "succeeded"), spark)) == 1
+    assert heard == []
+
+
+def test_without_java_beans_one_listener_hears_everything(
+    spark: Any, published: Any, attached: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a JVM without java.beans (no JDK EventHandler) the listener is registered whole and still publishes."""
+    from databricks_nats.integrations.spark import jobs
+
+    def no_beans(self: Any) -> dict[str, Any]:
+        raise RuntimeError("java.beans.EventHandler is not available")
+
+    monkeypatch.setattr(jobs.JobListener, "taps", no_beans)
+    attachment = attached(min_execution_ms=0)
+    assert len(_compat_proxies(attachment)) == 1
+    spark.range(100, numPartitions=2).selectExpr("id % 3 AS k").groupBy("k").count().collect()
+    found = wait_until(lambda: _executions(published, "succeeded"), spark)
+    assert [e["kind"] for e in found] == ["sql"]
+
+
+def _compat_proxies(attachment: Any) -> list[Any]:
+    from databricks_nats.integrations.spark import _jobs
+
+    hooks = [h for h in _jobs.values() if h.listener is attachment.jobs]
+    assert len(hooks) == 1
+    return list(hooks[0].proxies)

@@ -29,7 +29,7 @@ log = logging.getLogger("databricks_nats.spark")
 @dataclass
 class _JobHook:
     listener: JobListener
-    proxy: Any
+    proxies: list[Any]  # the JVM listeners registered for it
     sessions: set[int] = field(default_factory=set)
 
 
@@ -115,12 +115,12 @@ def _attach_jobs(spark: Any, app: str, min_execution_ms: int, summary_interval: 
     if hook is None:
         listener = JobListener(ExecutionTracker(app, min_execution_ms, summary_interval))
         try:
-            proxy = _compat.add_listener(spark, listener)
+            proxies = _compat.add_listener(spark, listener)
         except Exception as e:  # noqa: BLE001 - streaming events still work without the job listener
             listener.stop()
             log.warning("databricks-nats: could not register the Spark job listener: %s", e)
             return None
-        hook = _jobs[app] = _JobHook(listener, proxy)
+        hook = _jobs[app] = _JobHook(listener, proxies)
     return hook
 
 
@@ -150,7 +150,7 @@ def detach(spark: Any = None, timeout: float = 5.0) -> None:
             return
         del _jobs[found.app_id]
     try:
-        _compat.remove_listener(spark, hook.proxy)
+        _compat.remove_listener(spark, hook.proxies)
     except Exception as e:  # noqa: BLE001 - the SparkContext may already be stopped
         log.debug("databricks-nats: removing the job listener: %s", e)
     hook.listener.drain(timeout)

@@ -5,6 +5,9 @@ Facts this module relies on (PySpark 3.5 to 4.x, classic sessions only):
 * the py4j callback server is not started by default (``ensure_callback_server_started``);
 * each pass of a Python object to Java makes a new proxy, so the proxy is materialised once (through
   a ``java.util.ArrayList``) and that same proxy is added and removed;
+* every callback into Python (and the release of the event reference it brings) is a socket round trip
+  costing 100-200 us of Python CPU, so the JVM filters for us: ``java.beans.EventHandler`` (JDK) proxies
+  forward only ``onJobStart``, ``onJobEnd`` and ``onOtherEvent``, each to a ``Consumer`` of ours;
 * ``mlflow.autolog(disable=True)`` shuts the callback server down and py4j keeps the dead object, which
   ``ensure_callback_server_started`` takes for a live one: ``add_listener`` starts a fresh one then;
 * the JVM calls every interface method, including ``equals``/``hashCode``/``toString``;
@@ -16,6 +19,7 @@ Spark Connect sessions (Databricks serverless, standard access) have no JVM here
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 __all__ = [
@@ -51,8 +55,15 @@ def app_id(spark: Any) -> str:
         return str(getattr(spark, "session_id", "unknown"))
 
 
-def add_listener(spark: Any, listener: Any) -> Any:
-    """Register a py4j listener object on the driver's bus; return the proxy that ``remove_listener`` needs."""
+def add_listener(spark: Any, listener: Any) -> list[Any]:
+    """Register a py4j listener on the driver's bus; return the JVM listeners ``remove_listener`` needs.
+
+    ``listener`` implements ``SparkListenerInterface`` and offers ``taps()``: a py4j ``Consumer`` per listener
+    method it wants. Each tap is registered behind a JDK ``java.beans.EventHandler`` proxy, which implements
+    the interface in the JVM and calls Python only for its one method: every task, stage and block event
+    stays in the JVM (a py4j callback costs about as much Python CPU as a small task). Without
+    ``java.desktop`` (a trimmed JVM), the listener itself is registered and sees every event.
+    """
     from pyspark.java_gateway import ensure_callback_server_started
 
     sc = spark.sparkContext
@@ -63,19 +74,26 @@ def add_listener(spark: Any, listener: Any) -> Any:
         # object, so PySpark would never start it again: forget it, so it is started afresh.
         gateway._callback_server = None
     ensure_callback_server_started(gateway)  # type: ignore[no-untyped-call]
-    holder = gateway.jvm.java.util.ArrayList()
-    holder.add(listener)
-    proxy = holder.get(0)
-    jsc = sc._jsc.sc()
     try:
-        jsc.listenerBus().addToQueue(proxy, QUEUE)
-    except Exception:  # noqa: BLE001 - a Spark without addToQueue: the shared queue works too
-        jsc.addSparkListener(proxy)
-    return proxy
+        interface = gateway.jvm.org.apache.spark.scheduler.SparkListenerInterface._java_lang_class
+        create = gateway.jvm.java.beans.EventHandler.create
+        proxies = [create(interface, tap, "accept", "", method) for method, tap in listener.taps().items()]
+    except Exception:  # noqa: BLE001 - no java.beans here: one proxy that hears everything
+        holder = gateway.jvm.java.util.ArrayList()
+        holder.add(listener)
+        proxies = [holder.get(0)]
+    bus = sc._jsc.sc().listenerBus()
+    for proxy in proxies:
+        try:
+            bus.addToQueue(proxy, QUEUE)
+        except Exception:  # noqa: BLE001 - a Spark without addToQueue: the shared queue works too
+            sc._jsc.sc().addSparkListener(proxy)
+    return proxies
 
 
-def remove_listener(spark: Any, proxy: Any) -> None:
-    spark.sparkContext._jsc.sc().removeSparkListener(proxy)
+def remove_listener(spark: Any, proxies: list[Any]) -> None:
+    for proxy in proxies:
+        spark.sparkContext._jsc.sc().removeSparkListener(proxy)
 
 
 def drain_bus(spark: Any, timeout: float) -> bool:
@@ -123,30 +141,76 @@ class Props:
         return self._seen[key]
 
 
-class JobStart(NamedTuple):
-    job_id: int
-    time_ms: int
-    stages: int
-    props: Props
+class JobStart:
+    """A job start whose fields are read from the JVM only when asked (each read is a py4j call)."""
+
+    def __init__(self, jevent: Any) -> None:
+        self._j = jevent
+
+    @functools.cached_property
+    def job_id(self) -> int:
+        return int(self._j.jobId())
+
+    @functools.cached_property
+    def time_ms(self) -> int:
+        return int(self._j.time())
+
+    @functools.cached_property
+    def stages(self) -> int:
+        return int(self._j.stageInfos().size())
+
+    @functools.cached_property
+    def props(self) -> Props:
+        return Props(self._j.properties())
 
 
-class JobEnd(NamedTuple):
-    job_id: int
-    time_ms: int
-    error: str | None
+class JobEnd:
+    """A job end, read lazily: a job inside a SQL execution needs only its id (the execution's end says the rest)."""
+
+    def __init__(self, jevent: Any) -> None:
+        self._j = jevent
+
+    @functools.cached_property
+    def job_id(self) -> int:
+        return int(self._j.jobId())
+
+    @functools.cached_property
+    def time_ms(self) -> int:
+        return int(self._j.time())
+
+    @functools.cached_property
+    def error(self) -> str | None:
+        result = str(self._j.jobResult().toString())
+        return None if result.startswith("JobSucceeded") else result.removeprefix("JobFailed(").removesuffix(")")
+
+
+def _class_name(jevent: Any) -> str:
+    """The event's simple class name in one py4j call (commons-lang3 ships with Spark), else in two.
+
+    The static method is looked up once per gateway: each attribute access on a ``JavaClass`` is a round trip.
+    """
+    global _short_name
+    client = jevent._gateway_client
+    if _short_name is None or _short_name[0] is not client:
+        from py4j.java_gateway import JavaClass
+
+        _short_name = (client, JavaClass("org.apache.commons.lang3.ClassUtils", client).getShortClassName)
+    try:
+        return str(_short_name[1](jevent, ""))
+    except Exception:  # noqa: BLE001 - no commons-lang3 on this classpath: ask the class itself
+        return str(jevent.getClass().getSimpleName())
+
+
+_short_name: tuple[Any, Any] | None = None  # (gateway client, ClassUtils.getShortClassName)
 
 
 def read_event(kind: str, jevent: Any) -> SqlStart | SqlEnd | JobStart | JobEnd | None:
     """Copy what we publish out of a JVM listener event (py4j calls: never on the listener bus thread)."""
     if kind == "job_start":
-        return JobStart(
-            int(jevent.jobId()), int(jevent.time()), int(jevent.stageInfos().size()), Props(jevent.properties())
-        )
+        return JobStart(jevent)
     if kind == "job_end":
-        result = str(jevent.jobResult().toString())
-        error = None if result.startswith("JobSucceeded") else result.removeprefix("JobFailed(").removesuffix(")")
-        return JobEnd(int(jevent.jobId()), int(jevent.time()), error)
-    name = str(jevent.getClass().getSimpleName())
+        return JobEnd(jevent)
+    name = _class_name(jevent)
     if name == _SQL_START:
         return SqlStart(int(jevent.executionId()), str(jevent.description() or ""), int(jevent.time()))
     if name == _SQL_END:

@@ -58,7 +58,8 @@ class _Execution:
         if self.jobs == 1:
             self.group = props.get("spark.jobGroup.id")
             self.run_id = props.get(_compat.RUN_PROPERTY)
-            self.description = props.get("spark.job.description") or self.description
+            if self.kind == "job":  # a SQL execution's description already is the job description, if one was set
+                self.description = props.get("spark.job.description") or self.description
 
 
 class ExecutionTracker:
@@ -82,7 +83,7 @@ class ExecutionTracker:
         elif isinstance(record, _compat.JobStart):
             self._job_start(record)
         elif isinstance(record, _compat.JobEnd):
-            action = self._jobs.pop(record.job_id, None)
+            action = self._jobs.pop(record.job_id, None) if self._jobs else None  # no read when no action is open
             if action is not None:
                 action.error = record.error
                 self._finish(action, record.time_ms)
@@ -96,15 +97,20 @@ class ExecutionTracker:
 
     def _job_start(self, record: _compat.JobStart) -> None:
         props = record.props
-        query_id = props.get("sql.streaming.queryId")
         sql_id = props.get("spark.sql.execution.id")
+        parent = self._sql.get(int(sql_id)) if sql_id is not None else None
+        if parent is not None and parent.jobs:  # a later job of an execution already placed: count it, no more
+            parent.jobs += 1
+            parent.stages += record.stages
+            return
+        query_id = props.get("sql.streaming.queryId")
         if query_id:
             if query_id not in self.stream_runs:
                 self.stream_runs[query_id] = props.get(_compat.RUN_PROPERTY)
             if sql_id is not None:
                 self._streaming.add(int(sql_id))
+                self._sql.pop(int(sql_id), None)
             return
-        parent = self._sql.get(int(sql_id)) if sql_id is not None else None
         if parent is None:
             parent = self._jobs[record.job_id] = _Execution("job", None, "", record.time_ms)
         parent.add_job(record.stages, props)
@@ -179,6 +185,10 @@ class JobListener:
         except queue.Full:
             self.dropped += 1
 
+    def taps(self) -> dict[str, Any]:
+        """The listener methods we need, each as a py4j ``Consumer`` (the JVM filters out every other event)."""
+        return {name: _Tap(getattr(self, name)) for name in ("onJobStart", "onJobEnd", "onOtherEvent")}
+
     def onJobStart(self, jevent: Any) -> None:
         self._put("job_start", jevent)
 
@@ -235,3 +245,22 @@ class JobListener:
 
 def _ignore(*_args: Any) -> None:
     return None
+
+
+class _Tap:
+    """A ``java.util.function.Consumer`` the JVM calls with one listener method's events."""
+
+    def __init__(self, handle: Any) -> None:
+        self.accept = handle
+
+    def equals(self, other: Any) -> bool:
+        return other is self
+
+    def hashCode(self) -> int:
+        return id(self) & 0x7FFFFFFF
+
+    def toString(self) -> str:
+        return "databricks_nats.Tap"
+
+    class Java:
+        implements = ["java.util.function.Consumer"]
