@@ -200,3 +200,22 @@ def _compat_proxies(attachment: Any) -> list[Any]:
     hooks = [h for h in _jobs.values() if h.listener is attachment.jobs]
     assert len(hooks) == 1
     return list(hooks[0].proxies)
+
+
+def test_shutting_down_the_callback_server_never_hangs(spark: Any, published: Any, attached: Any) -> None:
+    """After job events crossed into Python, a callback-server shutdown (MLflow does one in spark.stop()) returns."""
+    import threading
+
+    attached(min_execution_ms=0)
+    spark.range(10).collect()
+    assert wait_until(lambda: _executions(published, "succeeded"), spark)
+    done = threading.Event()
+    stopper = threading.Thread(
+        target=lambda: (spark.sparkContext._gateway.shutdown_callback_server(), done.set()), daemon=True
+    )
+    stopper.start()
+    assert done.wait(30), "shutdown_callback_server() hung on a connection blocked in readline"
+    nats_spark.detach(spark)
+    attached(min_execution_ms=0)  # a fresh callback server: events flow again
+    spark.range(11).collect()
+    assert len(wait_until(lambda: len(_executions(published, "succeeded")) >= 2 and _executions(published), spark)) == 2

@@ -10,6 +10,9 @@ Facts this module relies on (PySpark 3.5 to 4.x, classic sessions only):
   forward only ``onJobStart``, ``onJobEnd`` and ``onOtherEvent``, each to a ``Consumer`` of ours;
 * ``mlflow.autolog(disable=True)`` shuts the callback server down and py4j keeps the dead object, which
   ``ensure_callback_server_started`` takes for a live one: ``add_listener`` starts a fresh one then;
+* that shutdown (MLflow's Spark autologging also does it in ``SparkSession.stop``) hangs in py4j 0.10.9.x
+  once a callback has arrived: each connection's thread waits in ``readline`` holding its stream's lock,
+  and ``close`` takes that lock before it shuts the socket. ``_unblock_close`` shuts the socket first;
 * the JVM calls every interface method, including ``equals``/``hashCode``/``toString``;
 * ``LiveListenerBus.addToQueue`` is ``private[spark]`` in Scala but public in bytecode: a queue of our
   own means a slow Python listener can only ever delay or drop *our* events, never Spark's UI's.
@@ -19,7 +22,9 @@ Spark Connect sessions (Databricks serverless, standard access) have no JVM here
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import socket
 from typing import Any, NamedTuple
 
 __all__ = [
@@ -74,6 +79,7 @@ def add_listener(spark: Any, listener: Any) -> list[Any]:
         # object, so PySpark would never start it again: forget it, so it is started afresh.
         gateway._callback_server = None
     ensure_callback_server_started(gateway)  # type: ignore[no-untyped-call]
+    _unblock_close()
     try:
         interface = gateway.jvm.org.apache.spark.scheduler.SparkListenerInterface._java_lang_class
         create = gateway.jvm.java.beans.EventHandler.create
@@ -89,6 +95,28 @@ def add_listener(spark: Any, listener: Any) -> list[Any]:
         except Exception:  # noqa: BLE001 - a Spark without addToQueue: the shared queue works too
             sc._jsc.sc().addSparkListener(proxy)
     return proxies
+
+
+def _unblock_close() -> None:
+    """Make py4j's connection ``close`` shut the socket down first, waking the thread blocked reading it."""
+    try:
+        from py4j.clientserver import ClientServerConnection
+    except ImportError:  # a py4j without clientserver: nothing to unblock
+        return
+    original = ClientServerConnection.close
+    if getattr(original, "_databricks_nats", False):
+        return
+
+    @functools.wraps(original)
+    def close(self: Any, reset: bool = False) -> Any:
+        sock = getattr(self, "socket", None)
+        if sock is not None and not reset:
+            with contextlib.suppress(OSError):  # the reader sees EOF and lets go of the stream's lock
+                sock.shutdown(socket.SHUT_RDWR)
+        return original(self, reset)
+
+    close._databricks_nats = True  # type: ignore[attr-defined]
+    ClientServerConnection.close = close
 
 
 def remove_listener(spark: Any, proxies: list[Any]) -> None:
