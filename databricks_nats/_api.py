@@ -148,10 +148,26 @@ def _fail(e: Exception, what: str) -> None:
         if isinstance(e, DatabricksNatsError):
             raise e
         raise PublishError(f"{what}: {type(e).__name__}: {e}") from e
-    log.warning("databricks-nats: %s failed (%s: %s); training continues", what, type(e).__name__, e)
+    text = _clip(f"{type(e).__name__}: {e}")
+    # The first failure of a kind is a warning; repeats (a loop logging bad input) are counted and logged at
+    # debug, with a warning again at every 1000th. User strings in the message are clipped.
+    key = (id(t), what.split("(", 1)[0], type(e).__name__)
+    if len(_failures) > 256:
+        _failures.clear()
+    seen = _failures[key] = _failures.get(key, 0) + 1
+    level = logging.WARNING if seen == 1 or seen % 1000 == 0 else logging.DEBUG
+    repeat = f" ({seen} times so far)" if seen > 1 else ""
+    log.log(level, "databricks-nats: %s failed (%s)%s; training continues", _clip(what), text, repeat)
     if isinstance(t, Publisher):
         t.stats_.dropped["invalid"] += 1
-        t.stats_.error("emit", f"{type(e).__name__}: {e}")
+        t.stats_.error("emit", text)
+
+
+_failures: dict[tuple[int, str, str], int] = {}  # (transport, what, exception type) -> failures seen
+
+
+def _clip(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… [{len(text) - limit} more characters]"
 
 
 def emit(

@@ -284,3 +284,17 @@ def test_disabled_by_environment_makes_the_global_api_a_noop(monkeypatch: pytest
     assert stats["emitted"] == 1
     assert databricks_nats.shutdown(1.0).ok
     assert not (tmp_path / "spool").exists()
+
+
+def test_repeated_failures_warn_once_with_user_strings_clipped(caplog: pytest.LogCaptureFixture) -> None:
+    """A loop emitting bad input logs one bounded warning; the repeats go to debug, each with its running count."""
+    long_type = "a..b" + "x" * 10_000
+    with caplog.at_level(logging.DEBUG, logger="databricks_nats"), capture():
+        for _ in range(50):
+            assert databricks_nats.emit(long_type, {}) is None
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "emit" in r.getMessage()]
+    assert len(warnings) == 1
+    assert len(warnings[0].getMessage()) < 1000
+    repeats = [r for r in caplog.records if r.levelno == logging.DEBUG and "times so far" in r.getMessage()]
+    assert len(repeats) == 49
+    assert "(50 times so far)" in repeats[-1].getMessage()
