@@ -391,3 +391,27 @@ def test_close_spools_what_is_still_queued_and_the_next_publisher_sends_it(nats_
     assert pub.flush(20).ok
     pub.close()
     assert [m["envelope"]["id"] for m in stream_messages(nats_server.url, settings.stream_name)] == ids
+
+
+def test_secured_counts_every_event_spilled_to_disk_during_a_long_outage(make_settings):
+    """With memory full during an outage, stats()["secured"] keeps up with the events written to the spool."""
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    pub = _api.build_transport(make_settings(f"nats://127.0.0.1:{port}", memory_max_events=50))
+    try:
+        for round_ in range(3):  # memory fills in the first round; later rounds go straight to disk
+            for i in range(300):
+                pub.emit(new_event("mlflow.run.metrics", _metric(round_ * 300 + i)))
+            assert not pub.flush(0.3).ok
+        deadline = time.monotonic() + 10
+        while pub.stats()["secured"] < 900 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stats = pub.stats()
+        assert stats["secured"] == 900, stats
+        assert stats["dropped_total"] == 0
+    finally:
+        pub.close(0)

@@ -244,6 +244,7 @@ class Publisher(ConnectionLifecycle):
             spill = [*self._unsaved.values(), *spill]
             self._unsaved.clear()
             self._write(spill)
+            self._secured = self._ingested  # nothing is left unsaved: every event so far is acked, dropped or on disk
         if self._unsaved and self._save_timer is None and not volatile:
             self._save_timer = self._loop.call_later(_SAVE_DELAY, self._save)
         if self._inbox and not (volatile and limit >= room):  # a big burst: let sends and acks run in between
