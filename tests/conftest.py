@@ -30,6 +30,16 @@ def fresh_server() -> Iterator[NatsServer]:
         yield srv
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_environment_restored() -> Iterator[None]:
+    """MLflow 2.x mirrors ``set_experiment``/``set_registry_uri`` into ``MLFLOW_*`` variables: undo them per test."""
+    before = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+    yield
+    for key in [k for k in os.environ if k.startswith("MLFLOW_") and k not in before]:
+        del os.environ[key]
+    os.environ.update(before)
+
+
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A real ``local[2]`` SparkSession whose Python workers run this interpreter."""

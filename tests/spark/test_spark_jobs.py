@@ -105,7 +105,8 @@ def test_mlflow_run_id_set_by_the_hook_is_carried(spark: Any, published: Any, at
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     nats_mlflow.install()
     try:
-        with mlflow.start_run() as run:
+        experiment = mlflow.create_experiment("spark-correlation")  # no global active experiment from other tests
+        with mlflow.start_run(experiment_id=experiment) as run:
             assert _compat.local_run_id(spark) == run.info.run_id
             spark.range(100).selectExpr("sum(id)").collect()
         assert _compat.local_run_id(spark) is None
