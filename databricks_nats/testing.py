@@ -30,6 +30,7 @@ from typing import Any
 from databricks_nats import _api
 from databricks_nats.model.events import Event
 from databricks_nats.settings import Settings, resolve_settings
+from databricks_nats.transport import reader
 from databricks_nats.transport.publisher import FlushResult
 
 __all__ = ["Capture", "CapturedEvent", "NatsServer", "capture", "find_nats_server", "read_stream"]
@@ -229,24 +230,19 @@ def read_stream(url: str, stream: str) -> list[dict[str, Any]]:
         try:
             js = nc.jetstream()
             try:
-                info = await js.stream_info(stream)
+                first, last = await reader.bounds(js, stream)
             except NotFoundError:
                 return []
             out = []
-            if info.state.messages:
-                for seq in range(info.state.first_seq, info.state.last_seq + 1):
-                    try:
-                        msg = await js.get_msg(stream, seq)
-                    except NotFoundError:
-                        continue
-                    out.append(
-                        {
-                            "seq": seq,
-                            "subject": msg.subject,
-                            "headers": msg.headers or {},
-                            "envelope": json.loads(msg.data or b"{}"),
-                        }
-                    )
+            async for msg in reader.read_range(js, stream, [], first, last):  # batched pulls, not a request each
+                out.append(
+                    {
+                        "seq": msg.metadata.sequence.stream,
+                        "subject": msg.subject,
+                        "headers": msg.headers or {},
+                        "envelope": json.loads(msg.data or b"{}"),
+                    }
+                )
             return out
         finally:
             await nc.close()
