@@ -230,11 +230,14 @@ def read_stream(url: str, stream: str) -> list[dict[str, Any]]:
         try:
             js = nc.jetstream()
             try:
-                first, last = await reader.bounds(js, stream)
+                state = (await js.stream_info(stream)).state
             except NotFoundError:
                 return []
-            out = []
-            async for msg in reader.read_range(js, stream, [], first, last):  # batched pulls, not a request each
+            out: list[dict[str, Any]] = []
+            # batched pulls through one ephemeral consumer, not a request per message
+            if not state.messages:
+                return out
+            async for msg in reader.read_range(js, stream, [], state.first_seq, state.last_seq):
                 out.append(
                     {
                         "seq": msg.metadata.sequence.stream,
