@@ -234,9 +234,9 @@ def read_stream(url: str, stream: str) -> list[dict[str, Any]]:
             except NotFoundError:
                 return []
             out: list[dict[str, Any]] = []
-            # batched pulls through one ephemeral consumer, not a request per message
             if not state.messages:
                 return out
+            # batched pulls through one ephemeral consumer, not a request per message
             async for msg in reader.read_range(js, stream, [], state.first_seq, state.last_seq):
                 out.append(
                     {
