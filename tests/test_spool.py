@@ -43,6 +43,26 @@ def test_a_burst_is_one_row_until_its_last_event_is_deleted(tmp_path: Path) -> N
     assert not os.listdir(tmp_path)  # an empty spool leaves no file behind
 
 
+def test_rows_with_gaps_and_deletes_in_any_order_keep_the_index_exact(tmp_path: Path) -> None:
+    """Sequences missing from a row, deletes out of order and hundreds of removed rows never confuse the index."""
+    spool = SqliteSpool(str(tmp_path), 1 << 24)
+    gapped = [r for r in _records(1, 20) if r.seq % 2]  # 1, 3, ..., 19: the even ones were acked in memory
+    spool.append(gapped)
+    singles = [_records(seq, 1) for seq in range(21, 521)]  # a slow loop in an outage: one event per row
+    for one in singles:
+        spool.append(one)
+    spool.delete([2, 4, 600])  # never stored here: ignored
+    assert spool.count() == 510
+    spool.delete(list(range(520, 20, -1)))  # newest first, row by row
+    assert (spool.count(), spool.min_seq(), _rows(spool)) == (10, 1, 1)
+    spool.delete([19, 1, 7])
+    assert spool.load(0, 100) == [r for r in gapped if r.seq not in (1, 7, 19)]
+    assert (spool.count(), spool.min_seq()) == (7, 3)
+    spool.append(_records(600, 2))
+    assert spool.load(17, 100) == _records(600, 2)
+    spool.close()
+
+
 def test_the_bound_drops_the_oldest_rows_then_the_oldest_events_of_the_new_burst(tmp_path: Path) -> None:
     """Over ``max_bytes`` the oldest rows go first; a burst larger than the bound keeps its newest events."""
     spool = SqliteSpool(str(tmp_path), 10_000)

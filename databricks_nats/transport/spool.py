@@ -15,6 +15,7 @@ durability; it is the fallback when the directory is not writable.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import fcntl
 import glob
@@ -25,6 +26,7 @@ import os
 import sqlite3
 import uuid
 import zlib
+from array import array
 from collections import OrderedDict
 from typing import NamedTuple, Protocol
 
@@ -151,23 +153,37 @@ def _unpack(body: bytes) -> list[Record]:
 _new = tuple.__new__  # Record(*fields) without the Python-level __new__ of a NamedTuple
 
 
-class _Burst:
-    """The in-memory index of one stored row: its sequences, how many are not yet deleted, its bytes."""
+class _Row:
+    """The in-memory index of one stored row: its sequences (ascending) and which are deleted; 9 bytes an event."""
 
-    __slots__ = ("first_live", "live", "seqs", "size")
+    __slots__ = ("dead", "first_live", "live", "seqs", "size")
 
     def __init__(self, seqs: list[int], size: int) -> None:
-        self.seqs = seqs
+        self.seqs = array("q", seqs)
+        self.dead = bytearray(len(seqs))  # 1 once the event at that index is deleted
         self.live = len(seqs)
         self.size = size
         self.first_live = 0  # index into seqs: no live sequence before it
+
+    def kill(self, seq: int) -> bool:
+        """Mark ``seq`` deleted; False when the row does not hold it (or it already was)."""
+        i = bisect.bisect_left(self.seqs, seq)
+        if i == len(self.seqs) or self.seqs[i] != seq or self.dead[i]:
+            return False
+        self.dead[i] = 1
+        self.live -= 1
+        return True
+
+    def live_seqs(self) -> list[int]:
+        return [seq for seq, dead in zip(self.seqs, self.dead, strict=True) if not dead]
 
 
 class SqliteSpool:
     """A durable spool in one SQLite file per process, adopting the files of dead processes.
 
-    Each ``append`` is one row (``_pack``); which events of which row are still live is kept in memory,
-    so ``delete`` is bookkeeping until a row has none left.
+    Each ``append`` is one row (``_pack``); which events of which row are still live is kept in memory
+    (``_Row``: packed arrays, no object per event), so ``delete`` is bookkeeping until a row has none left.
+    Rows are written in ascending sequence order; ``_firsts`` finds a sequence's row by bisection.
     """
 
     durable = True
@@ -181,8 +197,9 @@ class SqliteSpool:
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._db = _connect(self._file)
         self._max = max_bytes
-        self._bursts: OrderedDict[int, _Burst] = OrderedDict()  # first sequence -> row index, ascending
-        self._where: dict[int, int] = {}  # stored sequence -> its row
+        self._rows: dict[int, _Row] = {}  # first sequence -> row index, ascending (insertion order)
+        self._firsts: list[int] = []  # the rows' first sequences, ascending; may list removed rows (compacted)
+        self._count = 0
         self._bytes = 0
         self._next = 1
         self.adopted = self._adopt_orphans(directory)
@@ -237,7 +254,7 @@ class SqliteSpool:
     def append(self, records: list[Record]) -> list[int]:
         size = sum(len(r.payload) for r in records)
         dropped: list[int] = []
-        while self._bytes + size > self._max and self._bursts:  # make room: the oldest rows go first
+        while self._bytes + size > self._max and self._rows:  # make room: the oldest rows go first
             dropped += self._drop_first()
         while size > self._max and records:  # this burst alone is too big: keep its newest events
             size -= len(records[0].payload)
@@ -251,14 +268,16 @@ class SqliteSpool:
         seqs = [r.seq for r in records]
         size = sum(len(r.payload) for r in records)
         self._db.execute("INSERT INTO bursts (seq, body) VALUES (?, ?)", (seqs[0], _pack(records)))
-        self._bursts[seqs[0]] = _Burst(seqs, size)
-        self._where.update(dict.fromkeys(seqs, seqs[0]))
+        self._rows[seqs[0]] = _Row(seqs, size)
+        self._firsts.append(seqs[0])
+        self._count += len(seqs)
         self._bytes += size
         self._next = seqs[-1] + 1
 
     def _drop_first(self) -> list[int]:
-        first, burst = next(iter(self._bursts.items()))
-        live = [seq for seq in burst.seqs if self._where.pop(seq, None) is not None]
+        first, row = next(iter(self._rows.items()))
+        live = row.live_seqs()
+        self._count -= len(live)
         self._remove([first])
         return live
 
@@ -267,37 +286,44 @@ class SqliteSpool:
             chunk = firsts[i : i + 500]
             self._db.execute(f"DELETE FROM bursts WHERE seq IN ({','.join('?' * len(chunk))})", chunk)
         for first in firsts:
-            self._bytes -= self._bursts.pop(first).size
+            self._bytes -= self._rows.pop(first).size
+        if len(self._firsts) > 2 * len(self._rows) + 64:  # amortised: drop the removed rows from the index
+            self._firsts = list(self._rows)
+
+    def _row_of(self, seq: int) -> _Row | None:
+        i = bisect.bisect_right(self._firsts, seq) - 1
+        return self._rows.get(self._firsts[i]) if i >= 0 else None
 
     def delete(self, seqs: list[int]) -> None:
-        where, bursts = self._where, self._bursts
         done = []
+        row: _Row | None = None
         for seq in seqs:
-            first = where.pop(seq, None)
-            if first is not None:
-                burst = bursts[first]
-                burst.live -= 1
-                if not burst.live:
-                    done.append(first)
+            if row is None or not row.seqs[0] <= seq <= row.seqs[-1]:
+                row = self._row_of(seq)
+            if row is not None and row.kill(seq):
+                self._count -= 1
+                if not row.live:
+                    done.append(row.seqs[0])
         if done:
             self._remove(done)
 
     def load(self, after: int, limit: int) -> list[Record]:
         out: list[Record] = []
-        for first, burst in self._bursts.items():
-            if burst.seqs[-1] <= after:
+        for first, row in self._rows.items():
+            if row.seqs[-1] <= after:
                 continue
-            row = self._db.execute("SELECT body FROM bursts WHERE seq = ?", (first,)).fetchone()
-            out += [r for r in _unpack(row[0]) if r.seq > after and r.seq in self._where]
+            body = self._db.execute("SELECT body FROM bursts WHERE seq = ?", (first,)).fetchone()[0]
+            dead = row.dead
+            out += [r for i, r in enumerate(_unpack(body)) if r.seq > after and not dead[i]]
             if len(out) >= limit:
                 break
         return out[:limit]
 
     def min_seq(self) -> int | None:
-        for burst in self._bursts.values():  # the first row always holds a live sequence
-            while burst.seqs[burst.first_live] not in self._where:
-                burst.first_live += 1
-            return burst.seqs[burst.first_live]
+        for row in self._rows.values():  # the first row always holds a live sequence
+            while row.dead[row.first_live]:
+                row.first_live += 1
+            return row.seqs[row.first_live]
         return None
 
     def max_seq(self) -> int:
@@ -305,7 +331,7 @@ class SqliteSpool:
         return self._next - 1
 
     def count(self) -> int:
-        return len(self._where)
+        return self._count
 
     def close(self) -> None:
         """Close the database; remove the file when it is empty (nothing left to replay)."""
