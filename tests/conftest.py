@@ -31,13 +31,20 @@ def fresh_server() -> Iterator[NatsServer]:
 
 
 @pytest.fixture(autouse=True)
-def _mlflow_environment_restored() -> Iterator[None]:
-    """MLflow 2.x mirrors ``set_experiment``/``set_registry_uri`` into ``MLFLOW_*`` variables: undo them per test."""
+def _mlflow_state_restored() -> Iterator[None]:
+    """Each test leaves MLflow's process-wide state as it found it.
+
+    MLflow 2.x mirrors ``set_experiment``/``set_registry_uri`` into ``MLFLOW_*`` variables, and a flavour
+    configured by its own ``autolog()`` (even to disable it) is left alone by every later ``mlflow.autolog()``.
+    """
     before = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
     yield
     for key in [k for k in os.environ if k.startswith("MLFLOW_") and k not in before]:
         del os.environ[key]
     os.environ.update(before)
+    autologging = sys.modules.get("mlflow.utils.autologging_utils")
+    if autologging is not None:
+        autologging.AUTOLOGGING_INTEGRATIONS.clear()  # every flavour unconfigured again (MLflow's own default)
 
 
 @pytest.fixture(scope="session")

@@ -100,8 +100,6 @@ def test_nats_killed_and_restarted_during_autologged_training_delivers_every_eve
     while recorder.stats()["connection"] != "connected" and time.monotonic() < deadline:
         time.sleep(0.02)
     databricks_nats.autolog(log_models=False, silent=True, exclusive=False)
-    # mlflow.autolog() leaves alone a flavour an earlier test configured by its own autolog() (MLflow 2.x): be explicit.
-    mlflow.sklearn.autolog(log_models=False, silent=True, exclusive=False)
 
     X, y = sklearn_datasets.make_classification(n_samples=300, n_features=8, random_state=0)
     outage: dict[str, Any] = {}
