@@ -169,8 +169,8 @@ class Props:
         return self._seen[key]
 
 
-class JobStart:
-    """A job start whose fields are read from the JVM only when asked (each read is a py4j call)."""
+class _JobEvent:
+    """A job's start or end whose fields are read from the JVM only when asked (each read is a py4j call)."""
 
     def __init__(self, jevent: Any) -> None:
         self._j = jevent
@@ -183,6 +183,8 @@ class JobStart:
     def time_ms(self) -> int:
         return int(self._j.time())
 
+
+class JobStart(_JobEvent):
     @functools.cached_property
     def stages(self) -> int:
         return int(self._j.stageInfos().size())
@@ -192,19 +194,8 @@ class JobStart:
         return Props(self._j.properties())
 
 
-class JobEnd:
-    """A job end, read lazily: a job inside a SQL execution needs only its id (the execution's end says the rest)."""
-
-    def __init__(self, jevent: Any) -> None:
-        self._j = jevent
-
-    @functools.cached_property
-    def job_id(self) -> int:
-        return int(self._j.jobId())
-
-    @functools.cached_property
-    def time_ms(self) -> int:
-        return int(self._j.time())
+class JobEnd(_JobEvent):
+    """A job inside a SQL execution needs only its id: the execution's end says the rest."""
 
     @functools.cached_property
     def error(self) -> str | None:

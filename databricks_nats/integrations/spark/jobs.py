@@ -166,7 +166,20 @@ class ExecutionTracker:
             )
 
 
-class JobListener:
+class _JavaIdentity:
+    """``equals``/``hashCode``/``toString``: the JVM calls them on every py4j proxy (removal needs them)."""
+
+    def equals(self, other: Any) -> bool:
+        return other is self
+
+    def hashCode(self) -> int:
+        return id(self) & 0x7FFFFFFF
+
+    def toString(self) -> str:
+        return f"databricks_nats.{type(self).__name__}"
+
+
+class JobListener(_JavaIdentity):
     """The Python side of the JVM ``SparkListenerInterface``: enqueue what matters, return at once."""
 
     MAX_QUEUE = 10_000
@@ -197,15 +210,6 @@ class JobListener:
 
     def onOtherEvent(self, jevent: Any) -> None:
         self._put("other", jevent)
-
-    def equals(self, other: Any) -> bool:
-        return other is self
-
-    def hashCode(self) -> int:
-        return id(self) & 0x7FFFFFFF
-
-    def toString(self) -> str:
-        return "databricks_nats.JobListener"
 
     def __getattr__(self, name: str) -> Any:
         """Every other interface method (tasks, stages, executors, blocks…) is a no-op."""
@@ -247,20 +251,11 @@ def _ignore(*_args: Any) -> None:
     return None
 
 
-class _Tap:
+class _Tap(_JavaIdentity):
     """A ``java.util.function.Consumer`` the JVM calls with one listener method's events."""
 
     def __init__(self, handle: Any) -> None:
         self.accept = handle
-
-    def equals(self, other: Any) -> bool:
-        return other is self
-
-    def hashCode(self) -> int:
-        return id(self) & 0x7FFFFFFF
-
-    def toString(self) -> str:
-        return "databricks_nats.Tap"
 
     class Java:
         implements = ["java.util.function.Consumer"]
