@@ -15,14 +15,13 @@ import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 import databricks_nats
 from databricks_nats import _api
-from databricks_nats.testing import NatsServer, capture, read_stream
+from databricks_nats.testing import NatsServer, read_stream
 
 mlflow = pytest.importorskip("mlflow")
 sklearn_linear = pytest.importorskip("sklearn.linear_model")
@@ -55,30 +54,6 @@ class Recorder:
 
     def close(self, timeout: float = 5.0) -> Any:
         return self.inner.close(timeout)
-
-
-@pytest.fixture
-def mlflow_sqlite(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A private sqlite tracking store and working directory; autologging and the hook are removed afterwards."""
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    from databricks_nats.integrations import mlflow as nats_mlflow
-
-    for name in list(os.environ):
-        if name.startswith(("DATABRICKS_NATS_", "MLFLOW_")):
-            monkeypatch.delenv(name)
-    previous_uri = tracking_utils._tracking_uri
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("r1-training")
-    yield uri
-    with capture():  # whatever ending runs still publishes goes nowhere
-        while mlflow.active_run() is not None:
-            mlflow.end_run()
-        mlflow.autolog(disable=True)
-        nats_mlflow.uninstall()
-    mlflow.set_tracking_uri(previous_uri)
 
 
 def test_nats_killed_and_restarted_during_autologged_training_delivers_every_event_exactly_once(

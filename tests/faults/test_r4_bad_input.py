@@ -166,33 +166,6 @@ def user_call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return None
 
 
-# ---- MLflow fixture ------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A private sqlite tracking store + registry and working directory; the hook is removed afterwards."""
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    from databricks_nats.integrations import mlflow as nats_mlflow
-
-    for name in list(os.environ):
-        if name.startswith(("DATABRICKS_NATS_", "MLFLOW_")):
-            monkeypatch.delenv(name)
-    previous_uri = tracking_utils._tracking_uri
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    mlflow.set_experiment("r4-fuzz")
-    yield uri
-    with capture():
-        while mlflow.active_run() is not None:
-            mlflow.end_run()
-        nats_mlflow.uninstall()
-    mlflow.set_tracking_uri(previous_uri)
-
-
 def _mlflow_session(
     client: Any, run_name: str, experiment_name: str, model_name: str, metric: float, param: str, tag: str
 ) -> None:
@@ -226,7 +199,7 @@ def _mlflow_session(
     tag=names,
 )
 def test_fuzzed_mlflow_names_and_values_give_valid_bounded_events_and_no_errors(
-    mlflow_store: str,
+    mlflow_sqlite: str,
     namespace: dict[str, str],
     run_name: str,
     experiment_name: str,
@@ -323,7 +296,7 @@ def test_fuzzed_emit_never_raises_and_every_accepted_event_is_valid(
 
 
 def test_ten_thousand_file_artifact_directory_is_one_bounded_event(
-    mlflow_store: str, namespace: dict[str, str], tmp_path: Path
+    mlflow_sqlite: str, namespace: dict[str, str], tmp_path: Path
 ) -> None:
     """``mlflow.log_artifacts`` of a 10,000-file directory (nasty file names) gives one valid event within the cap."""
     from databricks_nats.integrations import mlflow as nats_mlflow
@@ -370,7 +343,7 @@ def _read_raw(url: str, stream: str) -> list[tuple[str, bytes]]:
 
 
 def test_bad_input_end_to_end_through_a_real_server(
-    mlflow_store: str, namespace: dict[str, str], tmp_path: Path
+    mlflow_sqlite: str, namespace: dict[str, str], tmp_path: Path
 ) -> None:
     """The nastiest inputs through the real publisher and nats-server: all stored, each valid and within the cap."""
     from databricks_nats.integrations import mlflow as nats_mlflow

@@ -11,7 +11,6 @@ shared and noisy); the tight P1 bound (≤ 1.02 sync) is measured by ``benchmark
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import statistics
 import time
@@ -23,7 +22,6 @@ from typing import Any
 import pytest
 
 import databricks_nats
-from databricks_nats.testing import capture
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -76,29 +74,6 @@ def blackholed() -> Iterator[str]:
         for s in fillers:
             s.close()
         listener.close()
-
-
-@pytest.fixture
-def mlflow_sqlite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A private sqlite tracking store and working directory; the hook is removed afterwards."""
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    from databricks_nats.integrations import mlflow as nats_mlflow
-
-    for name in list(os.environ):
-        if name.startswith(("DATABRICKS_NATS_", "MLFLOW_")):
-            monkeypatch.delenv(name)
-    previous_uri = tracking_utils._tracking_uri
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("r7-unreachable")
-    yield uri
-    with capture():
-        while mlflow.active_run() is not None:
-            mlflow.end_run()
-        nats_mlflow.uninstall()
-    mlflow.set_tracking_uri(previous_uri)
 
 
 def _block(times: list[float]) -> None:
