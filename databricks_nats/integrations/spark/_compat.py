@@ -66,7 +66,7 @@ def add_listener(spark: Any, listener: Any) -> list[Any]:
     ``listener`` implements ``SparkListenerInterface`` and offers ``taps()``: a py4j ``Consumer`` per listener
     method it wants. Each tap is registered behind a JDK ``java.beans.EventHandler`` proxy, which implements
     the interface in the JVM and calls Python only for its one method: every task, stage and block event
-    stays in the JVM (a py4j callback costs about as much Python CPU as a small task). Without
+    stays in the JVM (each py4j callback costs 100-200 us of Python CPU). Without
     ``java.desktop`` (a trimmed JVM), the listener itself is registered and sees every event.
     """
     from pyspark.java_gateway import ensure_callback_server_started
