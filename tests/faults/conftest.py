@@ -1,14 +1,44 @@
-"""Fixtures of the fault suite: a private MLflow store for the tests that train (R1, R4, R7)."""
+"""Shared by the fault suite: a private MLflow store for the tests that train (R1, R4, R7), an emitting loop."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from databricks_nats.model.events import new_event
 from databricks_nats.testing import capture
+
+
+@contextlib.contextmanager
+def training_loop(transport: Any, run_id: str) -> Iterator[list[str]]:
+    """A thread emitting one metrics event a millisecond through ``transport``; yields the ids in emit order."""
+    ids: list[str] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        i = 0
+        while not stop.is_set():
+            data = {"experiment_id": "1", "run_id": run_id, "metrics": {"step": i}, "points": 1, "final": False}
+            ev = new_event("mlflow.run.metrics", data)
+            ids.append(ev.id)
+            transport.emit(ev)
+            i += 1
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield ids
+    finally:
+        stop.set()
+        thread.join(10)
 
 
 @pytest.fixture

@@ -6,51 +6,31 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
 from databricks_nats import _api
-from databricks_nats.model.events import new_event
 from databricks_nats.testing import read_stream
+from tests.faults.conftest import training_loop
 
 pytestmark = pytest.mark.slow
-
-
-def _metric(i: int) -> dict[str, object]:
-    return {"experiment_id": "1", "run_id": "r", "metrics": {"step": i}, "points": 1, "final": False}
 
 
 def test_server_down_for_seconds_mid_stream_loses_and_duplicates_nothing(fresh_server, make_settings):
     """NATS stopped for 3 s while events keep coming: after it returns every event is stored exactly once."""
     settings = make_settings(fresh_server, ack_timeout=1.0)
     pub = _api.build_transport(settings)
-    ids: list[str] = []
-    stop = threading.Event()
-
-    def training_loop() -> None:
-        i = 0
-        while not stop.is_set():
-            ev = new_event("mlflow.run.metrics", _metric(i))
-            ids.append(ev.id)
-            pub.emit(ev)
-            i += 1
-            time.sleep(0.001)
-
-    t = threading.Thread(target=training_loop)
-    t.start()
-    deadline = time.monotonic() + 20
-    while pub.stats()["connection"] != "connected" and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)
-    fresh_server.stop()
-    time.sleep(3.0)
-    down_stats = pub.stats()
-    fresh_server.start()
-    time.sleep(0.5)
-    stop.set()
-    t.join()
+    with training_loop(pub, "r") as ids:
+        deadline = time.monotonic() + 20
+        while pub.stats()["connection"] != "connected" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        fresh_server.stop()
+        time.sleep(3.0)
+        down_stats = pub.stats()
+        fresh_server.start()
+        time.sleep(0.5)
     assert pub.flush(60).ok, pub.stats()
     final = pub.stats()
     pub.close()

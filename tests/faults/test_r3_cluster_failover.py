@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import socket
-import threading
 import time
 import urllib.request
 from collections import Counter
@@ -24,8 +23,8 @@ from typing import Any
 import pytest
 
 from databricks_nats import _api
-from databricks_nats.model.events import new_event
 from databricks_nats.testing import NatsServer, read_stream
+from tests.faults.conftest import training_loop
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -164,10 +163,6 @@ def _move_leader(url: str, stream: str, to: str) -> None:
     asyncio.run(request())
 
 
-def _metric(i: int) -> dict[str, object]:
-    return {"experiment_id": "1", "run_id": "r3", "metrics": {"step": i}, "points": 1, "final": False}
-
-
 def test_killing_the_connected_node_of_a_three_node_cluster_loses_nothing_and_fails_over(
     cluster: list[Node], make_settings: Any
 ) -> None:
@@ -178,17 +173,6 @@ def test_killing_the_connected_node_of_a_three_node_cluster_loses_nothing_and_fa
     _wait(lambda: _stream_current(cluster[0].url, settings.stream_name), CLUSTER_READY_S, "R3 stream replicas")
 
     pub = _api.build_transport(settings)
-    ids: list[str] = []
-    stop = threading.Event()
-
-    def training_loop() -> None:
-        i = 0
-        while not stop.is_set():
-            ev = new_event("mlflow.run.metrics", _metric(i))
-            ids.append(ev.id)
-            pub.emit(ev)
-            i += 1
-            time.sleep(0.001)
 
     def connected_node() -> Node | None:
         for n in cluster:
@@ -196,9 +180,7 @@ def test_killing_the_connected_node_of_a_three_node_cluster_loses_nothing_and_fa
                 return n
         return None
 
-    thread = threading.Thread(target=training_loop, daemon=True)
-    thread.start()
-    try:
+    with training_loop(pub, "r3") as ids:
         _wait(lambda: pub.stats()["acked"] >= 300, 30, "the first acks")
         victim = _wait(connected_node, 10, "the publisher's connection in /connz")
         # the hardest case: the node the publisher is on also leads the stream
@@ -210,9 +192,6 @@ def test_killing_the_connected_node_of_a_three_node_cluster_loses_nothing_and_fa
         victim.server.kill()
         survivor = _wait(connected_node, 30, "the publisher to reconnect to a surviving node")
         _wait(lambda: pub.stats()["acked"] > acked_at_kill + 300, 30, "acks after the failover")
-    finally:
-        stop.set()
-        thread.join(10)
     new_leader = _stream_leader(survivor.url, settings.stream_name)
     result = pub.flush(60)
     final = pub.stats()
