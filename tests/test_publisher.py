@@ -415,3 +415,23 @@ def test_secured_counts_every_event_spilled_to_disk_during_a_long_outage(make_se
         assert stats["dropped_total"] == 0
     finally:
         pub.close(0)
+
+
+def test_closing_while_still_connecting_leaves_no_pending_task_behind(make_settings, caplog):
+    """A publisher closed before it ever reached NATS ends its tasks: asyncio reports no destroyed pending task."""
+    import gc
+    import socket
+    import time
+
+    with socket.socket() as silent:  # accepts connections (the kernel does) but never says INFO
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"nats://127.0.0.1:{silent.getsockname()[1]}"
+        pub = _api.build_transport(make_settings(url, connect_timeout=30.0))
+        pub.emit(new_event("mlflow.run.metrics", _metric(0)))
+        time.sleep(0.3)  # the connect is under way, waiting for the server's INFO
+        with caplog.at_level(logging.ERROR, logger="asyncio"):
+            pub.close(2)
+            del pub
+            gc.collect()
+    assert not [r for r in caplog.records if "destroyed but it is pending" in r.getMessage()]

@@ -210,8 +210,12 @@ class Publisher(Storage, Delivery, ConnectionLifecycle):
 
     async def _shutdown(self) -> None:
         self._closing = True
-        for task in (self._connector, self._sender, *self._flushing):
+        tasks = [self._connector, self._sender, *self._flushing]
+        for task in tasks:
             task.cancel()
+        running = [t for t in tasks if not t.done()]
+        if running:  # let the cancellations finish: no "Task was destroyed but it is pending" at exit
+            await asyncio.wait(running, timeout=1)
         if self._timer is not None:
             self._timer.cancel()
         if self._acked:
