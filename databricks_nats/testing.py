@@ -220,33 +220,46 @@ class NatsServer:
 
 
 def read_stream(url: str, stream: str) -> list[dict[str, Any]]:
-    """Every message stored in a JetStream stream, in order: seq, subject, headers and parsed envelope."""
+    """Every message stored in a JetStream stream, in order: seq, subject, headers and parsed envelope.
+
+    Reads through one ephemeral pull consumer, in batches. Right after a node of a cluster died, creating
+    it can time out while leaders are elected: the read is retried (five tries, a second apart).
+    """
+
+    async def read_once(js: Any) -> list[dict[str, Any]]:
+        from nats.js.errors import NotFoundError
+
+        try:
+            state = (await js.stream_info(stream)).state
+        except NotFoundError:
+            return []
+        if not state.messages:
+            return []
+        return [
+            {
+                "seq": msg.metadata.sequence.stream,
+                "subject": msg.subject,
+                "headers": msg.headers or {},
+                "envelope": json.loads(msg.data or b"{}"),
+            }
+            async for msg in reader.read_range(js, stream, [], state.first_seq, state.last_seq)
+        ]
 
     async def read() -> list[dict[str, Any]]:
         import nats
-        from nats.js.errors import NotFoundError
+        import nats.errors
 
         nc = await nats.connect(url)
         try:
-            js = nc.jetstream()
-            try:
-                state = (await js.stream_info(stream)).state
-            except NotFoundError:
-                return []
-            out: list[dict[str, Any]] = []
-            if not state.messages:
-                return out
-            # batched pulls through one ephemeral consumer, not a request per message
-            async for msg in reader.read_range(js, stream, [], state.first_seq, state.last_seq):
-                out.append(
-                    {
-                        "seq": msg.metadata.sequence.stream,
-                        "subject": msg.subject,
-                        "headers": msg.headers or {},
-                        "envelope": json.loads(msg.data or b"{}"),
-                    }
-                )
-            return out
+            tries = 1
+            while True:
+                try:
+                    return await read_once(nc.jetstream())
+                except nats.errors.TimeoutError:
+                    if tries == 5:
+                        raise
+                    tries += 1
+                    await asyncio.sleep(1)
         finally:
             await nc.close()
 
