@@ -73,10 +73,10 @@ def _hook(obj: Any, attr: str, wrap: Callable[[Any], Any]) -> None:
 
     @functools.wraps(original)  # keeps the signature: MLflow inspects builder signatures
     def hooked(*args: Any, **kwargs: Any) -> Any:
-        obj = original(*args, **kwargs)
-        if obj is not last[0]:
-            last[0] = wrap(obj)
-        return obj
+        handed = original(*args, **kwargs)
+        if handed is not last[0]:
+            last[0] = wrap(handed)
+        return handed
 
     setattr(obj, attr, hooked)
     _installed.append((obj, attr, original))
