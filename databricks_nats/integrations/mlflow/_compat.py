@@ -167,14 +167,11 @@ def run_status_name(status: Any) -> str:
 
 
 def spark_set_run_property(run_id: str | None) -> None:
-    """Let Spark listeners name the active MLflow run: a local property on the driver's current thread."""
+    """Let Spark listeners name the active MLflow run (only when PySpark is already imported)."""
     import sys
 
     if "pyspark.sql" not in sys.modules:
         return
-    from pyspark.sql import SparkSession
+    from databricks_nats.integrations.spark.runs import set_active_run
 
-    spark = SparkSession.getActiveSession()
-    sc = getattr(spark, "sparkContext", None) if spark is not None and hasattr(spark, "_jsc") else None
-    if sc is not None:
-        sc.setLocalProperty("databricks_nats.mlflow_run_id", run_id)
+    set_active_run(run_id)
