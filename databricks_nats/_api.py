@@ -202,8 +202,10 @@ def flush(timeout: float = 10.0) -> FlushResult:
 
 
 def stats() -> dict[str, Any]:
-    """Counters and gauges of the process-wide publisher (see README "Stats")."""
-    return _current().stats()
+    """Counters and gauges of the process-wide publisher (see README "Stats"), and the live event families."""
+    from databricks_nats.status import families
+
+    return {**_current().stats(), "families": families()}
 
 
 def shutdown(timeout: float = 5.0) -> FlushResult:

@@ -187,7 +187,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def _doctor_settings(args: argparse.Namespace) -> Any:
     """Settings as the publisher would resolve them, with the Databricks context applied."""
     from databricks_nats.integrations.databricks import apply_context, detect_context
-    from databricks_nats.settings import resolve_settings
+    from databricks_nats.settings import explain_settings
 
     given = {
         "url": args.url,
@@ -195,9 +195,20 @@ def _doctor_settings(args: argparse.Namespace) -> Any:
         "env": args.env or args.nats_env,
         "secret_scope": args.secret_scope,
     }
-    settings = resolve_settings(**{k: v for k, v in given.items() if v and "{{" not in v})
+    settings, origins = explain_settings(**{k: v for k, v in given.items() if v and "{{" not in v})
     context = detect_context(settings)
-    return apply_context(settings, context), context
+    return apply_context(settings, context), context, origins
+
+
+def _shown(settings: Any, name: str) -> str:
+    """A setting's value as doctor prints it: secrets never, URLs without passwords."""
+    from databricks_nats.settings import describe, redact_url
+
+    if dict((n, secret) for n, _, secret, _ in describe())[name]:
+        return "(secret)"
+    value = getattr(settings, name)
+    text = ",".join(value) if name == "url" else ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+    return redact_url(text)[:80]
 
 
 async def _doctor(settings: Any, timeout: float, say: Any, problem: Any) -> None:
@@ -305,12 +316,18 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print(f"PROBLEM  {text}", flush=True)
 
     try:
-        settings, context = _doctor_settings(args)
+        settings, context, origins = _doctor_settings(args)
     except ConfigurationError as e:
         return _fail(f"doctor: {e}", 1)
+    for name, origin in origins.items():
+        say("setting", f"{name} = {_shown(settings, name)} from {origin}")
     say("namespace", f"{settings.namespace}.> (stream {settings.stream_name})")
     known = ", ".join(f"{k}={getattr(context, k)} ({v})" for k, v in context.sources) or "not on Databricks"
     say("context", known[:300])
+    from databricks_nats.status import compute_families
+
+    for family, state in compute_families().items():
+        say("events", f"{family}: {'live' if state['live'] else 'not available'} ({state['detail']})")
     asyncio.run(_doctor(settings, args.timeout, say, problem))
     for text in problems:
         print(f"databricks-nats doctor: {text}", file=sys.stderr)

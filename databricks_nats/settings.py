@@ -1,8 +1,12 @@
-"""Settings: one frozen object, resolved from kwargs > ``DATABRICKS_NATS_*`` > Spark conf > defaults.
+"""Settings: one frozen object, resolved from kwargs > ``DATABRICKS_NATS_*`` > settings file > Spark conf > defaults.
 
 Each field knows its environment variable (``DATABRICKS_NATS_<NAME>``), its Spark conf key
 (``spark.databricks_nats.<name>``) and whether it is a secret. Secrets are held as ``Secret``, whose
 repr and str are masked, so no repr, log line or error message can show them.
+
+The settings file (TOML, flat keys named like the settings) is where serverless compute, which has no
+cluster environment variables, gets its settings: see ``settings_file``. A secret's value may be a
+``{{secrets/<scope>/<key>}}`` reference, read from the Databricks secret scope at every (re)connect.
 """
 
 from __future__ import annotations
@@ -19,10 +23,13 @@ from typing import Any
 from databricks_nats.errors import ConfigurationError, SubjectError
 from databricks_nats.model.subjects import validate_name, validate_prefix
 
-__all__ = ["Secret", "Settings", "resolve_settings"]
+__all__ = ["Secret", "Settings", "explain_settings", "resolve_settings", "settings_file"]
 
 ENV_PREFIX = "DATABRICKS_NATS_"
 SPARK_PREFIX = "spark.databricks_nats."
+CONFIG_ENV = "DATABRICKS_NATS_CONFIG"
+CONFIG_PARAMETER = "nats_config"  # the job parameter (notebook widget or --nats_config=PATH) naming the file
+CONFIG_LOCATIONS = ("databricks-nats.toml", "~/.config/databricks-nats/config.toml")
 
 
 class Secret:
@@ -290,25 +297,86 @@ def _spark_conf() -> Mapping[str, str]:
         return {}
 
 
-def resolve_settings(
-    environ: Mapping[str, str] | None = None, spark_conf: Mapping[str, str] | None = None, **kwargs: Any
-) -> Settings:
-    """Resolve settings: explicit kwargs > environment > Spark conf > defaults; raise ConfigurationError."""
+def settings_file(environ: Mapping[str, str] | None = None) -> tuple[str, str] | None:
+    """(path, how it was found) of the settings file in effect, or None.
+
+    Looked for in this order: ``DATABRICKS_NATS_CONFIG``; the job parameter ``nats_config`` (a notebook
+    widget or a ``--nats_config=PATH`` argument); ``./databricks-nats.toml``;
+    ``~/.config/databricks-nats/config.toml``. A file named explicitly must exist (else ConfigurationError).
+    """
+    from databricks_nats.jobparams import job_parameters
+
+    environ = os.environ if environ is None else environ
+    named = [(environ.get(CONFIG_ENV), CONFIG_ENV), (job_parameters([CONFIG_PARAMETER]).get(CONFIG_PARAMETER), "")]
+    for path, origin in named:
+        if path:
+            origin = origin or f"job parameter {CONFIG_PARAMETER}"
+            if not os.path.isfile(os.path.expanduser(path)):
+                raise ConfigurationError("config", f"settings file {path!r} (from {origin}) does not exist")
+            return os.path.expanduser(path), origin
+    for path in CONFIG_LOCATIONS:
+        full = os.path.expanduser(path)
+        if os.path.isfile(full):
+            return full, "default location"
+    return None
+
+
+def _file_values(path: str) -> dict[str, Any]:
+    """The settings of a TOML settings file; unknown keys and unreadable files are ConfigurationErrors."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # Python 3.10: the same parser as the tomli backport
+        try:
+            import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+        except ImportError:
+            problem = f"reading {path} on Python 3.10 needs tomli: pip install tomli"
+            raise ConfigurationError("config", problem) from None
+    try:
+        with open(path, "rb") as f:
+            values: dict[str, Any] = tomllib.load(f)
+    except (OSError, ValueError) as e:  # TOMLDecodeError is a ValueError
+        raise ConfigurationError("config", f"cannot read settings file {path}: {e}") from None
+    values = values.get("databricks_nats", values) if isinstance(values.get("databricks_nats"), dict) else values
+    unknown = sorted(set(values) - set(_FIELDS))
+    if unknown:
+        raise ConfigurationError("config", f"{path}: unknown setting {unknown[0]!r}; known: {', '.join(_FIELDS)}")
+    return values
+
+
+def _sources(
+    environ: Mapping[str, str] | None, spark_conf: Mapping[str, str] | None, kwargs: Mapping[str, Any]
+) -> list[tuple[str, Callable[[str], Any]]]:
+    """The raw value of each setting from each source, highest precedence first: (origin, lookup)."""
     environ = os.environ if environ is None else environ
     unknown = set(kwargs) - set(_FIELDS)
     if unknown:
         raise ConfigurationError(sorted(unknown)[0], f"unknown setting; known: {', '.join(sorted(_FIELDS))}")
+    found = settings_file(environ)
+    file_values = _file_values(found[0]) if found else {}
     conf = _spark_conf() if spark_conf is None else spark_conf
+    return [
+        ("argument", lambda n: kwargs.get(n)),
+        ("environment", lambda n: environ.get(ENV_PREFIX + n.upper())),
+        (f"file {found[0]}" if found else "file", lambda n: file_values.get(n)),
+        ("spark conf", lambda n: conf.get(n)),
+    ]
+
+
+def _origin_name(origin: str, name: str) -> str:
+    return {"argument": f"argument {name}", "environment": ENV_PREFIX + name.upper()}.get(
+        origin, SPARK_PREFIX + name if origin == "spark conf" else f"{origin} ({name})"
+    )
+
+
+def _resolve(
+    environ: Mapping[str, str] | None, spark_conf: Mapping[str, str] | None, kwargs: Mapping[str, Any]
+) -> tuple[Settings, dict[str, str]]:
+    sources = _sources(environ, spark_conf, kwargs)
     values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
     for name, f in _FIELDS.items():
-        env_key = ENV_PREFIX + name.upper()
-        if name in kwargs and kwargs[name] is not None:
-            raw, origin = kwargs[name], f"argument {name}"
-        elif env_key in environ:
-            raw, origin = environ[env_key], env_key
-        elif name in conf:
-            raw, origin = conf[name], SPARK_PREFIX + name
-        else:
+        origin, raw = next(((o, v) for o, lookup in sources if (v := lookup(name)) is not None), ("", None))
+        if raw is None:
             continue
         try:
             values[name] = f.metadata["parse"](raw)
@@ -316,8 +384,23 @@ def resolve_settings(
             shown = "****" if f.metadata["secret"] else repr(raw)[:80]
             if name == "url":
                 shown = redact_url(shown)
-            raise ConfigurationError(name, f"{e} (from {origin}, value {shown})") from None
-    return Settings(**values)
+            raise ConfigurationError(name, f"{e} (from {_origin_name(origin, name)}, value {shown})") from None
+        origins[name] = origin
+    return Settings(**values), origins
+
+
+def resolve_settings(
+    environ: Mapping[str, str] | None = None, spark_conf: Mapping[str, str] | None = None, **kwargs: Any
+) -> Settings:
+    """Resolve settings: kwargs > environment > settings file > Spark conf > defaults; raise ConfigurationError."""
+    return _resolve(environ, spark_conf, kwargs)[0]
+
+
+def explain_settings(
+    environ: Mapping[str, str] | None = None, spark_conf: Mapping[str, str] | None = None, **kwargs: Any
+) -> tuple[Settings, dict[str, str]]:
+    """The settings and where each non-default one came from (``argument``, ``environment``, ``file <path>``…)."""
+    return _resolve(environ, spark_conf, kwargs)
 
 
 def describe() -> list[tuple[str, str, bool, str]]:

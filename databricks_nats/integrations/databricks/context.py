@@ -21,10 +21,11 @@ import dataclasses
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from databricks_nats.jobparams import job_parameters
 from databricks_nats.settings import Settings
 
 __all__ = ["DatabricksContext", "apply_context", "as_event_context", "detect_context"]
@@ -141,38 +142,9 @@ JOB_PARAMETERS = {
 }
 
 
-def _widgets() -> Mapping[str, str]:
-    main = sys.modules.get("__main__")
-    dbutils = getattr(main, "dbutils", None)
-    if dbutils is None and "IPython" in sys.modules:
-        ip = sys.modules["IPython"].get_ipython()
-        dbutils = ip.user_ns.get("dbutils") if ip is not None else None
-    if dbutils is None:
-        return {}
-    out = {}
-    for name in JOB_PARAMETERS.values():
-        try:
-            value = dbutils.widgets.get(name)
-        except Exception:  # noqa: BLE001, S112 - an undefined widget raises (a py4j error on Databricks)
-            continue
-        if value:
-            out[name] = str(value)
-    return out
-
-
-def _argv(argv: Iterable[str]) -> Mapping[str, str]:
-    out = {}
-    for arg in argv:
-        m = re.fullmatch(r"--?([A-Za-z_]+)=(.*)", arg)
-        if m and m.group(1) in JOB_PARAMETERS.values():
-            out[m.group(1)] = m.group(2)
-    return out
-
-
 def _job_parameters() -> Mapping[str, Any]:
-    given = {**_argv(sys.argv[1:]), **_widgets()}
-    # An unresolved reference ("{{job.run_id}}" outside a job run) is not a value.
-    return {f: given.get(p) for f, p in JOB_PARAMETERS.items() if "{{" not in given.get(p, "{{")}
+    given = job_parameters(JOB_PARAMETERS.values())
+    return {f: given.get(p) for f, p in JOB_PARAMETERS.items()}
 
 
 def _sdk(timeout: float) -> Source:

@@ -3,8 +3,9 @@
     import databricks_nats
     databricks_nats.autolog()                 # hook + mlflow.autolog(); or install() for the hook alone
 
-Zero-code: with the wheel installed and ``DATABRICKS_NATS_URL`` set, MLflow loads our run context
-provider (entry point ``mlflow.run_context_provider``), which installs the hook before the first run.
+Zero-code: with the wheel installed and ``DATABRICKS_NATS_URL`` set (or a settings file found), MLflow
+loads our run context provider (entry point ``mlflow.run_context_provider``) during ``import mlflow``,
+which installs the hook (deferred: see ``install_deferred``) before any MLflow call.
 MLflow imports that provider during ``import mlflow``, through this package: so this module imports
 nothing beyond the standard library until a function is called.
 """
@@ -18,32 +19,64 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from databricks_nats.integrations.mlflow.hook import Hook
 
-__all__ = ["autolog", "current_hook", "install", "installed", "uninstall"]
+__all__ = ["autolog", "current_hook", "install", "install_deferred", "installed", "uninstall"]
 
 log = logging.getLogger("databricks_nats")
-_lock = threading.Lock()
+_lock = threading.RLock()
 _hook: Hook | None = None  # kept after uninstall: its runs and metrics state carry over a reinstall
 _active = False
 
 
-def install() -> Hook:
-    """Install the store-layer hook (idempotent); return it."""
-    global _hook, _active
+def _materialize() -> Hook:
+    """The hook, built on first use with the settings in effect (the process-wide one; kept after uninstall)."""
+    global _hook
     import atexit
 
-    from databricks_nats.integrations.mlflow import _compat
     from databricks_nats.integrations.mlflow.hook import Hook
 
+    if _hook is not None:  # the common case: no lock
+        return _hook
     with _lock:
         if _hook is None:
             _hook = Hook()
             atexit.register(_hook.metrics.flush_all)  # runs before the publisher's exit flush (atexit is LIFO)
-        if not _active:
-            _hook.reconfigure()
-            _compat.install(_hook.wrap_tracking, _hook.wrap_registry, _hook.wrap_artifacts)
-            _hook.enabled = _active = True
-            log.info("databricks-nats: MLflow hook installed (MLflow %s.%s)", *_compat.mlflow_version())
         return _hook
+
+
+def install() -> Hook:
+    """Install the store-layer hook (idempotent); return it."""
+    hook = _materialize()
+    _install(hook.wrap_tracking, hook.wrap_registry, hook.wrap_artifacts, hook)
+    return hook
+
+
+def install_deferred() -> None:
+    """Install the hook now, building it (and resolving settings) only when MLflow first hands out a store.
+
+    What the zero-code entry point calls while ``import mlflow`` runs: nothing heavy happens at import.
+    """
+    _install(
+        lambda store: _materialize().wrap_tracking(store),
+        lambda store: _materialize().wrap_registry(store),
+        lambda repo: _materialize().wrap_artifacts(repo),
+        None,
+    )
+
+
+def _install(wrap_tracking: Any, wrap_registry: Any, wrap_artifacts: Any, hook: Hook | None) -> None:
+    global _active
+    from databricks_nats.integrations.mlflow import _compat
+
+    with _lock:
+        if not _active:
+            if _hook is not None:
+                _hook.reconfigure()
+                _hook.enabled = True
+            _compat.install(wrap_tracking, wrap_registry, wrap_artifacts)
+            _active = True
+            log.info("databricks-nats: MLflow hook installed (MLflow %s.%s)", *_compat.mlflow_version())
+        elif hook is not None:
+            hook.enabled = True
 
 
 def uninstall() -> None:
@@ -52,10 +85,12 @@ def uninstall() -> None:
     from databricks_nats.integrations.mlflow import _compat
 
     with _lock:
-        if _hook is None or not _active:
+        if not _active:
             return
-        _hook.metrics.flush_all()
-        _hook.enabled = _active = False
+        if _hook is not None:
+            _hook.metrics.flush_all()
+            _hook.enabled = False
+        _active = False
         _compat.uninstall()
 
 
