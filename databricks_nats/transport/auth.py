@@ -43,8 +43,21 @@ def _is_path(value: str) -> bool:
     return "\n" not in value and len(value) < 4096 and os.path.isfile(os.path.expanduser(value))
 
 
-def _load(value: str) -> str:
-    """The value itself, or the content of the file it names (re-read at every resolution: rotation)."""
+_SECRET_REF = re.compile(r"\{\{\s*secrets/([^/{}\s]+)/([^/{}\s]+)\s*\}\}")
+
+
+def _load(value: str, timeout: float = 10.0) -> str:
+    """The value itself, the secret a ``{{secrets/<scope>/<key>}}`` reference names (read with the Databricks SDK),
+    or the content of the file it names; re-read at every resolution (rotation)."""
+    ref = _SECRET_REF.fullmatch(value.strip())
+    if ref is not None:
+        from databricks_nats.integrations.databricks.sdk import read_secret
+
+        scope, key = ref.groups()
+        found = read_secret(scope, key, timeout)
+        if found is None:
+            raise ConfigurationError("secret_scope", f"secret reference: key {key!r} of scope {scope!r} does not exist")
+        return found
     if _is_path(value):
         with open(os.path.expanduser(value), encoding="utf-8") as f:
             return f.read()

@@ -91,13 +91,37 @@ def install(
     if mlflow_version() < (2, 13):
         raise MlflowCompatError("databricks-nats needs MLflow >= 2.13")
     tracking = _require("mlflow.tracking._tracking_service.utils", "_tracking_store_registry")
-    registry = _require("mlflow.tracking._model_registry.utils", "_get_store_registry")()
+    _require("mlflow.tracking._model_registry.utils", "_get_store_registry")
     artifacts = _require("mlflow.store.artifact.artifact_repository_registry", "_artifact_repository_registry")
     repo_cache = _require("mlflow.tracking._tracking_service.utils", "_artifact_repos_cache")
     _hook(tracking, "get_store", wrap_tracking)
-    _hook(registry, "get_store", wrap_registry)
+    _hook_registry_lazily(wrap_registry)
     _hook(artifacts, "get_artifact_repository", wrap_artifacts)
     repo_cache.clear()
+
+
+def _hook_registry_lazily(wrap_registry: Callable[[Any], Any]) -> None:
+    """Hook the model registry's store registry when MLflow first asks for it.
+
+    ``_get_store_registry()`` builds the registry on first call, importing the Unity Catalog stores: doing
+    that from the zero-code entry point, while ``import mlflow`` is still running, is what we must not do.
+    """
+    import importlib
+
+    utils: Any = importlib.import_module("mlflow.tracking._model_registry.utils")
+    original = utils._get_store_registry
+    hooked: list[Any] = []
+
+    @functools.wraps(original)
+    def get_store_registry(*args: Any, **kwargs: Any) -> Any:
+        registry = original(*args, **kwargs)
+        if not hooked or hooked[0] is not registry:
+            hooked[:] = [registry]
+            _hook(registry, "get_store", wrap_registry)
+        return registry
+
+    utils._get_store_registry = get_store_registry
+    _installed.append((utils, "_get_store_registry", original))
 
 
 def uninstall() -> None:
@@ -175,3 +199,37 @@ def spark_set_run_property(run_id: str | None) -> None:
     from databricks_nats.integrations.spark.runs import set_active_run
 
     set_active_run(run_id)
+
+
+def store_uri(store: Any) -> str | None:
+    """The URI a tracking or registry store was built for (``databricks``, ``databricks-uc://p``, ``http://…``).
+
+    REST stores hold ``functools.partial(get_*_host_creds, store_uri)`` as ``get_host_creds`` (MLflow 2.13-3.x);
+    Unity Catalog stores also keep ``store_uri``. Unknown: None (the caller falls back to the current URI).
+    """
+    uri = store.__dict__.get("store_uri") if hasattr(store, "__dict__") else None
+    if isinstance(uri, str) and uri:
+        return uri
+    creds = getattr(store, "get_host_creds", None)
+    if isinstance(creds, functools.partial) and creds.args and isinstance(creds.args[0], str):
+        return creds.args[0]
+    return None
+
+
+def current_tracking_uri() -> str | None:
+    """The tracking URI in effect (``mlflow.get_tracking_uri()``); None when it cannot be read."""
+    try:
+        import mlflow
+
+        return str(mlflow.get_tracking_uri())
+    except Exception:  # noqa: BLE001 - a URL is a nicety
+        return None
+
+
+def registered_model_name(store: Any, name: str) -> str:
+    """The registry's own name for ``name``: ``store.get_registered_model(name).name``.
+
+    On Unity Catalog this is the three-level name the registry resolves a short name to (MLflow applies the
+    Spark session's current catalog/schema client-side when there is one, else the server resolves it).
+    """
+    return str(store.get_registered_model(name).name)
