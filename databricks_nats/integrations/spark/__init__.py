@@ -4,6 +4,12 @@
 the session has a JVM, a job listener on its SparkContext (one per application, shared by its
 sessions). Attaching twice is a no-op; ``detach`` removes both; listeners are removed at interpreter
 exit before py4j goes away.
+
+On Spark Connect (Databricks serverless, standard access mode) there is no JVM on the client: job and
+SQL execution events are not available, which ``attach`` says once at WARNING and reports to
+``databricks_nats.status`` (``spark.jobs`` not live, ``spark.streams`` live). The streaming listener
+carries the resolved settings (credentials included, always masked) and the event context captured
+here, so it can publish where the server runs it (see ``streaming``).
 """
 
 from __future__ import annotations
@@ -14,14 +20,24 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from databricks_nats import _api
+from databricks_nats import _api, status
 from databricks_nats.integrations.spark import _compat
 from databricks_nats.integrations.spark.eventlog import EVENT_LOG_SCHEMA, read_events
 from databricks_nats.integrations.spark.jobs import ExecutionTracker, JobListener
 from databricks_nats.integrations.spark.streaming import NatsStreamingListener
 from databricks_nats.integrations.spark.tables import table_updated
 
-__all__ = ["EVENT_LOG_SCHEMA", "Attachment", "attach", "attached", "detach", "read_events", "settle", "table_updated"]
+__all__ = [
+    "EVENT_LOG_SCHEMA",
+    "Attachment",
+    "attach",
+    "attached",
+    "attached_sessions",
+    "detach",
+    "read_events",
+    "settle",
+    "table_updated",
+]
 
 log = logging.getLogger("databricks_nats.spark")
 
@@ -47,6 +63,8 @@ _lock = threading.RLock()
 _sessions: dict[int, Attachment] = {}
 _jobs: dict[str, _JobHook] = {}
 _exit_hook = False
+_connect_warned = False
+NO_JOBS = "Spark Connect: no JVM listener on this compute"
 
 
 def _session(spark: Any) -> Any:
@@ -60,11 +78,17 @@ def _session(spark: Any) -> Any:
     return active
 
 
-def _portable_settings() -> dict[str, Any]:
-    """The non-secret settings a Spark Connect listener needs to publish from the server side."""
-    s = _api.get_settings()
-    keys = ("url", "workspace", "env", "subject_prefix", "mode", "stream", "client_name")
-    return {k: getattr(s, k) for k in keys}
+def _event_context(settings: Any) -> dict[str, Any]:
+    """The context events carry (workspace, env, compute, notebook, job and run ids), detected here, now."""
+    if not settings.detect_context:
+        return _api.base_context(settings)
+    try:
+        from databricks_nats.integrations.databricks import as_event_context, detect_context
+
+        return as_event_context(detect_context(settings), settings)
+    except Exception as e:  # noqa: BLE001 - context is best effort; the namespace parts always travel
+        log.debug("databricks-nats: context detection for the streaming listener: %s", e)
+        return _api.base_context(settings)
 
 
 def attach(
@@ -96,7 +120,7 @@ def attach(
         app = _compat.app_id(spark)
         job = _attach_jobs(spark, app, min_execution_ms, summary_interval)
         run_ids = job.listener.tracker.stream_runs if job is not None else {}
-        streaming = NatsStreamingListener(progress_interval, tables, run_ids, _portable_settings())
+        streaming = NatsStreamingListener(progress_interval, tables, run_ids, settings, _event_context(settings))
         spark.streams.addListener(streaming)
         if job is not None:
             job.sessions.add(id(spark))
@@ -108,9 +132,23 @@ def attach(
 
 
 def _attach_jobs(spark: Any, app: str, min_execution_ms: int, summary_interval: float) -> _JobHook | None:
+    global _connect_warned
     if not _compat.has_jvm(spark):
-        log.info("databricks-nats: Spark Connect session: job events are not available, streaming events are")
+        status.report_family("spark.jobs", False, NO_JOBS)
+        status.report_family(
+            "spark.streams",
+            True,
+            "Spark Connect: streaming listener, run "
+            + ("by the server in a process of its own" if _compat.listener_runs_on_server() else "in this process"),
+        )
+        if not _connect_warned:
+            _connect_warned = True
+            log.warning(
+                "databricks-nats: Spark Connect session: no JVM listener on this compute, so Spark job and SQL "
+                "execution events are not published; streaming query events are"
+            )
         return None
+    status.report_family("spark.streams", True, "classic session: streaming listener in this process")
     hook = _jobs.get(app)
     if hook is None:
         listener = JobListener(ExecutionTracker(app, min_execution_ms, summary_interval))
@@ -119,8 +157,10 @@ def _attach_jobs(spark: Any, app: str, min_execution_ms: int, summary_interval: 
         except Exception as e:  # noqa: BLE001 - streaming events still work without the job listener
             listener.stop()
             log.warning("databricks-nats: could not register the Spark job listener: %s", e)
+            status.report_family("spark.jobs", False, f"the job listener could not be registered: {e}"[:300])
             return None
         hook = _jobs[app] = _JobHook(listener, proxies)
+    status.report_family("spark.jobs", True, "classic session: JVM listener")
     return hook
 
 
@@ -128,6 +168,12 @@ def attached(spark: Any = None) -> Attachment | None:
     """The attachment of ``spark`` (default: the active session), or None."""
     with _lock:
         return _sessions.get(id(_session(spark)))
+
+
+def attached_sessions() -> list[Any]:
+    """Every session with listeners attached in this process."""
+    with _lock:
+        return [a.spark for a in _sessions.values()]
 
 
 def detach(spark: Any = None, timeout: float = 5.0) -> None:

@@ -18,6 +18,18 @@ Facts this module relies on (PySpark 3.5 to 4.x, classic sessions only):
   own means a slow Python listener can only ever delay or drop *our* events, never Spark's UI's.
 
 Spark Connect sessions (Databricks serverless, standard access) have no JVM here: ``has_jvm`` is False.
+What this module relies on there:
+
+* session tags (``SparkSession.addTag``/``removeTag``, PySpark >= 3.5 on Connect) are client-side and
+  thread-local; the client sends them with every execute request and the server turns each into a job
+  tag ``SparkConnect_SessionTag_User_<user>_Session_<session>_Tag_<tag>``; since Spark 4.1
+  (SPARK-51981) a query's ``QueryStartedEvent.jobTags`` holds them (older events have no ``jobTags``);
+* a PySpark 3.5 Connect client cloudpickles a streaming listener and the server runs it in a Python
+  process of its own (``pyspark.sql.connect.streaming.worker.listener_worker``), which builds the events
+  with ``Query*Event.fromJson`` and gives the listener a session on the same session id
+  (``listener.spark``): the session's conf (``RUN_PROPERTY``) is what the client can tell it there;
+* a PySpark 4 Connect client runs the listener in its own process: ``onQueryStarted`` on the thread that
+  called ``start()``, the other callbacks on the listener bus thread.
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import socket
+import threading
 from typing import Any, NamedTuple
 
 __all__ = [
@@ -40,12 +53,17 @@ __all__ = [
     "local_run_id",
     "read_event",
     "remove_listener",
+    "run_id_from_tags",
+    "set_run_conf",
+    "set_run_tag",
+    "started_run_id",
 ]
 
 QUEUE = "databricksNats"
 _SQL_START = "SparkListenerSQLExecutionStart"
 _SQL_END = "SparkListenerSQLExecutionEnd"
 RUN_PROPERTY = "databricks_nats.mlflow_run_id"
+RUN_TAG = RUN_PROPERTY + "="  # the session tag ``databricks_nats.mlflow_run_id=<run id>`` (no comma: run ids are hex)
 
 
 def has_jvm(spark: Any) -> bool:
@@ -140,6 +158,63 @@ def local_run_id(spark: Any) -> str | None:
     if not has_jvm(spark):
         return None
     value = spark.sparkContext.getLocalProperty(RUN_PROPERTY)
+    return str(value) if value else None
+
+
+def pyspark_major() -> int:
+    import pyspark
+
+    try:
+        return int(str(pyspark.__version__).split(".", 1)[0])
+    except ValueError:  # a development build: assume the newest behaviour
+        return 99
+
+
+def listener_runs_on_server() -> bool:
+    """A Connect client of PySpark < 4 ships its streaming listeners to the server (see the module docstring)."""
+    return pyspark_major() < 4
+
+
+_tags = threading.local()  # per thread: {id(session): the run tag this thread added to it}
+
+
+def set_run_tag(spark: Any, run_id: str | None) -> None:
+    """Tag this thread's operations on a Connect session with the MLflow run (replacing the previous run's tag)."""
+    added: dict[int, str] = _tags.__dict__.setdefault("added", {})
+    old = added.pop(id(spark), None)
+    if old is not None:
+        spark.removeTag(old)
+    if run_id:
+        tag = RUN_TAG + str(run_id)
+        spark.addTag(tag)
+        added[id(spark)] = tag
+
+
+def set_run_conf(spark: Any, run_id: str | None) -> None:
+    """Name the run in the session's conf, where a listener running on the server can read it (PySpark 3.5)."""
+    if run_id:
+        spark.conf.set(RUN_PROPERTY, str(run_id))
+    else:
+        spark.conf.unset(RUN_PROPERTY)
+
+
+def run_id_from_tags(tags: Any) -> str | None:
+    """The run id of our tag among a query's job tags (raw, or as the Connect server prefixes them)."""
+    for tag in tags or ():
+        text = str(tag)
+        at = text.rfind(RUN_TAG)
+        if at != -1 and (at == 0 or text[:at].endswith("_Tag_")):
+            return text[at + len(RUN_TAG) :] or None
+    return None
+
+
+def started_run_id(event: Any, spark: Any = None) -> str | None:
+    """The MLflow run a ``QueryStartedEvent`` names: our tag among its job tags (Spark >= 4.1); else, given
+    the server-side session a shipped listener runs with, the session conf the client set (``set_run_conf``)."""
+    found = run_id_from_tags(getattr(event, "jobTags", None))
+    if found is not None or spark is None:
+        return found
+    value = spark.conf.get(RUN_PROPERTY, None)
     return str(value) if value else None
 
 

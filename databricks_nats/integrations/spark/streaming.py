@@ -5,29 +5,63 @@ Volume policy, per query: ``started`` and ``terminated`` always; ``progress`` at
 the query's first) is always published at once; each published progress carries how many batches and
 input rows it stands for. ``idle`` once per idle period. A published progress whose sink wrote rows
 into a file or Delta table also publishes ``data.table.updated``. Batches held back when a query
-terminates are published with the ``terminated`` event's final progress.
+terminates are published with the ``terminated`` event's final progress. Every event names the query
+(the name ``started`` gave, also for ``idle`` and ``terminated``) and the MLflow run active when it
+started (see ``runs``).
 
-On Spark Connect this object is pickled and run next to the server's session: it touches nothing but
-its own attributes and the ``databricks_nats`` package (no outer variables), and configures the
-process-wide publisher there from the non-secret settings it carries if none is configured.
+Where it runs, and what it carries:
+
+* Classic sessions and PySpark 4 Spark Connect clients run the listener in the process that attached
+  it: it publishes through the process-wide publisher, like everything else there.
+* A PySpark 3.5 Spark Connect client (Databricks serverless and standard access mode on runtimes up to
+  16.4) cloudpickles the listener and the server runs it in a Python process of its own, with none of
+  the notebook's variables or environment. So the listener carries what it needs to publish from there,
+  captured by ``attach``: the resolved ``Settings`` — **credentials included** — and the event context
+  (workspace, env, compute, notebook, job and run ids). Decision: the secret travels inside the pickled
+  listener, over the session's authenticated channel (the same channel that carries the notebook's
+  code and data), as a ``Secret`` object, masked in every repr, log line and error. A secret *scope*
+  (``secret_scope``) travels as its name only and is read where the listener runs (databricks-sdk,
+  with that process's Databricks auth). On first use there, the listener sets up the process-wide
+  publisher from what it carries (never replacing one already configured). Its spool directory must be
+  writable there: if the configured one cannot be created, a temporary directory is used and a
+  WARNING says so once; anything else missing (no settings carried, a secret scope without
+  databricks-sdk) is also said once at WARNING.
+
+The listener touches nothing but its own attributes and the ``databricks_nats`` package (no outer
+variables); its ``repr`` names the server (credentials redacted), namespace and credential kinds only.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import os
 import re
+import tempfile
 import threading
 import time
+import uuid
 from typing import Any
 
 from pyspark.sql.streaming.listener import StreamingQueryListener
 
+from databricks_nats import _api
+from databricks_nats.integrations.spark import _compat
 from databricks_nats.integrations.spark.jobs import error_class
+from databricks_nats.settings import Settings, redact_url
 
 __all__ = ["NatsStreamingListener", "sink_table"]
 
+log = logging.getLogger("databricks_nats.spark")
 MAX_SOURCES = 10
 MAX_DESCRIPTION = 256
 _SINK = re.compile(r"^(FileSink|DeltaSink)\[(.+)\]$")
+_PROCESS = uuid.uuid4().hex  # this interpreter: a listener unpickled in another one sees a different value
+_SECRETS = ("creds", "token", "password", "nkey_seed", "tls_key")
+
+
+def _here() -> tuple[str, int]:
+    return _PROCESS, os.getpid()
 
 
 def sink_table(description: str) -> tuple[str, str | None] | None:
@@ -51,39 +85,62 @@ class _Query:
 
 
 class NatsStreamingListener(StreamingQueryListener):
-    """Publishes ``spark.stream.started|progress|idle|terminated`` for every query of a session."""
+    """Publishes ``spark.stream.started|progress|idle|terminated`` for every query of a session.
+
+    ``settings`` and ``context`` are what the listener publishes with when it runs in another process
+    (see the module docstring); in the process that made it, the process-wide publisher is used.
+    """
 
     def __init__(
         self,
         progress_interval: float = 10.0,
         tables: dict[str, str] | None = None,
         run_ids: dict[str, str | None] | None = None,
-        settings: dict[str, Any] | None = None,
+        settings: Settings | None = None,
+        context: dict[str, Any] | None = None,
     ) -> None:
         self.progress_interval = progress_interval
         self.tables = dict(tables or {})  # query name or id -> table full name for its sink
-        self.run_ids = run_ids if run_ids is not None else {}  # query id -> MLflow run id (job listener)
-        self.settings = dict(settings or {})
+        self.run_ids = run_ids if run_ids is not None else {}  # query id -> MLflow run id
+        self.settings = settings
+        self.context = dict(context or {})
+        self.origin = _here()
+        self._names: dict[str, str | None] = {}  # query id -> name, from its started event
         self._queries: dict[str, _Query] = {}
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state.pop("_lock", None)
+        state.pop("_sparkSession", None)  # the client's session never travels; the server sets its own
+        state["run_ids"] = dict(self.run_ids)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
-    def _emit(self, event_type: str, data: dict[str, Any]) -> None:
-        from databricks_nats import _api
+    def __repr__(self) -> str:
+        s = self.settings
+        if s is None:
+            return "NatsStreamingListener(settings of the process it runs in)"
+        kinds = [k for k in _SECRETS if getattr(s, k) is not None] + (["user"] if s.user else [])
+        if s.secret_scope:
+            kinds.append(f"secret scope {s.secret_scope!r}")
+        return (
+            f"NatsStreamingListener(url={[redact_url(u) for u in s.url]!r}, namespace={s.namespace!r}, "
+            f"credentials={'+'.join(kinds) or 'none'})"
+        )
 
-        if _api._transport is None and self.settings:
-            try:
-                _api.configure(**self.settings)  # Spark Connect: a fresh process next to the session
-            except Exception as e:  # noqa: BLE001 - fail-open: emit falls back to the environment's settings
-                _api.log.warning("databricks-nats: Spark Connect listener could not configure: %s", e)
+    __str__ = __repr__
+
+    def _local(self) -> bool:
+        """True when running in the process that created it (classic, PySpark 4 Connect)."""
+        return bool(self.origin == _here())
+
+    def _emit(self, event_type: str, data: dict[str, Any]) -> None:
+        if not self._local():
+            publish_here(self.settings, self.context)  # Spark Connect, server side: a fresh process
         _api.emit(event_type, data)
 
     def _base(self, qid: Any, run_id: Any, name: Any) -> dict[str, Any]:
@@ -91,13 +148,32 @@ class NatsStreamingListener(StreamingQueryListener):
         return {
             "query_id": query_id,
             "run_id": str(run_id),
-            "name": name or None,
+            "name": name or self._names.get(query_id),
             "mlflow_run_id": self.run_ids.get(query_id),
         }
 
+    def _started_run(self, event: Any) -> str | None:
+        """The MLflow run active where the query was started (job tags, the session conf, this thread)."""
+        try:
+            local = self._local()
+            found = _compat.started_run_id(event, None if local else getattr(self, "spark", None))
+            if found is None and local:
+                from databricks_nats.integrations.spark.runs import current_run_id
+
+                found = current_run_id()
+            return found
+        except Exception as e:  # noqa: BLE001 - correlation is best effort
+            log.debug("databricks-nats: no MLflow run id for the query: %s", e)
+            return None
+
     def onQueryStarted(self, event: Any) -> None:
+        qid = str(event.id)
+        run = self._started_run(event)
         with self._lock:
-            self._queries[str(event.id)] = _Query()
+            self._queries[qid] = _Query()
+            self._names[qid] = event.name or None
+            if run is not None:
+                self.run_ids[qid] = run
         self._emit("spark.stream.started", self._base(event.id, event.runId, event.name))
 
     def onQueryProgress(self, event: Any) -> None:
@@ -184,8 +260,93 @@ class NatsStreamingListener(StreamingQueryListener):
             "error_class": (getattr(event, "errorClassOnException", None) or error_class(error)) if error else None,
         }
         self._emit("spark.stream.terminated", data)
+        with self._lock:
+            self._names.pop(str(event.id), None)
+            self.run_ids.pop(str(event.id), None)
 
 
 def _row_dict(row: Any) -> Any:
     as_dict = getattr(row, "asDict", None)
     return as_dict() if callable(as_dict) else row
+
+
+_setup_lock = threading.Lock()
+_setup_done = False
+
+
+def publish_here(settings: Settings | None, context: dict[str, Any] | None) -> None:
+    """Set up this process's publisher from what a shipped listener carries, once per process; never raises.
+
+    A publisher already configured in this process stands. Says once at WARNING what is missing.
+    """
+    global _setup_done
+    if _setup_done:
+        return
+    with _setup_lock:
+        if _setup_done:
+            return
+        _setup_done = True
+        try:
+            _install(settings, context)
+        except Exception as e:  # noqa: BLE001 - fail-open: emit falls back to this process's environment
+            log.warning(
+                "databricks-nats: the streaming listener could not set up publishing in this process (%s: %s); "
+                "this process's environment decides",
+                type(e).__name__,
+                e,
+            )
+
+
+def _install(settings: Settings | None, context: dict[str, Any] | None) -> None:
+    if settings is None:
+        log.warning(
+            "databricks-nats: this streaming listener runs in a process of its own but carries no settings; "
+            "publishing with that process's environment (DATABRICKS_NATS_*), which may not reach NATS"
+        )
+        return
+    previous = _api.set_transport(None)
+    if previous is not None:  # this process already publishes: its configuration stands
+        _api.set_transport(previous)
+        return
+    settings = usable_spool(settings)
+    if settings.secret_scope and not any(getattr(settings, k) is not None for k in _SECRETS):
+        try:
+            import databricks.sdk  # noqa: F401
+        except ImportError:
+            log.warning(
+                "databricks-nats: the streaming listener's credentials are in secret scope %r, read with "
+                "databricks-sdk, which this process (where Spark Connect runs the listener) lacks",
+                settings.secret_scope,
+            )
+    _api.set_transport(_api.build_transport(settings, context or _api.base_context(settings)))
+    log.info(
+        "databricks-nats: streaming listener publishing from process %d to %s as %s (spool %s)",
+        os.getpid(),
+        ", ".join(redact_url(u) for u in settings.url),
+        settings.namespace,
+        settings.spool_path,
+    )
+
+
+def _writable(path: str) -> bool:
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            return True
+    except OSError:
+        return False
+
+
+def usable_spool(settings: Settings) -> Settings:
+    """``settings`` with a spool directory this process can write: the configured one, else a temporary one."""
+    if _writable(settings.spool_path):
+        return settings
+    fallback = dataclasses.replace(settings, spool_dir=os.path.join(tempfile.gettempdir(), "databricks-nats", "spool"))
+    if not _writable(fallback.spool_path):
+        return settings  # the publisher's spool falls back to memory, and says so
+    log.warning(
+        "databricks-nats: spool directory %s cannot be created or written in this process; using %s",
+        settings.spool_path,
+        fallback.spool_path,
+    )
+    return fallback

@@ -7,6 +7,7 @@ from typing import Any
 
 from databricks_nats import _api
 from databricks_nats.integrations.spark import _compat
+from databricks_nats.integrations.spark.runs import current_run_id
 
 __all__ = ["describe_table", "history_entry", "table_updated"]
 
@@ -64,7 +65,7 @@ def table_updated(
     if operation is not None:
         data["operation"] = operation
     try:
-        data["mlflow_run_id"] = _compat.local_run_id(spark)
+        data["mlflow_run_id"] = _compat.local_run_id(spark) if _compat.has_jvm(spark) else current_run_id()
     except Exception:  # noqa: BLE001 - correlation is best effort
         data["mlflow_run_id"] = None
     return _api.emit("data.table.updated", {**extra, **data})
