@@ -313,9 +313,9 @@ def settings_file(environ: Mapping[str, str] | None = None) -> tuple[str, str] |
             origin = origin or f"job parameter {CONFIG_PARAMETER}"
             if not os.path.isfile(os.path.expanduser(path)):
                 raise ConfigurationError("config", f"settings file {path!r} (from {origin}) does not exist")
-            return os.path.expanduser(path), origin
+            return os.path.abspath(os.path.expanduser(path)), origin
     for path in CONFIG_LOCATIONS:
-        full = os.path.expanduser(path)
+        full = os.path.abspath(os.path.expanduser(path))
         if os.path.isfile(full):
             return full, "default location"
     return None
