@@ -6,6 +6,11 @@ Files uploaded as part of a directory upload (some repositories upload each file
 a thread pool) are not announced twice: a per-repository set of directories in flight filters them.
 Model artifacts (``…/models/m-<id>/artifacts``) are announced by the logged-model events instead; their
 upload is where the model's flavours are read (the local ``MLmodel`` file, bounded, never the network).
+
+Artifact URIs have one normal form in every event (``normal_uri``): MLflow hands a Databricks run's
+repository ``dbfs://databricks/databricks/mlflow-tracking/…`` (the tracking URI's profile added as the
+authority, ``dbfs://<profile>@databricks/…`` for a profile) while the run says ``dbfs:/databricks/…``; the
+authority is dropped, as MLflow's own ``DatabricksArtifactRepository`` does for the paths it uses.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any
 from databricks_nats import _api
 from databricks_nats.integrations.mlflow import _compat
 
-__all__ = ["SAMPLE", "local_flavors", "model_of", "read_flavors", "run_of", "wrap_repo"]
+__all__ = ["SAMPLE", "local_flavors", "model_of", "normal_uri", "read_flavors", "run_of", "wrap_repo"]
 
 SAMPLE = 20
 MAX_FLAVORS = 20
@@ -27,6 +32,14 @@ MLMODEL_MAX_BYTES = 256 * 1024
 _RUN_URI = re.compile(r"(?:/(?P<exp>[^/]+))?/(?P<run>[0-9a-f]{32})/artifacts(?:/|$)")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 _MODEL_URI = re.compile(r"/(?P<model>m-[0-9a-f]{32})/artifacts/?$")
+_DBFS_AUTHORITY = re.compile(r"^dbfs://[^/]*(?=/)", re.IGNORECASE)
+
+
+def normal_uri(uri: str | None) -> str | None:
+    """One form per artifact location: ``dbfs://<profile>@databricks/x`` and ``dbfs://databricks/x`` are ``dbfs:/x``."""
+    if not uri:
+        return uri
+    return _DBFS_AUTHORITY.sub("dbfs:", uri, count=1) if uri[:7].lower() == "dbfs://" else uri
 
 
 def run_of(artifact_uri: str) -> tuple[str, str] | None:
@@ -102,7 +115,7 @@ def wrap_repo(
         return repo
     run_id = owner[1]
     experiment_id = experiment_of(run_id) or owner[0]  # a custom artifact_location hides the experiment
-    base_uri = str(repo.artifact_uri)
+    base_uri = normal_uri(str(repo.artifact_uri)) or ""
     active: set[str] = set()
     one, many = repo.log_artifact, repo.log_artifacts
 

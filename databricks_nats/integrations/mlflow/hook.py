@@ -8,21 +8,26 @@ outermost store call (``FileStore.create_run`` calls ``set_tag`` and ``update_ru
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import functools
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 from databricks_nats import _api
-from databricks_nats.integrations.mlflow import _compat, artifacts
+from databricks_nats.integrations.mlflow import _compat, artifacts, urls
 from databricks_nats.integrations.mlflow.metrics import MetricsCoalescer
+from databricks_nats.integrations.mlflow.names import NameResolver
 
 __all__ = ["Hook"]
 
 _VALUE_MAX = 500
 _TERMINAL = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "killed"}
+_UNSET: Any = object()
 
 
 class Hook:
@@ -34,6 +39,10 @@ class Hook:
         self._runs: dict[str, dict[str, Any]] = {}  # run_id -> {experiment_id, start_time, run_name, artifact_uri}
         self._flavors: dict[str, list[str]] = {}  # logged model id -> flavours read from its uploaded MLmodel
         self._settings: Any = None
+        self._store_uris: weakref.WeakKeyDictionary[Any, str | None] = weakref.WeakKeyDictionary()
+        self._uis: dict[str | None, urls.Ui] = {}  # tracking/registry URI -> its UI, for these settings
+        self._workspace_url: Any = _UNSET  # looked up on first need after each (re)configure
+        self.names = NameResolver()
         self.metrics = MetricsCoalescer(lambda data: self._emit("mlflow.run.metrics", data), "coalesce", 1.0)
         self.reconfigure()
 
@@ -44,6 +53,8 @@ class Hook:
 
     def _apply(self, settings: Any) -> None:
         self._settings = settings
+        self._uis = {}
+        self._workspace_url = _UNSET
         self._deny = settings.deny_keys
         self._allow = settings.allow_keys
         self.metrics.mode = settings.metrics_mode
@@ -55,6 +66,55 @@ class Hook:
         settings = getattr(transport, "settings", None)
         if settings is not None and settings is not self._settings:
             self._apply(settings)
+
+    # ---- UI URLs ---------------------------------------------------------------------------------
+
+    def _workspace(self) -> str | None:
+        """The workspace URL from context detection (else ``DATABRICKS_HOST``): once per (re)configure."""
+        if self._workspace_url is _UNSET:
+            found = None
+            try:
+                from databricks_nats.integrations.databricks.context import detect_context
+
+                settings = self._settings if self._settings is not None else _api.get_settings()
+                found = detect_context(settings, sdk=True).workspace_url
+                if not found and settings.detect_context:
+                    from databricks_nats.integrations.databricks.sdk import identity
+
+                    known = identity(settings.context_timeout)  # cached per process: the SDK's configured host
+                    found = known.workspace_url if known is not None else None
+            except Exception as e:  # noqa: BLE001 - a URL is a nicety, never a reason to fail
+                _api._fail(e, "mlflow workspace url")
+            self._workspace_url = urls.databricks_workspace_url(found)
+        url: str | None = self._workspace_url
+        return url
+
+    def _ui(self, uri: str | None) -> urls.Ui:
+        """The UI runs and models of a store built for this URI live in (computed once per URI and configure)."""
+        ui = self._uis.get(uri)
+        if ui is None:
+            if uri and uri.startswith("databricks-uc"):
+                ui = urls.Ui("databricks", self._workspace())
+            else:
+                on_databricks = bool(os.environ.get("DATABRICKS_RUNTIME_VERSION"))
+                ui = urls.ui_for(uri, self._workspace, on_databricks)
+            if len(self._uis) > 64:
+                self._uis.clear()
+            self._uis[uri] = ui
+        return ui
+
+    def _store_ui(self, store: Any) -> urls.Ui:
+        try:
+            uri = self._store_uris.get(store, _UNSET)
+        except TypeError:  # not weak-referenceable
+            uri = _UNSET
+        if uri is _UNSET:
+            uri = _compat.store_uri(store) if store is not None else None
+        return self._ui(uri or _compat.current_tracking_uri())
+
+    def _note_store(self, store: Any) -> None:
+        with contextlib.suppress(TypeError):  # not weak-referenceable: its URI is read again when needed
+            self._store_uris[store] = _compat.store_uri(store)
 
     # ---- plumbing --------------------------------------------------------------------------------
 
@@ -95,7 +155,7 @@ class Hook:
         known = self._runs.get(run_id)
         if known is None:  # a run created elsewhere (another process, before the hook): ask once
             info = store.get_run(run_id).info
-            known = self._remember(info)
+            known = self._remember(info, store)
         return {
             "experiment_id": known["experiment_id"],
             "run_id": run_id,
@@ -104,15 +164,13 @@ class Hook:
             "run_url": known["run_url"],
         }
 
-    def _remember(self, info: Any) -> dict[str, Any]:
-        from databricks_nats.integrations.mlflow.urls import run_url
-
+    def _remember(self, info: Any, store: Any = None) -> dict[str, Any]:
         known = {
             "experiment_id": str(info.experiment_id),
             "start_time": info.start_time,
             "run_name": info.run_name,
-            "artifact_uri": info.artifact_uri,
-            "run_url": run_url(str(info.experiment_id), info.run_id),
+            "artifact_uri": artifacts.normal_uri(info.artifact_uri),
+            "run_url": self._store_ui(store).run_url(str(info.experiment_id), info.run_id),
         }
         if len(self._runs) > 10_000:  # bounded: forget the oldest
             self._runs.pop(next(iter(self._runs)))
@@ -124,6 +182,7 @@ class Hook:
     def wrap_tracking(self, store: Any) -> Any:
         if not _compat.mark(store):
             return store
+        self._note_store(store)
         for name, describe in (
             ("create_run", self._create_run),
             ("update_run_info", self._update_run_info),
@@ -141,7 +200,7 @@ class Hook:
 
     def _create_run(self, store: Any, run: Any, *args: Any, **kwargs: Any) -> None:
         info = run.info
-        known = self._remember(info)
+        known = self._remember(info, store)
         tags = dict(run.data.tags or {})
         # create_run(experiment_id, user_id, start_time, tags, run_name): the tags given, if the Run lacks them
         given = kwargs.get("tags", args[3] if len(args) > 3 else None)
@@ -154,7 +213,7 @@ class Hook:
                 "run_id": info.run_id,
                 "run_name": info.run_name,
                 "run_url": known["run_url"],
-                "artifact_uri": info.artifact_uri,
+                "artifact_uri": known["artifact_uri"],
                 "start_time": info.start_time,
                 "parent_run_id": tags.get("mlflow.parentRunId"),
                 "user": info.user_id or None,
@@ -237,14 +296,15 @@ class Hook:
             self._emit("mlflow.run.inputs", {**self._run_base(store, run_id), "datasets": items})
 
     def _create_logged_model(self, store: Any, model: Any, *args: Any, **kwargs: Any) -> None:
-        self._emit("mlflow.logged_model.logged", _logged_model_data(model, self._flavors.get(model.model_id, [])))
+        data = _logged_model_data(model, self._flavors.get(model.model_id, []), self._store_ui(store))
+        self._emit("mlflow.logged_model.logged", data)
 
     def _finalize_logged_model(self, store: Any, model: Any, model_id: str, status: Any, *a: Any, **k: Any) -> None:
         flavors = self._flavors.pop(model_id, None)
         if model is not None and hasattr(model, "model_id"):
             if flavors is None:  # files uploaded by a path we did not see: read a local MLmodel, never the network
                 flavors = artifacts.local_flavors(getattr(model, "artifact_location", None))
-            data = _logged_model_data(model, flavors)
+            data = _logged_model_data(model, flavors, self._store_ui(store))
         else:
             data = {"model_id": model_id, "experiment_id": "", "flavors": flavors or []}
         data["status"] = str(getattr(status, "name", status))
@@ -262,6 +322,10 @@ class Hook:
         if not _compat.mark(store):
             return store
         uc = _compat.is_unity_catalog_registry(store)  # from the registry URI's store, never from dots in names
+        self._note_store(store)
+        if uc:  # results that carry the registry's full name teach the resolver, without an event
+            for name in ("get_registered_model", "get_model_version"):
+                self._wrap(store, name, self._learn_name)
         for name, action in (
             ("create_registered_model", "registered"),
             ("delete_registered_model", "deleted"),
@@ -275,10 +339,26 @@ class Hook:
             self._wrap(store, name, functools.partial(self._registry_event, action, uc))
         return store
 
-    def _registry_event(self, action: str, uc: bool, store: Any, result: Any, *args: Any, **kwargs: Any) -> None:
-        from databricks_nats.integrations.mlflow.registry import describe_registry_call
+    def _learn_name(self, store: Any, result: Any, name: Any = None, *args: Any, **kwargs: Any) -> None:
+        from databricks_nats.integrations.mlflow.registry import result_name
 
-        data = describe_registry_call(action, result, args, kwargs, uc)
+        typed = kwargs.get("name", name)
+        full = result_name(result)
+        if isinstance(typed, str) and full:
+            self.names.learn(store, typed, full)
+
+    def _registry_event(self, action: str, uc: bool, store: Any, result: Any, *args: Any, **kwargs: Any) -> None:
+        from databricks_nats.integrations.mlflow.registry import describe_registry_call, result_name, typed_name
+
+        resolve = None
+        if uc:  # one subject per model: the registry's three-level name, whatever the caller typed
+            full = result_name(result)
+            if full:
+                self.names.learn(store, typed_name(action, args, kwargs), full)
+            else:
+                resolve = functools.partial(self.names.resolve, store)
+        ui = self._store_ui(store) if uc else urls.NO_UI
+        data = describe_registry_call(action, result, args, kwargs, uc, resolve, ui)
         if data is None:
             return
         if action == "version_tag_set" and not self._keep(str(data.get("key", ""))):
@@ -299,23 +379,26 @@ class Hook:
             from mlflow.tracking import MlflowClient
 
             try:
-                known = self._remember(MlflowClient().get_run(run_id).info)
+                known = self._remember(MlflowClient().get_run(run_id).info)  # the current tracking URI's store
             except Exception:  # noqa: BLE001 - the URI's layout is the fallback
                 return None
         return str(known["experiment_id"])
 
 
-def _logged_model_data(model: Any, flavors: list[str] | None = None) -> dict[str, Any]:
-    from databricks_nats.integrations.mlflow.urls import logged_model_uri
-
-    return {
-        "experiment_id": str(getattr(model, "experiment_id", "")),
+def _logged_model_data(model: Any, flavors: list[str] | None = None, ui: urls.Ui = urls.NO_UI) -> dict[str, Any]:
+    experiment_id = str(getattr(model, "experiment_id", ""))
+    data = {
+        "experiment_id": experiment_id,
         "model_id": model.model_id,
         "name": getattr(model, "name", None),
         "source_run_id": getattr(model, "source_run_id", None),
-        "artifact_location": getattr(model, "artifact_location", None),
-        "model_uri": logged_model_uri(model.model_id),
+        "artifact_location": artifacts.normal_uri(getattr(model, "artifact_location", None)),
+        "model_uri": urls.logged_model_uri(model.model_id),
         "flavors": list(flavors or []),
         "status": str(getattr(getattr(model, "status", None), "name", getattr(model, "status", None)) or "") or None,
         "created_at": getattr(model, "creation_timestamp", None) or int(time.time() * 1000),
     }
+    url = ui.logged_model_url(experiment_id, model.model_id)
+    if url:
+        data["model_url"] = url
+    return data

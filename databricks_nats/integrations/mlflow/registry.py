@@ -1,12 +1,18 @@
-"""Describe a successful model registry store call as the data of a ``mlflow.model.*`` event."""
+"""Describe a successful model registry store call as the data of a ``mlflow.model.*`` event.
+
+On Unity Catalog the name in an event is always the three-level name the registry resolved: taken from the
+call's result when it carries one (``registered``, ``version_created``), else from ``resolve`` (the hook's
+once-per-name lookup), so one model has one subject whatever the caller typed.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from databricks_nats.integrations.mlflow.urls import model_uri
+from databricks_nats.integrations.mlflow.urls import NO_UI, Ui, model_uri, uc_model_url
 
-__all__ = ["describe_registry_call"]
+__all__ = ["describe_registry_call", "result_name", "typed_name"]
 
 # Positional parameter names of the registry store methods (after self), stable across MLflow 2.13-3.x.
 _PARAMS = {
@@ -27,14 +33,36 @@ def _bind(action: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[st
     return bound
 
 
+def typed_name(action: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """The model name as the caller passed it."""
+    return str(_bind(action, args, kwargs).get("name") or "")
+
+
+def result_name(result: Any) -> str | None:
+    """The name a registry call's result carries (a RegisteredModel or ModelVersion), else None."""
+    name = getattr(result, "name", None)
+    return name if isinstance(name, str) and name else None
+
+
 def describe_registry_call(
-    action: str, result: Any, args: tuple[Any, ...], kwargs: dict[str, Any], uc: bool
+    action: str,
+    result: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    uc: bool,
+    resolve: Callable[[str], str] | None = None,
+    ui: Ui = NO_UI,
 ) -> dict[str, Any] | None:
-    """The event data for one registry call (name, version, pointers), or None when there is nothing to say."""
+    """The event data for one registry call (name, version, pointers), or None when there is nothing to say.
+
+    ``resolve``: turns a name the caller typed into the registry's full name (used when the result has none).
+    """
     call = _bind(action, args, kwargs)
-    name = str(getattr(result, "name", None) or call.get("name") or "")
+    name = result_name(result) or str(call.get("name") or "")
     if not name:
         return None
+    if resolve is not None and result_name(result) is None:
+        name = resolve(name) or name
     version = getattr(result, "version", None) if action in ("version_created", "stage_transitioned") else None
     version = str(version if version is not None else call.get("version") or "") or None
     data: dict[str, Any] = {
@@ -46,6 +74,9 @@ def describe_registry_call(
     }
     if version:
         data["version"] = version
+    url = uc_model_url(ui, name, version) if uc else None
+    if url:
+        data["model_url"] = url
     if action == "version_created":
         data["source"] = str(getattr(result, "source", None) or call.get("source") or "")[:1000] or None
         data["run_id"] = getattr(result, "run_id", None) or call.get("run_id")
