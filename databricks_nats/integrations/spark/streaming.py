@@ -58,6 +58,7 @@ MAX_DESCRIPTION = 256
 _SINK = re.compile(r"^(FileSink|DeltaSink)\[(.+)\]$")
 _PROCESS = uuid.uuid4().hex  # this interpreter: a listener unpickled in another one sees a different value
 _SECRETS = ("creds", "token", "password", "nkey_seed", "tls_key")
+_PICKLED = frozenset({"progress_interval", "tables", "settings", "context", "origin", "_id"})
 
 
 def _here() -> tuple[str, int]:
@@ -110,10 +111,12 @@ class NatsStreamingListener(StreamingQueryListener):
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state.pop("_lock", None)
-        state.pop("_sparkSession", None)  # the client's session never travels; the server sets its own
-        state["run_ids"] = dict(self.run_ids)
+        """Our own state and PySpark's listener id; never a session or a py4j object PySpark attached."""
+        state = {k: v for k, v in self.__dict__.items() if k in _PICKLED}
+        with self._lock:
+            state["run_ids"] = dict(self.run_ids)
+            state["_names"] = dict(self._names)
+            state["_queries"] = dict(self._queries)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
