@@ -31,7 +31,14 @@ from typing import Any
 from databricks_nats.errors import ConfigurationError
 from databricks_nats.settings import Secret, Settings
 
-__all__ = ["CredentialProvider", "Credentials", "auth_options", "credentials_source", "resolve_credentials"]
+__all__ = [
+    "CredentialProvider",
+    "Credentials",
+    "auth_options",
+    "credentials_source",
+    "require_nkeys",
+    "resolve_credentials",
+]
 
 log = logging.getLogger("databricks_nats")
 
@@ -141,8 +148,11 @@ def _from_scope(settings: Settings, scope: str) -> Credentials:
 def resolve_credentials(settings: Settings) -> Credentials:
     """Walk the chain once (may call the Databricks API); raise ConfigurationError without any value."""
     if any(getattr(settings, k) is not None for k in _SECRET_KINDS) or not settings.secret_scope:
-        return _from_settings(settings)
-    return _from_scope(settings, settings.secret_scope)
+        found = _from_settings(settings)
+    else:
+        found = _from_scope(settings, settings.secret_scope)
+    require_nkeys(found)  # a secret scope may hold a .creds file or a seed: same message as at configure
+    return found
 
 
 _JWT = re.compile(r"-----BEGIN NATS USER JWT-----\s*(\S+)\s*------END NATS USER JWT------")
@@ -154,6 +164,23 @@ def _creds_parts(content: str) -> tuple[bytes, bytes]:
     if not jwt or not seed:
         raise ConfigurationError("creds", "not a NATS .creds file (user JWT and seed blocks not found)")
     return jwt.group(1).encode(), seed.group(1).encode()
+
+
+NKEYS_INSTALL = "pip install 'databricks-nats[nkeys]'"
+
+
+def require_nkeys(source: Settings | Credentials) -> None:
+    """NKey seeds and .creds files are signed with ``nkeys`` (the ``nkeys`` extra, not a hard dependency so that
+    installing on a Databricks Runtime moves none of its packages): without it, fail naming the install."""
+    kind = "creds" if source.creds is not None else "nkey_seed" if source.nkey_seed is not None else None
+    if kind is None:
+        return
+    try:
+        import nkeys  # noqa: F401
+    except ImportError:
+        raise ConfigurationError(
+            kind, f"NKey and .creds authentication need the nkeys package, not installed: {NKEYS_INSTALL}"
+        ) from None
 
 
 def _sign(seed: bytes, nonce: str) -> bytes:

@@ -35,8 +35,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from databricks_nats.errors import ConfigurationError
 from databricks_nats.model.events import Event
 from databricks_nats.settings import Settings
+from databricks_nats.transport.auth import require_nkeys
 from databricks_nats.transport.connection import ConnectionLifecycle
 from databricks_nats.transport.delivery import Delivery
 from databricks_nats.transport.spool import Record, Spool
@@ -55,10 +57,12 @@ def _preload(settings: Settings) -> None:
     import nats.errors
     import nats.js.api
     import nats.js.errors  # noqa: F401
-    import nkeys  # noqa: F401
 
     import databricks_nats.transport.auth
     import databricks_nats.transport.stream
+
+    with contextlib.suppress(ImportError):  # the `nkeys` extra; required (at configure) only for NKey/.creds auth
+        import nkeys  # noqa: F401
 
     if settings.secret_scope:
         with contextlib.suppress(ImportError):  # reported when the secret is read
@@ -88,6 +92,11 @@ class Publisher(Storage, Delivery, ConnectionLifecycle):
     """One process's publisher (see the module docstring); ``emit`` may be called from any thread."""
 
     def __init__(self, settings: Settings, spool: Spool, encoder: Callable[..., tuple[str, bytes]]) -> None:
+        try:  # NKey/.creds auth without the `nkeys` extra fails here, at configure, not at every connect
+            require_nkeys(settings)
+        except ConfigurationError:
+            spool.close()
+            raise
         self.settings = settings
         self._spool = spool
         self._encode = encoder
