@@ -1,30 +1,31 @@
 # Databricks notebook source
 # MAGIC %md
 # MAGIC # databricks-nats: consumer
-# MAGIC Tail the events of this workspace and environment, then wait for a given model version, as a test or a
+# MAGIC Tail the events of this workspace and environment, then wait for a model version, as a test or a
 # MAGIC downstream job would. Delivery is at least once; event ids let you drop repeats.
+# MAGIC
+# MAGIC The job installs the wheel the bundle built (a task library) and names the settings file; run by hand,
+# MAGIC attach that wheel to the cluster and set `DATABRICKS_NATS_CONFIG` or the `nats_config` widget.
 
 # COMMAND ----------
 
-# MAGIC %pip install databricks-nats
-
-# COMMAND ----------
-
-dbutils.widgets.text("nats_url", "nats://127.0.0.1:4222", "NATS URL")
-dbutils.widgets.text("env", "dev", "Environment")
-dbutils.widgets.text("model_name", "nats_demo_model", "Registered model name")
-dbutils.widgets.text("version", "1", "Model version to wait for")
-dbutils.widgets.text("lookback_minutes", "60", "Tail events from this many minutes ago")
+# ruff: noqa: E402, F821 - a notebook: imports follow the widgets; Databricks defines dbutils, spark, display
+# Empty defaults: the job passes the values (see bundle/databricks.yml).
+dbutils.widgets.text("model_name", "", "Registered model name")
+dbutils.widgets.text("version", "", "Model version to wait for (empty: any)")
+dbutils.widgets.text("lookback_minutes", "", "Tail events from this many minutes ago (empty: 60)")
 
 # COMMAND ----------
 
 import datetime as dt
 
-import databricks_nats
 from databricks_nats.consumer import subscribe, wait_for
 
-databricks_nats.configure(url=dbutils.widgets.get("nats_url"), env=dbutils.widgets.get("env"))
-since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=int(dbutils.widgets.get("lookback_minutes")))
+name, version = dbutils.widgets.get("model_name"), dbutils.widgets.get("version")
+if not name:
+    raise ValueError("set the model_name widget (the bundle's job passes it)")
+lookback = int(dbutils.widgets.get("lookback_minutes") or 60)
+since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=lookback)
 
 # COMMAND ----------
 
@@ -40,6 +41,6 @@ with subscribe(start=since) as events:
 
 # COMMAND ----------
 
-name, version = dbutils.widgets.get("model_name"), dbutils.widgets.get("version")
-created = wait_for("mlflow.model.version_created", match={"name": name, "version": version}, start=since, timeout=60)
-print("model", name, "version", version, "exists:", created.data.get("model_uri"), "from run", created.data.get("run_id"))
+match = {"name": name, "version": version} if version else {"name": name}
+created = wait_for("mlflow.model.version_created", match=match, start=since, timeout=60)
+print("model", name, "version", created.data.get("version"), "exists:", created.data.get("model_uri"))

@@ -1,40 +1,36 @@
-# Databricks notebook source
-# MAGIC %md
-# MAGIC # databricks-nats: quickstart
-# MAGIC Configure publishing, switch on autologging for MLflow and Spark, train a small model, and read back the
-# MAGIC events it announced. Credentials come from the cluster's environment or a secret scope, never from here.
-
-# COMMAND ----------
-
-# MAGIC %pip install databricks-nats
-
-# COMMAND ----------
-
-dbutils.widgets.text("nats_url", "nats://127.0.0.1:4222", "NATS URL")
-dbutils.widgets.text("env", "dev", "Environment")
-dbutils.widgets.text("experiment", "/Shared/databricks-nats-quickstart", "MLflow experiment")
-
-# COMMAND ----------
+# databricks-nats quickstart: switch on autologging for MLflow and Spark, train a small model, and read back
+# the events it announced.
+#
+# A Python file rather than a notebook, so that the same code runs as a job task on a classic cluster and on
+# serverless (a serverless task runs a Python file and gets the wheel from its environment; a notebook task
+# cannot). Nothing here configures publishing: URL, environment and credentials come from the settings file
+# the job names (DATABRICKS_NATS_CONFIG on the cluster, --nats_config=PATH on serverless). On a laptop:
+#   python notebooks/quickstart.py --nats_config=databricks-nats.toml
 
 import datetime as dt
 
 import mlflow
-
-import databricks_nats
-from databricks_nats import spark as nats_spark
-
-settings = databricks_nats.configure(url=dbutils.widgets.get("nats_url"), env=dbutils.widgets.get("env"))
-# Spark is announced by our listeners (spark=); MLflow's own Spark datasource autologging needs a JVM package.
-databricks_nats.autolog(spark=spark, log_models=True, exclude_flavors=["pyspark", "pyspark.ml"])
-started = dt.datetime.now(dt.timezone.utc)
-print("publishing to", settings.namespace, "stream", settings.stream_name)
-
-# COMMAND ----------
-
+from pyspark.sql import SparkSession
 from sklearn.datasets import load_diabetes
 from sklearn.linear_model import Ridge
 
-mlflow.set_experiment(dbutils.widgets.get("experiment"))
+import databricks_nats
+from databricks_nats import spark as nats_spark
+from databricks_nats.jobparams import job_parameters
+
+# The session Databricks started (classic or Spark Connect); a local one elsewhere.
+spark = SparkSession.builder.getOrCreate()
+experiment = job_parameters(["experiment"]).get("experiment")  # --experiment=… (a notebook widget works too)
+
+# MLflow's hook came with `import mlflow` (zero code); this adds Spark's listeners and MLflow autologging.
+# MLflow's own Spark datasource autologging needs a JVM package, so those flavours stay off.
+databricks_nats.autolog(spark=spark, log_models=True, exclude_flavors=["pyspark", "pyspark.ml"])
+started = dt.datetime.now(dt.timezone.utc)
+print("publishing to", databricks_nats.get_settings().namespace)
+
+# Train under autologging; the Spark job in the run is correlated with it.
+if experiment:
+    mlflow.set_experiment(experiment)
 X, y = load_diabetes(return_X_y=True)
 with mlflow.start_run(run_name="quickstart") as run:
     model = Ridge(alpha=0.5).fit(X, y)
@@ -42,16 +38,14 @@ with mlflow.start_run(run_name="quickstart") as run:
     total = spark.range(100_000).selectExpr("sum(id) AS total").first().total
 print("run", run.info.run_id, "spark total", total)
 
-# COMMAND ----------
-
-# MAGIC %md
-# MAGIC Every event is a lean pointer: where the thing is (`dataref`), never the thing.
-
-# COMMAND ----------
-
+# Every event is a lean pointer: where the thing is (`dataref`), never the thing.
 databricks_nats.flush(timeout=30)
 nats_spark.detach(spark)  # publishes the pending summary of short Spark executions
 databricks_nats.flush(timeout=30)
 events = nats_spark.read_events(spark, start=started)
-display(events.select("time", "type", "subject", "dataref").orderBy("stream_seq"))
+shown = events.orderBy("stream_seq").select("time", "type", "subject", "dataref")
+if "display" in globals():  # a notebook
+    display(shown)  # noqa: F821 - defined by Databricks notebooks
+else:
+    shown.show(50, truncate=False)
 print(databricks_nats.stats())

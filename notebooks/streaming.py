@@ -3,49 +3,46 @@
 # MAGIC # databricks-nats: streaming
 # MAGIC A Structured Streaming query writes into a table; the listener announces the query's lifecycle, its
 # MAGIC progress (bounded: at most one event per query per interval) and a pointer to the table it updated.
+# MAGIC
+# MAGIC The job installs the wheel the bundle built (a task library) and names the settings file; run by hand,
+# MAGIC attach that wheel to the cluster and set `DATABRICKS_NATS_CONFIG` or the `nats_config` widget.
 
 # COMMAND ----------
 
-# MAGIC %pip install databricks-nats
-
-# COMMAND ----------
-
-dbutils.widgets.text("nats_url", "nats://127.0.0.1:4222", "NATS URL")
-dbutils.widgets.text("env", "dev", "Environment")
-dbutils.widgets.text("input_dir", "/tmp/databricks-nats-demo/input", "Input folder (JSON files)")
-dbutils.widgets.text("table", "nats_demo_features", "Target table")
+# ruff: noqa: E402, F821 - a notebook: imports follow the widgets; Databricks defines dbutils, spark, display
+# Empty defaults: the job passes the values (see bundle/databricks.yml).
+dbutils.widgets.text("input_dir", "", "Folder for input and checkpoint: a volume (/Volumes/…) or a URI")
+dbutils.widgets.text("table", "", "Target table (catalog.schema.table)")
 
 # COMMAND ----------
 
 import datetime as dt
-import json
-import pathlib
 
-import databricks_nats
 from databricks_nats import spark as nats_spark
 
-databricks_nats.configure(url=dbutils.widgets.get("nats_url"), env=dbutils.widgets.get("env"))
+base = dbutils.widgets.get("input_dir").rstrip("/")
 table = dbutils.widgets.get("table")
+if not (base and table):
+    raise ValueError("set the input_dir and table widgets (the bundle's job passes both)")
 nats_spark.attach(spark, tables={"features": table})
 started = dt.datetime.now(dt.timezone.utc)
 
 # COMMAND ----------
 
-# Simulate an upstream system dropping three files of feature rows.
-folder = pathlib.Path(dbutils.widgets.get("input_dir"))
-folder.mkdir(parents=True, exist_ok=True)
+# Simulate an upstream system dropping three files of feature rows. Spark writes them, so the path means the
+# same to the writer and the reader (a volume, dbfs:/, s3://…), never the driver's local disk.
 for part in range(3):
-    rows = (json.dumps({"user_id": part * 100 + i, "clicks": i % 7}) for i in range(100))
-    (folder / f"part-{part}.json").write_text("\n".join(rows) + "\n")
+    rows = spark.range(part * 100, part * 100 + 100).selectExpr("id AS user_id", "id % 7 AS clicks")
+    rows.coalesce(1).write.mode("append").json(f"{base}/input")
 
 # COMMAND ----------
 
 query = (
     spark.readStream.schema("user_id LONG, clicks LONG")
     .option("maxFilesPerTrigger", 1)
-    .json(str(folder))
+    .json(f"{base}/input")
     .writeStream.queryName("features")
-    .option("checkpointLocation", str(folder.parent / "_checkpoint"))
+    .option("checkpointLocation", f"{base}/checkpoint")
     .trigger(availableNow=True)
     .toTable(table)
 )
@@ -53,6 +50,8 @@ query.awaitTermination()
 print("rows in", table, spark.table(table).count())
 
 # COMMAND ----------
+
+import databricks_nats
 
 nats_spark.settle(spark)
 databricks_nats.flush(timeout=30)
