@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from databricks_nats.testing import NatsServer, read_stream
-from tests.notebooks.conftest import NOTEBOOKS, ROOT, Deployed, DbUtils, cells, run_notebook, task
+from tests.notebooks.conftest import NOTEBOOKS, ROOT, DbUtils, Deployed, cells, job, run_notebook, task
 
 
 def _events(server: NatsServer, stream: str) -> list[tuple[str, dict[str, Any]]]:
@@ -44,9 +44,8 @@ def test_nothing_is_installed_from_an_index() -> None:
     built, as a task library (classic) or an environment dependency (serverless)."""
     for path in NOTEBOOKS.glob("*.py"):
         text = path.read_text()
-        assert "%pip" not in text and "pip install" not in text, path.name
-    from tests.notebooks.conftest import job
-
+        assert "%pip" not in text, path.name
+        assert "pip install" not in text, path.name
     for t in job()["tasks"]:
         libraries = [lib.get("whl") for lib in t.get("libraries", [])]
         environment = [e for e in job()["environments"] if e["environment_key"] == t.get("environment_key")]
