@@ -16,6 +16,8 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
+from databricks_nats.status import report_family
+
 if TYPE_CHECKING:
     from databricks_nats.integrations.mlflow.hook import Hook
 
@@ -74,7 +76,9 @@ def _install(wrap_tracking: Any, wrap_registry: Any, wrap_artifacts: Any, hook: 
                 _hook.enabled = True
             _compat.install(wrap_tracking, wrap_registry, wrap_artifacts)
             _active = True
-            log.info("databricks-nats: MLflow hook installed (MLflow %s.%s)", *_compat.mlflow_version())
+            version = "%s.%s" % _compat.mlflow_version()  # noqa: UP031 - a tuple of two ints
+            report_family("mlflow", True, f"MLflow {version} hook installed")
+            log.info("databricks-nats: MLflow hook installed (MLflow %s)", version)
         elif hook is not None:
             hook.enabled = True
 
@@ -92,6 +96,7 @@ def uninstall() -> None:
             _hook.enabled = False
         _active = False
         _compat.uninstall()
+        report_family("mlflow", False, "MLflow hook removed")
 
 
 def installed() -> bool:
