@@ -8,6 +8,9 @@ Run: ``python -m benchmarks.bench_idle [--quick]``.
    flushes, then sleeps for the window (10 s; quick 5 s) while its own CPU time (user + system of all its
    threads, ``resource.getrusage``) is taken before and after. Target: ~0 (here: <= 1% of the window, i.e.
    <= 100 ms of CPU per 10 s). The same with NATS unreachable (reconnect back-off) is shown for information.
+3. Zero-code's share of ``import mlflow`` (information): ``python -c "import mlflow"`` with
+   ``DATABRICKS_NATS_URL`` set (the hook is installed, deferred, during the import) minus the same without it
+   (the entry point only looks for its settings), alternating, medians.
 """
 
 from __future__ import annotations
@@ -49,10 +52,23 @@ os._exit(0)
 """
 
 
-def _wall(code: str) -> float:
+def _wall(code: str, env: dict[str, str] | None = None) -> float:
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
     return time.perf_counter() - t0
+
+
+def _mlflow_import_share(runs: int) -> tuple[float, float]:
+    """Medians (s) of ``import mlflow`` unconfigured and configured for zero-code, alternating."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("DATABRICKS_NATS_", "MLFLOW_"))}
+    configured = {**base, "DATABRICKS_NATS_URL": "nats://127.0.0.1:4222"}
+    _wall("import mlflow", configured)  # warm .pyc files
+    off: list[float] = []
+    on: list[float] = []
+    for _ in range(runs):
+        off.append(_wall("import mlflow", base))
+        on.append(_wall("import mlflow", configured))
+    return median(off), median(on)
 
 
 def main() -> None:
@@ -70,6 +86,7 @@ def main() -> None:
         lib.append(_wall("import databricks_nats"))
     import_ms = (median(lib) - median(bare)) * 1000
     import_ok = import_ms <= IMPORT_TARGET_MS
+    mlflow_off, mlflow_on = _mlflow_import_share(runs)
 
     from databricks_nats.testing import NatsServer
 
@@ -106,6 +123,12 @@ def main() -> None:
                 "",
             ],
             [
+                "zero-code share of import mlflow (configured minus not)",
+                f"{(mlflow_on - mlflow_off) * 1000:.1f} ms ({mlflow_off * 1000:.0f} / {mlflow_on * 1000:.0f} ms)",
+                "-",
+                "info",
+            ],
+            [
                 f"idle CPU over {window:.0f} s, connected",
                 f"{conn['cpu_s'] * 1000:.1f} ms ({fraction * 100:.3f}%)",
                 f"<= {IDLE_TARGET_FRACTION * 100:.0f}%",
@@ -125,6 +148,7 @@ def main() -> None:
         "elapsed_s": time.monotonic() - started,
         "import": {"bare_s": bare, "with_import_s": lib, "difference_ms": import_ms, "target_ms": IMPORT_TARGET_MS},
         "idle": {"window_s": window, **idle, "target_fraction": IDLE_TARGET_FRACTION},
+        "import_mlflow": {"unconfigured_s": mlflow_off, "configured_s": mlflow_on},
         "summary": [
             {
                 "id": "P6",
