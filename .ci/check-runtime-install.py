@@ -11,8 +11,10 @@ pip what ``pip install <wheel>`` and ``pip install <wheel>[<the file's extras>]`
   an OSS one would shadow it; MLflow comes with the runtime), or
 * anything but databricks-nats, nats-py and nkeys (what a runtime does not ship and we may add).
 
-Every extra of the wheel must be either checked by some runtime file (``# extras:`` line) or listed in
-LAPTOP_EXTRAS below, so a new extra cannot slip past. Usage::
+A ``# also: EXTRAS | REQUIREMENT ...`` line checks one more install, e.g. ``nkeys | pynacl<1.6.1`` (the README's
+advice for runtimes without PyNaCl); the packages it names may be added. Every extra of the wheel must be
+either checked by some runtime file (``# extras:`` line) or listed in LAPTOP_EXTRAS below, so a new extra
+cannot slip past. Usage::
 
     python3 .ci/check-runtime-install.py [--source DIR] [PINS_FILE ...]
 
@@ -47,8 +49,8 @@ def norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, check=False, text=True, capture_output=True, **kw)  # type: ignore[call-overload]
+def run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, check=False, text=True, capture_output=True)
 
 
 def pip(python: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -56,13 +58,19 @@ def pip(python: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return run([sys.executable, "-m", "pip", "--python", str(python), "--disable-pip-version-check", *args])
 
 
-def read_pins(path: Path) -> tuple[dict[str, str], list[str]]:
+def read_pins(path: Path) -> tuple[dict[str, str], list[str], list[tuple[list[str], list[str]]]]:
+    """The pins, the extras to check, and the ``# also:`` installs (extras, added requirements)."""
     pins: dict[str, str] = {}
     extras: list[str] = []
+    also: list[tuple[list[str], list[str]]] = []
     for raw in path.read_text().splitlines():
         line = raw.strip()
         if line.startswith("# extras:"):
             extras = [e.strip() for e in line.split(":", 1)[1].split(",") if e.strip()]
+            continue
+        if line.startswith("# also:"):
+            more, _, reqs = line.split(":", 1)[1].partition("|")
+            also.append(([e.strip() for e in more.split(",") if e.strip()], reqs.split()))
             continue
         line = line.split("#", 1)[0].strip()
         if not line:
@@ -71,7 +79,7 @@ def read_pins(path: Path) -> tuple[dict[str, str], list[str]]:
         if not m:
             raise SystemExit(f"{path.name}: not a name==version pin: {raw!r}")
         pins[norm(m.group(1))] = m.group(2)
-    return pins, extras
+    return pins, extras, also
 
 
 def build_wheel(source: Path, out: Path) -> Path:
@@ -89,8 +97,8 @@ def wheel_metadata(wheel: Path) -> email.message.Message:
 
 
 def check_runtime(pins_file: Path, wheel: Path, provided: set[str], work: Path) -> list[str]:
-    pins, extras = read_pins(pins_file)
-    problems = [f"the wheel has no extra {e!r}" for e in extras if e not in provided]
+    pins, extras, also = read_pins(pins_file)
+    problems = [f"the wheel has no extra {e!r}" for e in extras + [e for a in also for e in a[0]] if e not in provided]
     venv = work / pins_file.stem
     r = run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
     if r.returncode != 0:
@@ -99,11 +107,20 @@ def check_runtime(pins_file: Path, wheel: Path, provided: set[str], work: Path) 
     r = pip(python, "install", "--quiet", "--no-deps", "--only-binary=:all:", "-r", str(pins_file))
     if r.returncode != 0:
         return [f"cannot install the runtime's pins: {r.stderr.strip()[-2000:]}"]
-    targets = [str(wheel)] + ([f"{wheel}[{','.join(e for e in extras if e in provided)}]"] if extras else [])
-    for target in targets:
-        label = "databricks-nats" + (target[len(str(wheel)) :] or "")
+
+    def spec(chosen: list[str]) -> str:
+        chosen = [e for e in chosen if e in provided]
+        return f"{wheel}[{','.join(chosen)}]" if chosen else str(wheel)
+
+    targets: list[tuple[list[str], set[str]]] = [([str(wheel)], set())]
+    if extras:
+        targets.append(([spec(extras)], set()))
+    for more, reqs in also:  # the packages an added requirement names may be added
+        targets.append(([spec(more), *reqs], {norm(re.split(r"[<>=!~;\[ ]", q, maxsplit=1)[0]) for q in reqs}))
+    for target, may_add in targets:
+        label = " ".join(["databricks-nats" + target[0][len(str(wheel)) :], *target[1:]])
         report = venv / "report.json"
-        r = pip(python, "install", "--dry-run", "--quiet", "--report", str(report), target)
+        r = pip(python, "install", "--dry-run", "--quiet", "--report", str(report), *target)
         if r.returncode != 0:
             problems.append(f"{label}: pip cannot resolve it here: {r.stderr.strip()[-2000:]}")
             continue
@@ -115,7 +132,7 @@ def check_runtime(pins_file: Path, wheel: Path, provided: set[str], work: Path) 
                 problems.append(f"{label}: would replace the runtime's {name} {pins[name]} with {version}")
             elif name in FORBIDDEN:
                 problems.append(f"{label}: would add {name} {version} (the runtime has its own; never from us)")
-            elif name not in ALLOWED_NEW:
+            elif name not in ALLOWED_NEW | may_add:
                 problems.append(f"{label}: would add {name} {version}, not one of {', '.join(sorted(ALLOWED_NEW))}")
     return problems
 
@@ -138,7 +155,10 @@ def main() -> int:
         provided = {norm(e) for e in meta.get_all("Provides-Extra") or []}
         core = [r for r in meta.get_all("Requires-Dist") or [] if "extra ==" not in r]
         print(f"== {wheel.name} ({time.monotonic() - start:.0f} s): requires {', '.join(core) or 'nothing'}")
-        checked = {e for f in files for e in read_pins(f)[1]}
+        checked: set[str] = set()
+        for f in files:
+            _, extras, also = read_pins(f)
+            checked.update(extras, *(more for more, _ in also))
         unknown = provided - checked - LAPTOP_EXTRAS
         if unknown:
             failed["extras"] = [f"extra {e!r} is neither checked on a runtime nor in LAPTOP_EXTRAS" for e in unknown]
