@@ -78,9 +78,25 @@ class Workspace:
     models: dict[str, dict[str, Any]] = field(default_factory=dict)  # full name -> registered model
     versions: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
     blobs: dict[str, bytes] = field(default_factory=dict)  # storage path (no scheme) -> content
+    unreadable: set[str] = field(default_factory=set)  # full model names whose registered-models/get is a 403
     calls: list[tuple[str, str]] = field(default_factory=list)  # (method, path) of every request
     unknown: list[tuple[str, str]] = field(default_factory=list)  # endpoints not served, or bad requests
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add_model(self, full_name: str, versions: int = 0) -> None:
+        """A registered model (and READY versions) that exists before the test: made by someone else."""
+        self.models[full_name] = {"name": full_name, "created": _now(), "aliases": {}, "tags": {}}
+        for n in range(1, versions + 1):
+            self.versions[(full_name, n)] = {
+                "name": full_name,
+                "version": str(n),
+                "creation_timestamp": _now(),
+                "last_updated_timestamp": _now(),
+                "source": f"models:/m-{uuid.uuid4().hex}",
+                "run_id": "",
+                "status": "READY",
+                "tags": {},
+            }
 
     def count(self, method: str, path: str) -> int:
         return sum(1 for c in self.calls if c == (method, path))
@@ -408,6 +424,8 @@ def _uc(ws: Workspace, method: str, path: str, q: dict[str, str], body: dict[str
         }
         return {"registered_model": _model_json(ws, ws.models[full])}
     if (method, p) == ("GET", "registered-models/get"):
+        if ws.full_name(args["name"]) in ws.unreadable:
+            raise ApiError(403, "PERMISSION_DENIED", f"User does not have BROWSE on '{ws.full_name(args['name'])}'.")
         return {"registered_model": _model_json(ws, _model(ws, args["name"]))}
     if (method, p) == ("PATCH", "registered-models/update"):
         m = _model(ws, args["name"])

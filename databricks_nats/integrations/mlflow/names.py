@@ -4,8 +4,8 @@
 delete calls return nothing that names the model. The resolver learns ``typed -> full`` from every result that
 carries a name (registered, version created, get) and, for a name it has not seen, asks the registry once —
 ``store.get_registered_model(typed)``, through the store the call used, after that call succeeded. The answer
-(or, when the lookup fails, the typed name) is cached per registry and name, bounded; a failure is logged once
-at WARNING (then at DEBUG) and counted in ``fallbacks``; it never raises into the caller.
+(or, when the lookup fails, the typed name) is cached per registry and name, bounded; a failure is logged at
+WARNING once per configured publisher (then at DEBUG) and counted in ``fallbacks``; it never raises.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import logging
 import threading
 from typing import Any
 
+from databricks_nats import _api
 from databricks_nats.integrations.mlflow import _compat
 
 __all__ = ["NameResolver"]
@@ -31,6 +32,7 @@ class NameResolver:
         self._lock = threading.Lock()
         self.lookups = 0  # registry round trips made
         self.fallbacks = 0  # lookups that failed: the typed name was used
+        self._warned: int | None = None  # id of the transport the last warning went out under
 
     @staticmethod
     def _key(store: Any, typed: str) -> tuple[str, str]:
@@ -60,7 +62,9 @@ class NameResolver:
             full = _compat.registered_model_name(store, typed) or typed
         except Exception as e:  # noqa: BLE001 - a deleted model, no permission, no network: the typed name
             self.fallbacks += 1
-            level = logging.WARNING if self.fallbacks == 1 else logging.DEBUG
+            transport = id(_api._transport)
+            level = logging.WARNING if self._warned != transport else logging.DEBUG
+            self._warned = transport
             log.log(
                 level,
                 "databricks-nats: cannot resolve the Unity Catalog name of model %r (%s); its events use the "
