@@ -91,6 +91,7 @@ def main() -> None:
     with mlflow.start_run(experiment_id=experiment) as run:
         in_run = run_query("in_run", args["folders"][0])
     outside = run_query("outside_run", args["folders"][1])
+    shipped = shipped_to_the_server(args, spark, attachment.streaming, mlflow, experiment)
 
     deadline = time.monotonic() + 120
     while not {in_run, outside} <= terminated and time.monotonic() < deadline:
@@ -99,7 +100,8 @@ def main() -> None:
     result = {
         "total": total,
         "run_id": run.info.run_id,
-        "queries": {"in_run": in_run, "outside_run": outside},
+        "queries": {"in_run": in_run, "outside_run": outside, "shipped": shipped["query_id"]},
+        "shipped": shipped,
         "terminated_heard": sorted(terminated),
         "flushed": flushed.ok,
         "families": status.families(),
@@ -113,6 +115,61 @@ def main() -> None:
     nats_spark.detach(spark)
     spark.stop()
     print("RESULT " + json.dumps(result, default=str), flush=True)
+
+
+def shipped_to_the_server(args: dict[str, Any], spark: Any, listener: Any, mlflow: Any, experiment: str) -> Any:
+    """What a PySpark 3.5 client's listener does on the server: correlation through the session's conf.
+
+    A PySpark 3.5 client (``listener_runs_on_server``: its version is the only thing made to differ here)
+    names the run in the session conf; the listener, cloudpickled and run in a clean process on a session
+    with the same id, reads it when a query starts whose event has no job tags (Spark 3.5 events).
+    """
+    import os
+    import subprocess
+    import uuid
+
+    from pyspark.serializers import CloudPickleSerializer
+
+    from databricks_nats.integrations.spark import _compat
+
+    _compat.listener_runs_on_server = lambda: True  # type: ignore[assignment] - this client plays PySpark 3.5
+    qid, rid = str(uuid.uuid4()), str(uuid.uuid4())
+    events = [
+        (0, json.dumps({"id": qid, "runId": rid, "name": "shipped", "timestamp": "2026-01-01T00:00:00.000Z"})),
+        (3, json.dumps({"id": qid, "runId": rid, "exception": None, "errorClassOnException": None})),
+    ]
+    work = args["shipped_dir"]
+    with open(os.path.join(work, "listener.pickle"), "wb") as f:
+        f.write(CloudPickleSerializer().dumps(listener))
+    with open(os.path.join(work, "events.json"), "w") as f:
+        json.dump(events, f)
+    with mlflow.start_run(experiment_id=experiment) as run:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-I",
+                args["worker"],
+                os.path.join(work, "listener.pickle"),
+                os.path.join(work, "events.json"),
+                args["package_dir"],
+                args["repository"],
+                args["connect_url"],
+                spark.session_id,
+            ],
+            cwd=os.path.join(work, "cwd"),
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    return {
+        "query_id": qid,
+        "run_id": run.info.run_id,
+        "returncode": proc.returncode,
+        "stdout": proc.stdout,
+        "stderr": proc.stderr[-6000:],
+    }
 
 
 if __name__ == "__main__":

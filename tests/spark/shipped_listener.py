@@ -7,7 +7,10 @@ the server sends as JSON calls ``Query*Event.fromJson`` and the listener's callb
 clean environment (PATH only) in an empty directory, with only the installed ``databricks_nats`` package
 on ``sys.path`` (never the repository). Logs at DEBUG go to stderr.
 
-Usage: python -I shipped_listener.py LISTENER_PICKLE EVENTS_JSON PACKAGE_DIR REPOSITORY
+Usage: python -I shipped_listener.py LISTENER_PICKLE EVENTS_JSON PACKAGE_DIR REPOSITORY [CONNECT_URL SESSION_ID]
+
+With a Spark Connect URL and session id, the listener gets a session on that session id, as the worker
+gives it (``listener._set_spark_session``).
 """
 
 import json
@@ -16,6 +19,7 @@ import os
 import sys
 
 payload_path, events_path, package_dir, repository = sys.argv[1:5]
+connect = sys.argv[5:7]
 sys.path[:] = [p for p in sys.path if p and os.path.realpath(p) != os.path.realpath(repository)]
 sys.path.insert(0, package_dir)
 logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
@@ -32,6 +36,13 @@ with open(payload_path, "rb") as f:
     listener = CPickleSerializer().loads(f.read())
 
 import databricks_nats  # noqa: E402 - already imported by the unpickling, from the package dir
+
+if connect:
+    from pyspark.sql.connect.session import SparkSession
+
+    session = SparkSession.builder.remote(f"{connect[0]}/;session_id={connect[1]}").getOrCreate()
+    assert session.session_id == connect[1]
+    listener._set_spark_session(session)
 
 for kind, text in json.load(open(events_path)):  # noqa: SIM115
     event = json.loads(text)

@@ -11,6 +11,7 @@ tests/spark/test_spark_connect_serverside.py).
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -22,12 +23,14 @@ from typing import Any
 
 import pytest
 
+import databricks_nats
 from databricks_nats.integrations.spark import NO_JOBS
 from databricks_nats.settings import resolve_settings
 from databricks_nats.testing import read_stream
 from tests.spark.connect import connect_server, new_token, require_connect_client, skip_reason, token_nats, token_url
 
 CLIENT = Path(__file__).with_name("connect_client.py")
+WORKER = Path(__file__).with_name("shipped_listener.py")
 FILES = 3
 
 
@@ -52,6 +55,23 @@ def _spark_events(url: str, stream: str, queries: dict[str, str]) -> list[dict[s
         time.sleep(0.2)
 
 
+def _shipped_args(tmp: Path) -> dict[str, str]:
+    """Where the client runs the listener as the server would (tests/spark/shipped_listener.py)."""
+    work = tmp / "shipped"
+    (work / "cwd").mkdir(parents=True)
+    (work / "worker").mkdir()
+    shutil.copy(WORKER, work / "worker" / WORKER.name)
+    site = work / "site"
+    site.mkdir()
+    (site / "databricks_nats").symlink_to(Path(databricks_nats.__file__).parent, target_is_directory=True)
+    return {
+        "shipped_dir": str(work),
+        "worker": str(work / "worker" / WORKER.name),
+        "package_dir": str(site),
+        "repository": str(Path(databricks_nats.__file__).parent.parent),
+    }
+
+
 @pytest.fixture(scope="module")
 def connect_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
     reason = skip_reason()
@@ -72,6 +92,7 @@ def connect_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleName
             "spool_dir": str(tmp / "spool"),
             "mlflow_uri": f"sqlite:///{tmp}/mlflow.db",
             "folders": [str(f) for f in folders],
+            **_shipped_args(tmp),
             **namespace,
         }
         proc = subprocess.run(
@@ -136,6 +157,18 @@ def test_a_query_started_inside_an_mlflow_run_carries_its_id(connect_run: Simple
     run_id = connect_run.result["run_id"]
     assert {e["mlflow_run_id"] for e in _of(connect_run, "in_run")} == {run_id}
     assert {e["mlflow_run_id"] for e in _of(connect_run, "outside_run")} == {None}
+
+
+def test_a_listener_run_by_the_server_names_the_run_from_the_session_conf(connect_run: SimpleNamespace) -> None:
+    """PySpark 3.5 placement: the listener, shipped to a clean process on the same session id, is told the
+    run through the session conf the client set at run start (3.5 events carry no job tags)."""
+    shipped = connect_run.result["shipped"]
+    assert shipped["returncode"] == 0, shipped["stderr"]
+    events = _of(connect_run, "shipped")
+    assert [e["type"] for e in events] == ["spark.stream.started", "spark.stream.terminated"]
+    assert {e["mlflow_run_id"] for e in events} == {shipped["run_id"]}
+    assert {e["name"] for e in events} == {"shipped"}
+    assert connect_run.token not in shipped["stdout"] + shipped["stderr"]
 
 
 def test_the_token_travels_in_settings_and_is_never_shown(connect_run: SimpleNamespace) -> None:
