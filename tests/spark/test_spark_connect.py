@@ -150,6 +150,7 @@ def test_batch_actions_publish_no_job_events_and_say_so_once(connect_run: Simple
     families = result["families"]
     assert families["spark.jobs"] == {"live": False, "detail": NO_JOBS}
     assert families["spark.streams"]["live"] is True
+    assert result["stats"]["families"]["spark.jobs"]["live"] is False  # what stats() (and doctor) show
 
 
 def test_a_query_started_inside_an_mlflow_run_carries_its_id(connect_run: SimpleNamespace) -> None:

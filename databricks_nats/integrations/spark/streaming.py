@@ -20,12 +20,13 @@ Where it runs, and what it carries:
   (workspace, env, compute, notebook, job and run ids). Decision: the secret travels inside the pickled
   listener, over the session's authenticated channel (the same channel that carries the notebook's
   code and data), as a ``Secret`` object, masked in every repr, log line and error. A secret *scope*
-  (``secret_scope``) travels as its name only and is read where the listener runs (databricks-sdk,
-  with that process's Databricks auth). On first use there, the listener sets up the process-wide
-  publisher from what it carries (never replacing one already configured). Its spool directory must be
-  writable there: if the configured one cannot be created, a temporary directory is used and a
-  WARNING says so once; anything else missing (no settings carried, a secret scope without
-  databricks-sdk) is also said once at WARNING.
+  (``secret_scope``) or a ``{{secrets/<scope>/<key>}}`` reference travels as the name or reference
+  only and is read where the listener runs (databricks-sdk, with that process's Databricks auth). On
+  first use there, the listener sets up the process-wide publisher from what it carries (never
+  replacing one already configured). Its spool directory must be writable there: if the configured one
+  cannot be created, a temporary directory is used and a WARNING says so once; anything else missing
+  (no settings carried, secrets to read from a scope without databricks-sdk there) is also said once
+  at WARNING.
 
 The listener touches nothing but its own attributes and the ``databricks_nats`` package (no outer
 variables); its ``repr`` names the server (credentials redacted), namespace and credential kinds only.
@@ -312,14 +313,15 @@ def _install(settings: Settings | None, context: dict[str, Any] | None) -> None:
         _api.set_transport(previous)
         return
     settings = usable_spool(settings)
-    if settings.secret_scope and not any(getattr(settings, k) is not None for k in _SECRETS):
+    remote = _read_remotely(settings)
+    if remote is not None:
         try:
             import databricks.sdk  # noqa: F401
         except ImportError:
             log.warning(
-                "databricks-nats: the streaming listener's credentials are in secret scope %r, read with "
-                "databricks-sdk, which this process (where Spark Connect runs the listener) lacks",
-                settings.secret_scope,
+                "databricks-nats: the streaming listener's credentials are %s, read with databricks-sdk, which "
+                "this process (where Spark Connect runs the listener) lacks: pip install databricks-sdk there",
+                remote,
             )
     _api.set_transport(_api.build_transport(settings, context or _api.base_context(settings)))
     log.info(
@@ -329,6 +331,19 @@ def _install(settings: Settings | None, context: dict[str, Any] | None) -> None:
         settings.namespace,
         settings.spool_path,
     )
+
+
+_REFERENCE = re.compile(r"\{\{\s*secrets/")
+
+
+def _read_remotely(settings: Settings) -> str | None:
+    """What of the credentials is read from a Databricks secret scope where the listener runs (names only)."""
+    refs = [k for k in _SECRETS if (v := getattr(settings, k)) is not None and _REFERENCE.search(v.reveal())]
+    if refs:
+        return "{{secrets/…}} references (" + ", ".join(refs) + ")"
+    if settings.secret_scope and not any(getattr(settings, k) is not None for k in _SECRETS):
+        return f"in secret scope {settings.secret_scope!r}"
+    return None
 
 
 def _writable(path: str) -> bool:
