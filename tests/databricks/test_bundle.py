@@ -20,7 +20,7 @@ import pytest
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # Python 3.10
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / "bundle" / "databricks.yml"

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from databricks_nats.testing import NatsServer, read_stream
-from tests.notebooks.conftest import NOTEBOOKS, ROOT, DbUtils, Deployed, cells, job, run_notebook, task
+from tests.notebooks.conftest import NOTEBOOKS, DbUtils, Deployed, cells, job, run_notebook, task
 
 
 def _events(server: NatsServer, stream: str) -> list[tuple[str, dict[str, Any]]]:
@@ -78,7 +78,6 @@ def test_quickstart_runs_as_the_python_task_of_both_computes(nats_server: NatsSe
         PYSPARK_DRIVER_PYTHON=sys.executable,
         PYSPARK_SUBMIT_ARGS="--master local[2] --conf spark.ui.enabled=false "
         "--conf spark.sql.shuffle.partitions=2 pyspark-shell",
-        PYTHONPATH=str(ROOT),
     )
     done = subprocess.run(
         [sys.executable, str(NOTEBOOKS / "quickstart.py"), *argv],
