@@ -1,7 +1,8 @@
 """Real parts for the Spark Connect tests: a local Spark Connect server and a token-protected nats-server.
 
 ``SparkConnectServer`` runs ``$SPARK_HOME/sbin/start-connect-server.sh --wait`` (SPARK_HOME: the pyspark
-package, whose PySpark 4.x wheel ships the Spark Connect jar) on a free loopback port with ``local[2]``,
+package, whose PySpark 4.x wheel ships the Spark Connect jar; wheels without the script, such as 4.1's,
+run what it runs: ``bin/spark-submit --class …SparkConnectServer``) on a free loopback port with ``local[2]``,
 waits until its log says it listens (or the port accepts), and stops it with terminate → wait → kill of
 its process group. PySpark 3.5 ships no Spark Connect server (it would come from Maven): ``skip_reason``.
 """
@@ -28,6 +29,7 @@ from databricks_nats.testing import NatsServer
 CONNECT_DEPS = ("grpc", "grpc_status", "pandas", "pyarrow", "google.rpc", "zstandard")
 INSTALL = "pip install 'pyspark[connect]'  (or: pip install -e '.[dev]')"
 READY = "Spark Connect server started at"
+SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
 
 
 def spark_home() -> Path:
@@ -41,13 +43,10 @@ def skip_reason() -> str | None:
     import pyspark
 
     home = spark_home()
-    if (
-        not glob.glob(str(home / "jars" / "spark-connect*.jar"))
-        or not (home / "sbin" / "start-connect-server.sh").exists()
-    ):
+    if not glob.glob(str(home / "jars" / "spark-connect*.jar")):
         return (
             f"PySpark {pyspark.__version__} ships no Spark Connect server jar (PySpark 4.x does; 3.5's comes from "
-            "Maven): the Connect server tests run on the latest profile"
+            "Maven): the Connect server tests run on the PySpark 4 profiles"
         )
     return None
 
@@ -99,9 +98,14 @@ class SparkConnectServer:
         env.pop("SPARK_REMOTE", None)
         env.pop("SPARK_CONNECT_MODE_ENABLED", None)
         (self.workdir / "conf").mkdir(exist_ok=True)
+        script = home / "sbin" / "start-connect-server.sh"
+        if script.exists():
+            launch = [str(script), "--wait"]
+        else:  # what the script runs (through spark-daemon.sh, in the foreground with --wait)
+            env["SPARK_CONNECT_MODE"] = "0"
+            launch = [str(home / "bin" / "spark-submit"), "--class", SERVER_CLASS, "--name", "Spark Connect server"]
         cmd = [
-            str(home / "sbin" / "start-connect-server.sh"),
-            "--wait",
+            *launch,
             "--master",
             "local[2]",
             "--conf",
