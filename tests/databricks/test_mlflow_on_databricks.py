@@ -365,3 +365,29 @@ def test_a_name_that_cannot_be_resolved_falls_back_to_the_typed_name_and_says_so
     assert len(warnings) == 1
     assert "ghost_a" in warnings[0].getMessage()
     assert (hook.names.lookups - before[0], hook.names.fallbacks - before[1]) == (2, 2)
+
+
+# ---- a notebook: no DATABRICKS_HOST, the workspace URL from the Spark conf -------------------------------------------
+
+
+def test_in_a_notebook_the_run_url_uses_the_workspace_url_of_the_spark_conf(
+    workspace, record, monkeypatch, tmp_path, spark
+):
+    """Notebooks have no ``DATABRICKS_HOST``; the session's ``spark.databricks.workspaceUrl`` names the workspace."""
+    config = tmp_path / "databrickscfg"
+    config.write_text(f"[DEFAULT]\nhost = {workspace.url}\ntoken = {workspace.token}\n")  # the notebook's own auth
+    monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(config))
+    monkeypatch.delenv("DATABRICKS_HOST")
+    monkeypatch.delenv("DATABRICKS_TOKEN")
+    spark.conf.set("spark.databricks.workspaceUrl", "adb-5555555555555555.15.azuredatabricks.net")
+    try:
+        events = record()
+        experiment = mlflow.set_experiment("/Users/ml-engineer@example.com/notebook")
+        with mlflow.start_run() as run:
+            mlflow.log_metric("auc", 0.91)
+    finally:
+        spark.conf.unset("spark.databricks.workspaceUrl")
+    url = "https://adb-5555555555555555.15.azuredatabricks.net"
+    started, *_, finished = _run_events(events, run.info.run_id)
+    assert started.data["run_url"] == finished.data["run_url"]
+    assert started.data["run_url"] == f"{url}/ml/experiments/{experiment.experiment_id}/runs/{run.info.run_id}"
