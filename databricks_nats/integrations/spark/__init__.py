@@ -113,6 +113,7 @@ def attach(
     progress_interval = settings.spark_progress_interval if progress_interval is None else progress_interval
     min_execution_ms = settings.spark_min_execution_ms if min_execution_ms is None else min_execution_ms
     summary_interval = settings.spark_summary_interval if summary_interval is None else summary_interval
+    context = _event_context(settings)  # outside the lock: detection may wait for the Databricks SDK (once)
     with _lock:
         have = _sessions.get(id(spark))
         if have is not None:
@@ -120,7 +121,7 @@ def attach(
         app = _compat.app_id(spark)
         job = _attach_jobs(spark, app, min_execution_ms, summary_interval)
         run_ids = job.listener.tracker.stream_runs if job is not None else {}
-        streaming = NatsStreamingListener(progress_interval, tables, run_ids, settings, _event_context(settings))
+        streaming = NatsStreamingListener(progress_interval, tables, run_ids, settings, context)
         spark.streams.addListener(streaming)
         if job is not None:
             job.sessions.add(id(spark))
