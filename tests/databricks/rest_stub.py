@@ -79,6 +79,7 @@ class Workspace:
     versions: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
     blobs: dict[str, bytes] = field(default_factory=dict)  # storage path (no scheme) -> content
     unreadable: set[str] = field(default_factory=set)  # full model names whose registered-models/get is a 403
+    delays: dict[str, float] = field(default_factory=dict)  # path -> seconds to wait before answering (a slow API)
     calls: list[tuple[str, str]] = field(default_factory=list)  # (method, path) of every request
     unknown: list[tuple[str, str]] = field(default_factory=list)  # endpoints not served, or bad requests
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -148,9 +149,12 @@ def _run_json(r: dict[str, Any]) -> dict[str, Any]:
     info["lifecycle_stage"] = "active"
     if r.get("end_time"):
         info["end_time"] = r["end_time"]
-    latest = {}
+    latest: dict[str, dict[str, Any]] = {}  # per key the point of the highest step, then the latest timestamp
     for m in r["metrics"]:
-        latest[m["key"]] = m
+        order = (int(m.get("step", 0)), int(m.get("timestamp", 0)))
+        known = latest.get(m["key"])
+        if known is None or order >= (int(known.get("step", 0)), int(known.get("timestamp", 0))):
+            latest[m["key"]] = m
     return {
         "info": info,
         "data": {"metrics": list(latest.values()), "params": _pairs(r["params"]), "tags": _pairs(r["tags"])},
@@ -544,6 +548,8 @@ def _handler(ws: Workspace) -> type[BaseHTTPRequestHandler]:
             with ws.lock:
                 ws.calls.append((method, path))
             q = {k: v[0] for k, v in parse_qs(url.query).items()}
+            if path in ws.delays:
+                time.sleep(ws.delays[path])
             if path.startswith("/presigned/"):  # cloud storage: authorised by the URL's signature
                 key = path.removeprefix("/presigned/")
                 if "X-Amz-Signature" not in q:

@@ -367,6 +367,30 @@ def test_a_name_that_cannot_be_resolved_falls_back_to_the_typed_name_and_says_so
     assert (hook.names.lookups - before[0], hook.names.fallbacks - before[1]) == (2, 2)
 
 
+def test_a_slow_registry_delays_the_caller_at_most_the_timeout_and_the_late_answer_is_learned(workspace, record):
+    """The lookup is bounded: past ``names.timeout`` the event has the typed name; the late answer serves the next."""
+    import time
+
+    workspace.add_model("main.default.slowpoke", versions=1)
+    workspace.delays["/api/2.0/mlflow/unity-catalog/registered-models/get"] = 1.0
+    events = record()
+    hook = nats_mlflow.current_hook()
+    assert hook is not None
+    store = _registry_store()
+    saved, hook.names.timeout = hook.names.timeout, 0.1
+    try:
+        store.set_registered_model_alias("slowpoke", "champion", "1")
+        deadline = time.monotonic() + 30
+        while hook.names.known(store, "slowpoke") != "main.default.slowpoke" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        store.delete_registered_model_alias("slowpoke", "champion")
+    finally:
+        hook.names.timeout = saved
+    assert workspace.models["main.default.slowpoke"]["aliases"] == {}  # both MLflow calls went through
+    assert [e.data["name"] for e in events] == ["slowpoke", "main.default.slowpoke"]
+    assert workspace.count("GET", "/api/2.0/mlflow/unity-catalog/registered-models/get") == 1
+
+
 # ---- a notebook: no DATABRICKS_HOST, the workspace URL from the Spark conf -------------------------------------------
 
 

@@ -6,6 +6,8 @@ carries a name (registered, version created, get) and, for a name it has not see
 ``store.get_registered_model(typed)``, through the store the call used, after that call succeeded. The answer
 (or, when the lookup fails, the typed name) is cached per registry and name, bounded; a failure is logged at
 WARNING once per configured publisher (then at DEBUG) and counted in ``fallbacks``; it never raises.
+The caller waits at most ``timeout`` seconds (MLflow's own retries could take minutes during an outage): a
+lookup still running then is a fallback for this event, and its answer, when it comes, is learned for the next.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ __all__ = ["NameResolver"]
 
 log = logging.getLogger("databricks_nats")
 MAX_NAMES = 4096
+TIMEOUT = 10.0
 
 
 class NameResolver:
     """Typed model name -> the registry's full name, per registry URI; learned or looked up once."""
 
-    def __init__(self, max_names: int = MAX_NAMES) -> None:
+    def __init__(self, max_names: int = MAX_NAMES, timeout: float = TIMEOUT) -> None:
+        self.timeout = timeout
         self._names: dict[tuple[str, str], str] = {}
         self._max = max_names
         self._lock = threading.Lock()
@@ -49,6 +53,10 @@ class NameResolver:
         if typed and full and typed != full:
             self._put(self._key(store, typed), full)
 
+    def known(self, store: Any, typed: str) -> str | None:
+        """What the resolver holds for ``typed`` (None: never seen)."""
+        return self._names.get(self._key(store, typed))
+
     def resolve(self, store: Any, typed: str) -> str:
         """The full name of ``typed`` (itself when already three-level, or when the lookup failed)."""
         if not typed or typed.count(".") >= 2:
@@ -58,9 +66,26 @@ class NameResolver:
         if known is not None:
             return known
         self.lookups += 1
-        try:
-            full = _compat.registered_model_name(store, typed) or typed
-        except Exception as e:  # noqa: BLE001 - a deleted model, no permission, no network: the typed name
+        answer: list[str | Exception] = []
+
+        def lookup() -> None:
+            value: str | Exception
+            try:
+                value = _compat.registered_model_name(store, typed) or typed
+            except Exception as e:  # noqa: BLE001 - a deleted model, no permission, no network: the typed name
+                value = e
+            answer.append(value)
+            if timed_out.is_set() and isinstance(value, str):  # too late for the event that asked: the next has it
+                self.learn(store, typed, value)
+
+        timed_out = threading.Event()
+        worker = threading.Thread(target=lookup, name="databricks-nats-uc-name", daemon=True)
+        worker.start()
+        worker.join(self.timeout)
+        timed_out.set()
+        full: str | Exception = answer[0] if answer else TimeoutError(f"no answer in {self.timeout:g} s")
+        if isinstance(full, Exception):
+            e = full
             self.fallbacks += 1
             transport = id(_api._transport)
             level = logging.WARNING if self._warned != transport else logging.DEBUG
@@ -73,6 +98,9 @@ class NameResolver:
                 type(e).__name__,
                 self.fallbacks,
             )
-            full = typed
+            with self._lock:  # not asked again; a late answer (or a result naming it) replaces it
+                if key not in self._names and len(self._names) < self._max:
+                    self._names[key] = typed
+            return typed
         self._put(key, full)
         return full
