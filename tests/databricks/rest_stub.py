@@ -24,12 +24,18 @@ authorisation in the URL):
   ``registered-models:is-databricks-sdk-models-artifact-repository-enabled`` (answers false: MLflow then asks
   for temporary credentials). Short names resolve like the workspace does with no Spark session:
   ``my_model`` -> ``<default_catalog>.default.my_model``. Temporary credentials answer
-  ``storage_mode: DEFAULT_STORAGE`` (Databricks default storage), for which MLflow uploads through
-  ``POST /api/2.0/fs/create-upload-url`` presigned URLs — served here, pointing back at this server.
-* ``/api/2.0/preview/scim/v2/Me`` (the SDK's ``current_user.me()``).
+  ``storage_mode: DEFAULT_STORAGE`` (Databricks default storage), for which MLflow (2.21 and 3.x) uploads
+  through ``POST /api/2.0/fs/create-upload-url`` presigned URLs (``create-download-url`` to read) — served
+  here, pointing back at this server. Of the other credential types MLflow reads (``aws_temp_credentials``,
+  ``azure_user_delegation_sas``, ``gcp_oauth_token``, ``r2_temp_credentials``), none can name an endpoint:
+  each cloud SDK talks to its cloud's own hosts, so only default storage can be served on loopback.
+* ``/api/2.0/preview/scim/v2/Me`` (the SDK's ``current_user.me()``; ``X-Databricks-Org-Id`` on every answer,
+  which MLflow reads from ``runs/get`` as the run's workspace id).
 
 Everything else is a 404 ``ENDPOINT_NOT_FOUND`` and is recorded in ``unknown`` (the tests assert it stays
-empty apart from the SDK's optional host-metadata probe).
+empty apart from the SDK's host-metadata probe ``/.well-known/databricks-config``: experimental and
+undocumented, so not served; the SDK logs a warning and uses the configuration it was given). For failure
+tests: ``unreadable`` model names answer ``registered-models/get`` with 403, ``delays`` slow a path down.
 """
 
 from __future__ import annotations

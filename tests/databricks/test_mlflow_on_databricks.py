@@ -12,7 +12,8 @@ model versions through ``fs/create-upload-url`` presigned URLs (``storage_mode: 
 What users rely on, on both CI profiles (MLflow 3.x and 2.21):
 
 * every ``mlflow.model.*`` event of a model registered with a short name carries the three-level name the
-  registry resolved (one subject per model), and the resolver asks the registry at most once per name;
+  registry resolved (one subject per model); names are learned from MLflow's own results, else asked of the
+  registry at most once per name, after MLflow's call, bounded in time, falling back to the typed name;
 * run and model URLs use the Databricks UI routes of the workspace context detection found, also when
   ``DATABRICKS_HOST`` is unset (as in a notebook);
 * one artifact URI form (``dbfs:/databricks/mlflow-tracking/…``) in every event.
