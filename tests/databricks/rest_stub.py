@@ -27,8 +27,9 @@ authorisation in the URL):
   ``storage_mode: DEFAULT_STORAGE`` (Databricks default storage), for which MLflow (2.21 and 3.x) uploads
   through ``POST /api/2.0/fs/create-upload-url`` presigned URLs (``create-download-url`` to read) — served
   here, pointing back at this server. Of the other credential types MLflow reads (``aws_temp_credentials``,
-  ``azure_user_delegation_sas``, ``gcp_oauth_token``, ``r2_temp_credentials``), none can name an endpoint:
-  each cloud SDK talks to its cloud's own hosts, so only default storage can be served on loopback.
+  ``azure_user_delegation_sas``, ``gcp_oauth_token``, ``r2_temp_credentials``), each hands the upload to a
+  cloud storage SDK talking to that cloud's storage service (S3 could be redirected with ``AWS_ENDPOINT_URL``,
+  but that would be a second, non-Databricks service to fake); default storage is Databricks' own API.
 * ``/api/2.0/preview/scim/v2/Me`` (the SDK's ``current_user.me()``; ``X-Databricks-Org-Id`` on every answer,
   which MLflow reads from ``runs/get`` as the run's workspace id).
 
