@@ -133,6 +133,21 @@ def _current() -> Transport:
         return _transport
 
 
+def adopt(settings: Settings, context: Mapping[str, Any] | None = None) -> bool:
+    """Publish with these settings unless this process is configured already; return whether they were adopted.
+
+    For a listener shipped to a process of its own (Spark Connect runs it next to the server): it brings its
+    settings, but a process that already publishes keeps its own configuration.
+    """
+    global _transport, _settings
+    with _lock:
+        if _transport is not None or _settings is not None:
+            return False
+        _transport = build_transport(settings, context or base_context(settings))
+        _settings = settings
+        return True
+
+
 def set_transport(transport: Transport | None) -> Transport | None:
     """Swap the process-wide transport (used by ``testing.capture``); return the previous one."""
     global _transport

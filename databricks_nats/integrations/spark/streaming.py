@@ -308,10 +308,6 @@ def _install(settings: Settings | None, context: dict[str, Any] | None) -> None:
             "publishing with that process's environment (DATABRICKS_NATS_*), which may not reach NATS"
         )
         return
-    previous = _api.set_transport(None)
-    if previous is not None:  # this process already publishes: its configuration stands
-        _api.set_transport(previous)
-        return
     settings = usable_spool(settings)
     remote = _read_remotely(settings)
     if remote is not None:
@@ -323,7 +319,8 @@ def _install(settings: Settings | None, context: dict[str, Any] | None) -> None:
                 "this process (where Spark Connect runs the listener) lacks: pip install databricks-sdk there",
                 remote,
             )
-    _api.set_transport(_api.build_transport(settings, context or _api.base_context(settings)))
+    if not _api.adopt(settings, context):  # this process already publishes: its configuration stands
+        return
     log.info(
         "databricks-nats: streaming listener publishing from process %d to %s as %s (spool %s)",
         os.getpid(),
