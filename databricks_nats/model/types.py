@@ -14,7 +14,13 @@ _RUN = {
     "artifact_uri": "string?",
 }
 _RUN_KEYS = ("experiment_id", "run_id")
-_MODEL = {"name": "string", "model_uri": "string?", "catalog_name": "string?", "is_unity_catalog": "boolean"}
+_MODEL = {
+    "name": "string",
+    "model_uri": "string?",
+    "model_url": "string?",
+    "catalog_name": "string?",
+    "is_unity_catalog": "boolean",
+}
 
 for _action, _extra in {
     "started": {"start_time": "integer?", "parent_run_id": "string?", "user": "string?"},
@@ -50,6 +56,7 @@ for _action in ("logged", "finalized"):
                 "source_run_id": "string?",
                 "artifact_location": "string?",
                 "model_uri": "string?",
+                "model_url": "string?",
                 "flavors": "array",
                 "status": "string?",
             },
