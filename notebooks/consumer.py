@@ -9,7 +9,6 @@
 
 # COMMAND ----------
 
-# ruff: noqa: E402, F821 - a notebook: imports follow the widgets; Databricks defines dbutils, spark, display
 # Empty defaults: the job passes the values (see bundle/databricks.yml).
 dbutils.widgets.text("model_name", "", "Registered model name")
 dbutils.widgets.text("version", "", "Model version to wait for (empty: any)")

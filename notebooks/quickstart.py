@@ -45,7 +45,7 @@ databricks_nats.flush(timeout=30)
 events = nats_spark.read_events(spark, start=started)
 shown = events.orderBy("stream_seq").select("time", "type", "subject", "dataref")
 if "display" in globals():  # a notebook
-    display(shown)  # noqa: F821 - defined by Databricks notebooks
+    display(shown)  # defined by Databricks notebooks
 else:
     shown.show(50, truncate=False)
 print(databricks_nats.stats())

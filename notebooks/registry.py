@@ -10,7 +10,6 @@
 
 # COMMAND ----------
 
-# ruff: noqa: E402, F821 - a notebook: imports follow the widgets; Databricks defines dbutils, spark, display
 # Empty defaults: the job passes the values (see bundle/databricks.yml).
 dbutils.widgets.text("model_name", "", "Registered model (catalog.schema.model on Unity Catalog)")
 dbutils.widgets.text("registry_uri", "", "MLflow registry URI (databricks-uc for Unity Catalog)")

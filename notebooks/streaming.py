@@ -9,7 +9,6 @@
 
 # COMMAND ----------
 
-# ruff: noqa: E402, F821 - a notebook: imports follow the widgets; Databricks defines dbutils, spark, display
 # Empty defaults: the job passes the values (see bundle/databricks.yml).
 dbutils.widgets.text("input_dir", "", "Folder for input and checkpoint: a volume (/Volumes/…) or a URI")
 dbutils.widgets.text("table", "", "Target table (catalog.schema.table)")
