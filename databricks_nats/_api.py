@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
+from databricks_nats._exit import at_exit
 from databricks_nats.errors import DatabricksNatsError, FlushTimeout, PublishError, StreamError
 from databricks_nats.model import catalog
 from databricks_nats.model.events import Encoder, Event, new_event
@@ -285,6 +285,6 @@ def _after_fork_in_child() -> None:
         t._spool_forget_after_fork()
 
 
-atexit.register(_at_exit)
+at_exit(_at_exit)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -58,6 +58,8 @@ class NatsRunContextProvider:
     """Installs the databricks-nats MLflow hook when MLflow loads its plugins; contributes no tags."""
 
     def __init__(self) -> None:
+        import databricks_nats._exit  # noqa: F401 - our exit flush is registered before MLflow's end-run handler
+
         activate()
 
     def in_context(self) -> bool:
