@@ -65,9 +65,20 @@ class ConnectionLifecycle:
     async def _on_ack(self, msg: Msg) -> None: ...
 
     async def _no_stream(self) -> None:
-        """No stream listens on our subjects: create it once per connection when allowed."""
-        if self._stream_checked:
+        """No stream listens on our subjects: create it once per connection when allowed (``auto_create_stream``).
+
+        Otherwise (or when creating it failed) the events stay in flight and spooled, re-sent by the ack timer
+        every ``ack_timeout`` until a stream appears; each refusal is counted (``errors.no_stream``).
+        """
+        if self._stream_checked or not self.settings.auto_create_stream:
             self.stats_.error("no_stream", f"no JetStream stream for {self.settings.namespace}.>")
+            self._say(
+                logging.WARNING,
+                "no_stream",
+                "databricks-nats: no JetStream stream stores %s.>%s; events are kept in the spool",
+                self.settings.namespace,
+                "" if self.settings.auto_create_stream else " and auto_create_stream is off",
+            )
             return
         self._stream_checked = True
         await self._ensure_stream(initial=False)

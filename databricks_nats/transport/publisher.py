@@ -31,7 +31,7 @@ import contextlib
 import logging
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -219,12 +219,7 @@ class Publisher(Storage, Delivery, ConnectionLifecycle):
 
     async def _shutdown(self) -> None:
         self._closing = True
-        tasks = [self._connector, self._sender, *self._flushing]
-        for task in tasks:
-            task.cancel()
-        running = [t for t in tasks if not t.done()]
-        if running:  # let the cancellations finish: no "Task was destroyed but it is pending" at exit
-            await asyncio.wait(running, timeout=1)
+        await self._end_tasks([self._connector, self._sender, *self._flushing, *(self._background or ())])
         if self._timer is not None:
             self._timer.cancel()
         if self._acked:
@@ -235,11 +230,27 @@ class Publisher(Storage, Delivery, ConnectionLifecycle):
         if self._save_timer is not None:
             self._save_timer.cancel()
         self._save()
-        if self._nc is not None:
+        for nc in {c for c in (self._nc, self._connecting) if c is not None}:
             with contextlib.suppress(Exception):  # closing a broken connection may fail in many ways
-                await asyncio.wait_for(self._nc.close(), 2)
+                await asyncio.wait_for(nc.close(), 2)
+        # Whatever nats-py (or a callback) still runs on this loop ends here too, before the loop closes.
+        await self._end_tasks(asyncio.all_tasks() - {asyncio.current_task()})
         self._spool.close()
         self._loop.call_soon(self._loop.stop)
+
+    @staticmethod
+    async def _end_tasks(tasks: Iterable[asyncio.Future[Any]]) -> None:
+        """Cancel these tasks and wait until every one has ended: no timed window a starved loop could miss.
+
+        A task that swallows a cancellation is cancelled again (every 10 s) until it ends; the loop is
+        closed only after this returns, so asyncio never destroys a pending task ("Task was destroyed but
+        it is pending").
+        """
+        running = {t for t in tasks if not t.done()}
+        while running:
+            for task in running:
+                task.cancel()
+            _, running = await asyncio.wait(running, timeout=10.0)
 
     def _spool_forget_after_fork(self) -> None:
         forget = getattr(self._spool, "forget_after_fork", None)
