@@ -191,6 +191,11 @@ class Settings:
     strict: bool = _f(False, _bool, doc="raise publishing errors instead of logging them (tests)")
     spool_dir: str = _f("", str, doc="directory of the durable spool; empty for the default cache dir")
     spool_max_bytes: int = _f(512 * 1024 * 1024, _positive(int), doc="disk bound of the spool; oldest dropped beyond")
+    spool_sync: str = _f(
+        "write-behind",
+        _choice("write-behind", "immediate"),
+        doc="write-behind (an event may live only in memory for 50 ms) or immediate (on disk before emit returns)",
+    )
     memory_max_events: int = _f(
         10_000, _positive(int), doc="encoded events held in memory before spilling to disk only"
     )
