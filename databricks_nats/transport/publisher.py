@@ -143,7 +143,10 @@ class Publisher(Storage, Delivery, ConnectionLifecycle):
         if len(self._inbox) >= self._inbox_max:
             self.stats_.dropped["queue_full"] += 1  # the worker is wedged; never grow without bound
             return
-        self._inbox.append(event)
+        if self._immediate:  # spool_sync="immediate" (or a forked child): on disk before returning (storage.py)
+            self._persist(event)
+        else:
+            self._inbox.append(event)
         if not self._wake_scheduled:
             self._wake_scheduled = True
             try:
