@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from databricks_nats._exit import at_exit
 from databricks_nats.errors import DatabricksNatsError, FlushTimeout, PublishError, StreamError
-from databricks_nats.model import catalog
+from databricks_nats.model import catalog, jsonsafe
 from databricks_nats.model.events import Encoder, Event, new_event
 from databricks_nats.settings import Settings, resolve_settings
 from databricks_nats.transport.publisher import FlushResult, Publisher
@@ -191,14 +191,22 @@ def emit(
     """Publish an event without blocking; return it, or None when it could not be created (never raises).
 
     ``event_type`` is ``<source>.<entity>.<action>``; catalogued types take their subject keys from
-    ``data``, custom types from ``keys``. ``dataref`` is the event's main pointer URI.
+    ``data``, custom types from ``keys``. ``dataref`` is the event's main pointer URI. ``data`` is captured
+    now (a JSON-safe copy, see ``jsonsafe.snapshot``): changing it after the call does not change the event.
     """
     try:
-        catalog.lookup(event_type)
+        etype = catalog.lookup(event_type)
         if data is not None and type(data) is not dict and not isinstance(data, Mapping):
             raise TypeError(f"data must be a mapping, got {type(data).__name__}")
-        event = new_event(event_type, data or {}, keys=keys, dataref=dataref)
-        _current().emit(event)
+        transport = _current()
+        try:
+            cap = transport.settings.max_event_bytes
+        except AttributeError:  # a stand-in transport without settings
+            cap = 8192
+        if dataref is not None and type(dataref) is not str:
+            dataref = str(dataref)  # a Path, a URL object…
+        event = new_event(event_type, jsonsafe.snapshot(data, cap, etype), keys=keys, dataref=dataref)
+        transport.emit(event)
         return event
     except Exception as e:  # noqa: BLE001 - fail-open: training code never sees publishing errors
         _fail(e, f"emit({event_type!r})")
@@ -252,7 +260,7 @@ def ensure_stream(*, update: bool = False, timeout: float = 10.0, **settings: An
                 **auth_options(resolved),
             )
         except Exception as e:
-            raise StreamError(f"cannot connect to NATS at {', '.join(resolved.url)}: {type(e).__name__}") from e
+            raise StreamError(f"cannot connect to NATS at {resolved.url}: {type(e).__name__}") from e
         try:
             return await ensure_stream_async(nc.jetstream(), resolved, update=update)
         finally:

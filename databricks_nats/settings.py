@@ -23,7 +23,7 @@ from typing import Any
 from databricks_nats.errors import ConfigurationError, SubjectError
 from databricks_nats.model.subjects import validate_name, validate_prefix
 
-__all__ = ["Secret", "Settings", "explain_settings", "resolve_settings", "settings_file"]
+__all__ = ["Secret", "ServerUrls", "Settings", "explain_settings", "resolve_settings", "settings_file"]
 
 ENV_PREFIX = "DATABRICKS_NATS_"
 SPARK_PREFIX = "spark.databricks_nats."
@@ -66,7 +66,7 @@ def _bool(v: str | bool) -> bool:
     raise ValueError("expected true/false")
 
 
-def _urls(v: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+def _urls(v: str | tuple[str, ...] | list[str]) -> ServerUrls:
     items = [u.strip() for u in (v.split(",") if isinstance(v, str) else v) if u.strip()]
     if not items:
         raise ValueError("expected one or more server URLs, comma-separated")
@@ -74,15 +74,39 @@ def _urls(v: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
         scheme = u.split("://", 1)[0] if "://" in u else ""
         if scheme not in ("nats", "tls", "ws", "wss"):
             raise ValueError(f"URL must start with nats://, tls://, ws:// or wss:// (got scheme {scheme or 'none'!r})")
-    return tuple(items)
+    return ServerUrls(items)
 
 
-_USERINFO = re.compile(r"//[^/@]*@")
+# The userinfo of every URL in a text: after "scheme://" (or at the start of a bare "user:pass@host" word), up
+# to the last "@" before a space or comma, so a password holding "/", "@" or a quote is masked whole.
+_USERINFO = re.compile(r"(?P<lead>[A-Za-z][A-Za-z0-9+.-]*://|(?<![^\s,'\"(\[])(?=[^\s,'\"(\[]))[^\s,]*@")
 
 
 def redact_url(url: str) -> str:
-    """A server URL with any embedded user:password replaced by ****."""
-    return _USERINFO.sub("//****@", url)
+    """A server URL (or a text holding URLs) with any embedded user:password replaced by ****."""
+    return _USERINFO.sub(r"\g<lead>****@", url) if "@" in url else url
+
+
+class ServerUrls(tuple[str, ...]):
+    """The ``url`` setting: a tuple of the real server URLs (what the client connects with), whose ``str`` and
+    ``repr`` mask any user:password embedded in them (``nats://****@host:4222``), so a log line, an error
+    message or a notebook cell that shows the setting never shows a password."""
+
+    __slots__ = ()
+
+    def redacted(self) -> tuple[str, ...]:
+        """The URLs with any user:password replaced by ****."""
+        return tuple(redact_url(u) for u in self)
+
+    def __repr__(self) -> str:
+        return repr(self.redacted())
+
+    def __str__(self) -> str:
+        return ", ".join(self.redacted())
+
+    def __getitem__(self, index: Any) -> Any:
+        item = tuple.__getitem__(self, index)
+        return ServerUrls(item) if isinstance(index, slice) else item
 
 
 def _positive(kind: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -166,7 +190,7 @@ def _f(default: Any, parse: Callable[[Any], Any], secret: bool = False, doc: str
 class Settings:
     """Everything the publisher needs; build with ``resolve_settings`` (or ``configure``)."""
 
-    url: tuple[str, ...] = _f(("nats://127.0.0.1:4222",), _urls, doc="NATS server URLs, comma-separated")
+    url: ServerUrls = _f(ServerUrls(("nats://127.0.0.1:4222",)), _urls, doc="NATS server URLs, comma-separated")
     env: str = _f("dev", str, doc="environment name; a subject token (dev, staging, prod…)")
     workspace: str = _f("local", str, doc="workspace token in subjects; the numeric workspace id on Databricks")
     subject_prefix: str = _f("dbx", str, doc="first token(s) of every subject")
@@ -234,6 +258,8 @@ class Settings:
     )
 
     def __post_init__(self) -> None:
+        if not isinstance(self.url, ServerUrls):  # built directly (not resolved): masked all the same
+            object.__setattr__(self, "url", ServerUrls((self.url,) if isinstance(self.url, str) else self.url))
         try:
             validate_prefix(self.subject_prefix)
         except SubjectError as e:
@@ -272,7 +298,7 @@ class Settings:
 
     def __repr__(self) -> str:
         shown = ", ".join(
-            f"{f.name}={redact_url(repr(getattr(self, f.name))) if f.name == 'url' else repr(getattr(self, f.name))}"
+            f"{f.name}={getattr(self, f.name)!r}"  # secrets and the URLs' passwords mask themselves
             for f in dataclasses.fields(self)
             if getattr(self, f.name) != f.default
         )
@@ -386,9 +412,7 @@ def _resolve(
         try:
             values[name] = f.metadata["parse"](raw)
         except (TypeError, ValueError) as e:
-            shown = "****" if f.metadata["secret"] else repr(raw)[:80]
-            if name == "url":
-                shown = redact_url(shown)
+            shown = "****" if f.metadata["secret"] else (redact_url(repr(raw)) if name == "url" else repr(raw))[:80]
             raise ConfigurationError(name, f"{e} (from {_origin_name(origin, name)}, value {shown})") from None
         origins[name] = origin
     return Settings(**values), origins
