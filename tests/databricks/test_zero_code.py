@@ -35,8 +35,10 @@ with mlflow.start_run():
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
+    """This environment without our, MLflow's and Spark's variables; a starved machine may take a while to
+    connect, and the exit flush (not its time bound) is what these tests are about."""
     keep = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DATABRICKS_", "SPARK_"))}
-    return {**keep, **extra}
+    return {**keep, "DATABRICKS_NATS_EXIT_FLUSH_TIMEOUT": "60", **extra}
 
 
 def _run(script: str, cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -62,8 +64,8 @@ def test_registry_only_process_publishes_with_env_vars_only(nats_server: NatsSer
         DATABRICKS_NATS_SPOOL_DIR=str(tmp_path / "spool"),
         MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
     )
-    _run(REGISTRY_ONLY, tmp_path / "job", env)
-    assert _types(nats_server, **namespace) == ["mlflow.model.registered", "mlflow.model.deleted"]
+    proc = _run(REGISTRY_ONLY, tmp_path / "job", env)
+    assert _types(nats_server, **namespace) == ["mlflow.model.registered", "mlflow.model.deleted"], proc.stderr[-3000:]
 
 
 def _token_server(tmp_path: Path, token: str) -> NatsServer:

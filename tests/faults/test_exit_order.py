@@ -36,6 +36,7 @@ def test_the_run_mlflow_ends_at_exit_is_announced(nats_server: NatsServer, names
         DATABRICKS_NATS_ENV=namespace["env"],
         DATABRICKS_NATS_SPOOL_DIR=str(tmp_path / "spool"),
         MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        DATABRICKS_NATS_EXIT_FLUSH_TIMEOUT="60",  # a starved machine may take a while to connect
     )
     proc = subprocess.run(
         [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180
