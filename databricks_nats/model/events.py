@@ -13,6 +13,7 @@ id) and encoded later, off the caller's path, by ``encode``::
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import sys
 import time
@@ -23,7 +24,7 @@ from databricks_nats.model import catalog, jsonsafe, subjects
 from databricks_nats.model.catalog import EventType
 from databricks_nats.model.ids import uuid7
 
-__all__ = ["CE_CONTENT_TYPE", "Encoder", "Event", "encode", "new_event", "shrink"]
+__all__ = ["CE_CONTENT_TYPE", "Encoder", "Event", "dead_letter", "encode", "new_event", "shrink"]
 
 CE_CONTENT_TYPE = "application/cloudevents+json"
 _ENVELOPE_KEYS = frozenset({"context"})
@@ -249,3 +250,52 @@ def shrink(payload: bytes, max_bytes: int) -> bytes:
         envelope.get("data") or {}, fits, protected=etype.protected | _ENVELOPE_KEYS
     )
     return jsonsafe.dumps(envelope)
+
+
+_DEAD_KEEP = ("specversion", "id", "source", "type", "time", "workspace", "env")
+
+
+def dead_letter(payload: bytes, subject: str, reason: str, max_bytes: int) -> bytes:
+    """The envelope of a dead letter: the event's own, with ``deadletterreason`` and ``deadlettersubject``
+    (the subject it was meant for, in place of the envelope's ``subject``).
+
+    Made to fit ``max_bytes``: the data is trimmed first (as ``shrink`` does), then long subjects are cut to
+    200 characters followed by ``~`` and their 32-hex-digit SHA-256 prefix, then only the event's identity
+    (id, type, source, time, namespace) is kept. An envelope that is not readable JSON keeps its first bytes
+    as text (``deadletterpayload``).
+    """
+    try:
+        envelope = json.loads(payload)
+        if not isinstance(envelope, dict):
+            raise ValueError("not an object")
+    except ValueError:
+        envelope = {"deadletterpayload": payload[:256].decode("utf-8", "replace")}
+    if envelope.get("subject") == subject:
+        del envelope["subject"]  # carried once, as deadlettersubject
+    envelope["deadletterreason"] = reason
+    envelope["deadlettersubject"] = subject
+    out = jsonsafe.dumps(envelope)
+    if len(out) <= max_bytes:
+        return out
+    for key in ("subject", "deadlettersubject"):
+        value = envelope.get(key)
+        if isinstance(value, str) and len(value) > 256:
+            digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+            envelope[key] = f"{value[:200]}~{digest}"
+    if isinstance(envelope.get("data"), dict):
+
+        def fits(candidate: dict[str, Any]) -> bool:
+            envelope["data"] = candidate
+            return len(jsonsafe.dumps(envelope)) <= max_bytes
+
+        try:
+            etype = catalog.lookup(str(envelope.get("type", "")).removeprefix("databricks."))
+            envelope["data"] = jsonsafe.trim_to_fit(envelope["data"], fits, protected=etype.protected | _ENVELOPE_KEYS)
+        except Exception:  # noqa: BLE001 - an unknown or malformed type: keep its identity only (below)
+            envelope["data"] = {"truncated": True}
+    out = jsonsafe.dumps(envelope)
+    if len(out) <= max_bytes:
+        return out
+    identity: dict[str, Any] = {k: str(envelope[k])[:200] for k in _DEAD_KEEP if k in envelope}
+    identity.update(deadletterreason=reason, deadlettersubject=envelope["deadlettersubject"], data={"truncated": True})
+    return jsonsafe.dumps(identity)[: max(0, max_bytes)]

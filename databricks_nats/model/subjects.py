@@ -20,6 +20,16 @@ A token therefore never contains ``.``, ``*``, ``>``, whitespace or control char
 and never longer than ``MAX_TOKEN``. Percent-encoding with a fixed safe set is injective, and ``~`` never
 appears in it, so the empty and the hashed forms cannot collide with it (hash collisions aside: 128 bits).
 Original names always travel in the event payload; ``decode`` reverses the non-hashed forms.
+
+Subject length (``build_subject``): a subject is at most ``MAX_SUBJECT`` characters (1,024, well inside
+the server's 4 KiB control line, which also carries the reply inbox and the sizes). When the encoded keys
+would make it longer, the first keys that fit are kept and all the others are folded into one last token
+``~f`` followed by the 32-hex-digit SHA-256 prefix of the folded tokens joined by ``.`` (an injective
+serialisation: tokens never contain ``.``). No token made by ``encode`` starts with ``~f`` (``~`` starts
+only the exact token ``~e``), so a folded subject never equals an unfolded one, and two key lists give the
+same folded subject only if they share the kept keys and the folded ones (hash collisions aside). Only a
+namespace, source, entity and action longer than ``MAX_SUBJECT`` themselves (configuration) can make a
+subject longer: then every key is folded.
 """
 
 from __future__ import annotations
@@ -31,9 +41,21 @@ from functools import lru_cache
 
 from databricks_nats.errors import SubjectError
 
-__all__ = ["MAX_TOKEN", "build_subject", "decode", "encode", "validate_name", "validate_prefix"]
+__all__ = [
+    "FOLD_MARK",
+    "MAX_SUBJECT",
+    "MAX_TOKEN",
+    "build_subject",
+    "decode",
+    "encode",
+    "validate_name",
+    "validate_prefix",
+]
 
 MAX_TOKEN = 96
+MAX_SUBJECT = 1024  # characters of a whole subject (see the module docstring: extra keys are folded)
+FOLD_MARK = "~f"  # starts the last key token of a subject whose extra keys were folded into a hash
+_FOLD_LEN = len(FOLD_MARK) + 32
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _PLAIN = re.compile(r"[A-Za-z0-9_-]+")
@@ -94,8 +116,25 @@ def validate_prefix(value: str) -> str:
 
 
 def build_subject(namespace: str, source: str, entity: str, keys: Iterable[str], action: str) -> str:
-    """Join an already validated namespace (prefix.workspace.env) with the encoded parts of one event."""
-    parts = [namespace, source, entity]
-    parts.extend(encode(str(k)) for k in keys)
-    parts.append(action)
-    return ".".join(parts)
+    """Join an already validated namespace (prefix.workspace.env) with the encoded parts of one event.
+
+    At most ``MAX_SUBJECT`` characters: keys beyond what fits are folded into one hashed token (see above).
+    """
+    tokens = [encode(str(k)) for k in keys]
+    fixed = len(namespace) + len(source) + len(entity) + len(action) + 3
+    if fixed + sum(len(t) + 1 for t in tokens) > MAX_SUBJECT:
+        tokens = fold(tokens, MAX_SUBJECT - fixed)
+    return ".".join([namespace, source, entity, *tokens, action])
+
+
+def fold(tokens: list[str], budget: int) -> list[str]:
+    """Keep the first tokens that fit in ``budget`` characters (dots included) with the fold token; hash the rest."""
+    room = budget - _FOLD_LEN - 1
+    kept = 0
+    for token in tokens:
+        room -= len(token) + 1
+        if room < 0:
+            break
+        kept += 1
+    digest = hashlib.sha256(".".join(tokens[kept:]).encode("ascii")).hexdigest()[:32]
+    return [*tokens[:kept], FOLD_MARK + digest]

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import random
 import re
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ConnectionLifecycle"]
 
+_STABLE = 10.0  # seconds a connection must last for the next restart to start again from the shortest wait
+_RESTART_MIN, _RESTART_MAX = 0.1, 5.0  # restarts after short-lived connections: capped exponential, jittered
 _PERMISSION = re.compile(r'permissions violation for publish to "([^"]+)"', re.IGNORECASE)
 _AUTH = re.compile(r"authori[sz]ation (violation|failed)|authentication (expired|revoked)", re.IGNORECASE)
 
@@ -58,6 +61,13 @@ class ConnectionLifecycle:
     _connecting: NATS | None = None
     _background: set[asyncio.Task[None]] | None = None
     _generation = 0  # bumped per connection; callbacks of older connections are ignored
+    _up_since: float | None = None  # when the current connection was established (monotonic)
+    _restart_wait = 0.0  # the wait before the next restart's connect (0: none yet)
+    _learned_payload: int | None = None  # a max_payload lower than announced, learned from a refusal
+    _dead: set[int]
+    _max_payload: int
+    _max_control: int
+    _fast_subject: int
 
     def _requeue(self, seqs: list[int]) -> None: ...
     def _save(self) -> None: ...
@@ -93,13 +103,15 @@ class ConnectionLifecycle:
 
         return cb
 
-    async def _connect_forever(self) -> None:
+    async def _connect_forever(self, wait: float = 0.0) -> None:
         from nats.aio.client import Client
 
         from databricks_nats.transport.auth import CredentialProvider
 
         if self._credentials is None:
             self._credentials = CredentialProvider(self.settings)
+        if wait:  # a restart after a short-lived connection: never a reconnect loop at full speed
+            await asyncio.sleep(wait * (0.5 + random.random()))
         delay = 0.1
         while not self._closing:
             self._generation += 1
@@ -135,15 +147,69 @@ class ConnectionLifecycle:
             self._connecting = None
             self._nc = nc
             self.stats_.connects += 1
-            # Headers and the reply subject ride in the same message: keep 1 KiB for them.
-            self._max_bytes = min(self.settings.max_event_bytes, max(1024, nc.max_payload - 1024))
             if self.settings.mode == "jetstream":
                 self._reply_prefix = f"{nc.new_inbox()}."
                 await nc.subscribe(self._reply_prefix + "*", cb=self._on_ack)
                 if self.settings.auto_create_stream:
                     await self._ensure_stream(initial=True)
+            self._set_limits()
             self._set_connected(True)
             return
+
+    def _set_limits(self) -> None:
+        """What one message may take on this server: ``max_payload`` from its INFO (headers included), the
+        control line (``MAX_CONTROL_LINE`` or lower once refused); the event size cap leaves room for headers."""
+        from databricks_nats.transport.delivery import FAST_ID, HEADER_BYTES
+
+        nc = self._nc
+        if nc is None:
+            return
+        announced = nc.max_payload
+        self._max_payload = announced if self._learned_payload is None else min(announced, self._learned_payload)
+        self._max_bytes = min(self.settings.max_event_bytes, max(256, self._max_payload - HEADER_BYTES - FAST_ID))
+        sizes = 2 * len(str(self._max_payload)) + 3  # the two sizes and the three spaces of HPUB's arguments
+        self._fast_subject = self._max_control - len(self._reply_prefix) - 20 - sizes
+
+    def _learn_refusal(self, nc: NATS | None) -> None:
+        """The server closed the connection refusing a message's shape (``-ERR``): learn the limit it has.
+
+        The server refuses the first message over its limit, so the largest in-flight message exceeds it: the
+        limit becomes one below it. That event (and any as large) is dead-lettered at its next attempt.
+        """
+        from databricks_nats.transport.delivery import HEADER_BYTES
+
+        text = str(getattr(nc, "last_error", None) or "")
+        lowered = text.lower()
+        if "control line" in lowered:
+            kind = "control_line"
+        elif "maximum payload" in lowered:
+            kind = "too_large"
+        else:
+            return
+        largest = 0
+        for seq, (rec, _) in self._inflight.items():
+            header = HEADER_BYTES + len(rec.id.encode())
+            total = header + len(rec.payload)
+            if kind == "too_large":
+                largest = max(largest, total)
+            else:
+                reply = len(self._reply_prefix) + len(str(seq)) if self.settings.mode == "jetstream" else 0
+                largest = max(largest, len(rec.subject.encode()) + reply + len(str(header)) + len(str(total)) + 3)
+        self.stats_.error("server_refused", f"{text} (largest message in flight: {largest} bytes)")
+        if not largest:
+            return
+        if kind == "too_large":
+            self._learned_payload = (
+                largest - 1 if self._learned_payload is None else min(self._learned_payload, largest - 1)
+            )
+        else:
+            self._max_control = min(self._max_control, largest - 1)
+        self._say(
+            logging.WARNING,
+            "server_refused",
+            "databricks-nats: NATS refused a message (%s); what is that large is dead-lettered from now on",
+            text,
+        )
 
     def _restart(self, why: str) -> None:
         """Replace the connection (or the attempt) with a new one built from the current credentials."""
@@ -157,6 +223,12 @@ class ConnectionLifecycle:
             self._set_connected(False)
             self._save()
         self.stats_.connection = "connecting"
+        lived = time.monotonic() - self._up_since if self._up_since is not None else 0.0
+        self._up_since = None
+        if lived >= _STABLE or not self._restart_wait:
+            self._restart_wait = _RESTART_MIN
+        else:  # the last connection did not last: wait longer each time (capped), jittered in _connect_forever
+            self._restart_wait = min(_RESTART_MAX, self._restart_wait * 2)
         connector = getattr(self, "_connector", None)
         if connector is not None and not connector.done():
             connector.cancel()
@@ -167,7 +239,7 @@ class ConnectionLifecycle:
                     await asyncio.wait_for(c.close(), 2)
 
         self._spawn(close_old())
-        self._connector = asyncio.get_running_loop().create_task(self._connect_forever())
+        self._connector = asyncio.get_running_loop().create_task(self._connect_forever(self._restart_wait))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a background task on the loop, holding a reference until it is done."""
@@ -208,6 +280,8 @@ class ConnectionLifecycle:
         self._connected = up
         self.stats_.connection = "connected" if up else "disconnected"
         if up:
+            self._up_since = time.monotonic()
+            self._set_limits()  # a reconnect may reach another server, with other limits
             self._stream_checked = False
             self._requeue(list(self._inflight))  # acks may be lost; the stream drops duplicates
 
@@ -225,7 +299,8 @@ class ConnectionLifecycle:
     async def _on_closed(self) -> None:
         self._connected = False
         self.stats_.connection = "closed"
-        if not self._closing:  # the server closed us for good (credentials revoked or expired): start over
+        if not self._closing:  # the server closed us for good (a refused message, credentials revoked): start over
+            self._learn_refusal(self._nc or self._connecting)
             self._restart("the server closed the connection")
 
     async def _on_error(self, e: Exception) -> None:

@@ -1,5 +1,18 @@
 """The publisher's delivery half: publish what is ready, settle acks (core: flushes), retry, resolve flushes.
 
+Poison events (issue 13): before it is sent, every event is checked against what the server accepts — the
+HPUB control line (subject, reply inbox and the two sizes) within ``max_control_line`` (nats-server's default
+4 KiB, or less once a server refused one: it does not announce it) and headers plus payload within the
+``max_payload`` of the server's INFO (a payload over it is trimmed first). An event that still cannot fit,
+that nats-py refuses (a subject or header it cannot write), or that JetStream refuses for its size, is
+*dead-lettered*: published instead, with the same ``Nats-Msg-Id``, to ``<namespace>._dead.<reason>`` (inside
+the namespace's stream) as its envelope with ``deadletterreason`` and ``deadlettersubject`` added (trimmed to
+fit), and counted ``dropped.poison`` once stored (``dropped.poison_lost`` if even that is refused). It never
+blocks the events behind it. When a server closes the connection for a control line or a payload it refused
+(``-ERR``), the largest in-flight event is known to exceed its limit: the limit is lowered to just below it,
+so that event (and any as large) is dead-lettered at its next attempt — one refusal per distinct offending
+size at most, each reconnect backing off (``connection.py``).
+
 ``Publisher`` inherits this; it owns the state (settings, stats, memory queues, in-flight events, spool);
 ``_ingest``, ``_refill`` and ``_forget`` come from ``storage.py``, ``_no_stream`` from ``connection.py``.
 Everything runs on the worker's event loop.
@@ -8,13 +21,14 @@ Everything runs on the worker's event loop.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
 from collections import OrderedDict, deque
 from typing import TYPE_CHECKING
 
-from databricks_nats.model.events import CE_CONTENT_TYPE, Event, shrink
+from databricks_nats.model.events import CE_CONTENT_TYPE, Event, dead_letter, shrink
 from databricks_nats.settings import Settings
 from databricks_nats.transport.spool import Record, Spool
 from databricks_nats.transport.stats import RateLimitedLog, Stats
@@ -26,6 +40,12 @@ if TYPE_CHECKING:
 __all__ = ["Delivery"]
 
 _YIELD_EVERY = 128  # publishes between two yields to the loop (the socket is written when the loop runs)
+MAX_CONTROL_LINE = 4096  # nats-server's default max_control_line; not in its INFO, so assumed until refused
+# Bytes of the header block nats-py writes for our two headers, without the id's own characters.
+HEADER_BYTES = len(f"NATS/1.0\r\nNats-Msg-Id: \r\nContent-Type: {CE_CONTENT_TYPE}\r\n\r\n")
+FAST_ID = 64  # ids up to this long are covered by the fast size check (ours are 36)
+_REFUSED_BY_CLIENT = {"MaxPayloadError": "too_large", "BadSubjectError": "bad_subject", "BadHeaderError": "bad_header"}
+_JS_TOO_LARGE = (10054, 10097)  # JetStream: message size / header size exceeds the stream's maximum
 
 
 class Delivery:
@@ -54,6 +74,10 @@ class Delivery:
     _timer: asyncio.TimerHandle | None
     _loop: asyncio.AbstractEventLoop
     _work: asyncio.Event
+    _dead: set[int]  # sequences published as dead letters (counted dropped.poison once acked)
+    _max_payload: int  # headers + payload, from the server's INFO (or lower, once refused)
+    _max_control: int  # the control line's arguments (subject, reply, sizes)
+    _fast_subject: int  # subjects up to this long always fit the control line (set with the limits)
 
     if TYPE_CHECKING:  # provided by storage.py and connection.py; a runtime stub would shadow them in the MRO
 
@@ -86,11 +110,12 @@ class Delivery:
         sent = 0
         now = time.monotonic()
         rec: Record | None = None
+        fast_subject = self._fast_subject
         try:
             while ready and len(inflight) < most and self._connected:
                 rec = ready.popleft()
-                if len(rec.payload) > max_bytes:  # encoded before the server told us its max_payload
-                    rec = rec._replace(payload=shrink(rec.payload, max_bytes))
+                if len(rec.payload) > max_bytes or len(rec.subject) > fast_subject or len(rec.id) > FAST_ID:
+                    rec = self._fit(rec, len(prefix) + len(str(rec.seq)) if jetstream else 0)
                 inflight[rec.seq] = (rec, now)
                 reply = f"{prefix}{rec.seq}" if jetstream else ""
                 await publish(rec.subject, rec.payload, reply, {"Nats-Msg-Id": rec.id, "Content-Type": CE_CONTENT_TYPE})
@@ -107,8 +132,12 @@ class Delivery:
         except Exception as e:  # noqa: BLE001 - disconnected, buffer full, payload too big
             assert rec is not None
             self._inflight.pop(rec.seq, None)
-            if type(e).__name__ == "MaxPayloadError":
-                self._drop_acked([rec.seq], "too_large")
+            refused = _REFUSED_BY_CLIENT.get(type(e).__name__)
+            if refused is not None:  # nats-py will never send it as it is: never retry it as it is
+                if rec.seq in self._dead:
+                    self._drop_acked([rec.seq], "poison_lost")
+                else:
+                    ready.appendleft(self._dead_letter(rec, refused))
                 return True
             ready.appendleft(rec)
             self.stats_.error("publish", f"{type(e).__name__}: {e}")
@@ -119,6 +148,56 @@ class Delivery:
                 self._timer = self._loop.call_later(self.settings.ack_timeout, self._check_timeouts)
             self._flush_core()
         return True
+
+    # ---- poison events ---------------------------------------------------------------------------
+
+    def _shape_problem(self, rec: Record, reply_len: int) -> str | None:
+        """Why the server would refuse this event as it is (``too_large``, ``control_line``), or None."""
+        header = HEADER_BYTES + len(rec.id.encode())
+        total = header + len(rec.payload)
+        if total > self._max_payload:
+            return "too_large"
+        args = len(rec.subject.encode()) + reply_len + len(str(header)) + len(str(total)) + 3
+        return "control_line" if args > self._max_control else None
+
+    def _fit(self, rec: Record, reply_len: int) -> Record:
+        """The event as it can be sent: trimmed to the server's size, or its dead letter when it cannot fit."""
+        if rec.seq in self._dead:
+            return rec  # a dead letter, made to fit
+        budget = min(self._max_bytes, self._max_payload - HEADER_BYTES - len(rec.id.encode()))
+        if len(rec.payload) > budget:  # encoded before the server told us its max_payload
+            try:
+                rec = rec._replace(payload=shrink(rec.payload, max(0, budget)))
+            except Exception:  # noqa: BLE001 - not an envelope we can read (a damaged spool): it cannot be trimmed
+                return self._dead_letter(rec, "too_large")
+        why = self._shape_problem(rec, reply_len)
+        return rec if why is None else self._dead_letter(rec, why)
+
+    def _dead_letter(self, rec: Record, reason: str, budget: int | None = None) -> Record:
+        """The dead letter replacing a poison event: same sequence and id, on ``<namespace>._dead.<reason>``."""
+        self._dead.add(rec.seq)
+        self.stats_.error(
+            "poison",
+            f"event {rec.id[:64]} ({len(rec.subject)}-character subject, {len(rec.payload)} bytes) "
+            f"cannot be published ({reason}); dead-lettered",
+        )
+        self._say(
+            logging.WARNING,
+            "poison",
+            "databricks-nats: event %s cannot be published as it is (%s: %d-character subject, %d bytes); "
+            "it goes to %s._dead.%s instead",
+            rec.id[:64],
+            reason,
+            len(rec.subject),
+            len(rec.payload),
+            self.settings.namespace,
+            reason,
+        )
+        msg_id = rec.id if len(rec.id) <= FAST_ID else "dead-" + hashlib.sha256(rec.id.encode()).hexdigest()[:32]
+        room = self._max_payload - HEADER_BYTES - len(msg_id)  # the server's bound: keep the event whole if it can
+        room = room if budget is None else min(room, budget)
+        subject = f"{self.settings.namespace}._dead.{reason}"
+        return Record(rec.seq, msg_id, subject, dead_letter(rec.payload, rec.subject, reason, max(0, room)))
 
     def _flush_core(self) -> None:
         """Core mode: a flush (PING/PONG) for what was published since the last one; several may be pending."""
@@ -182,6 +261,14 @@ class Delivery:
         except ValueError:
             resp = {"error": {"description": "unreadable ack"}}
         err = resp.get("error")
+        if err and isinstance(err, dict) and err.get("err_code") in _JS_TOO_LARGE:  # the stream will never take it
+            self.stats_.error("jetstream", str(err.get("description", err))[:200])
+            if seq in self._dead:
+                self._drop_acked([seq], "poison_lost")
+            else:
+                self._ready.appendleft(self._dead_letter(rec, "stream_limit", budget=min(1024, self._max_bytes)))
+                self._work.set()
+            return
         if err:
             self.stats_.error("jetstream", str(err.get("description", err))[:200])
             self._say(logging.WARNING, "js_error", "databricks-nats: JetStream refused an event: %s", err)
@@ -207,11 +294,20 @@ class Delivery:
         self._ack([seq for seq, _ in sent])
 
     def _ack(self, seqs: list[int]) -> None:
-        self.stats_.acked += len(seqs)
+        acked = len(seqs)
+        if self._dead:  # dead letters stored: the events are accounted as dropped (poison), kept on _dead
+            dead = [seq for seq in seqs if seq in self._dead]
+            if dead:
+                self._dead.difference_update(dead)
+                self.stats_.dropped["poison"] += len(dead)
+                acked -= len(dead)
+        self.stats_.acked += acked
         self._discard(seqs)
         self._work.set()
 
     def _drop_acked(self, seqs: list[int], reason: str) -> None:
+        if self._dead:
+            self._dead.difference_update(seqs)
         self._forget(seqs, reason)
         self._discard(seqs)
 

@@ -40,7 +40,7 @@ from databricks_nats.model.events import Event
 from databricks_nats.settings import Settings
 from databricks_nats.transport.auth import require_nkeys
 from databricks_nats.transport.connection import ConnectionLifecycle
-from databricks_nats.transport.delivery import Delivery
+from databricks_nats.transport.delivery import MAX_CONTROL_LINE, Delivery
 from databricks_nats.transport.spool import Record, Spool
 from databricks_nats.transport.stats import RateLimitedLog, Stats
 from databricks_nats.transport.storage import Storage
@@ -121,6 +121,10 @@ class Publisher(Storage, Delivery, ConnectionLifecycle):
         self._secured = 0
         self._flushers: list[tuple[int, asyncio.Future[None]]] = []  # (last sequence to wait for, future)
         self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()  # (events ingested to wait for, future)
+        self._dead: set[int] = set()
+        self._max_payload = 1024 * 1024  # the server's, from its INFO at connect
+        self._max_control = MAX_CONTROL_LINE
+        self._fast_subject = 0  # set at connect, with the reply prefix
         self._nc: NATS | None = None
         self._reply_prefix = ""
         self._connected = False
@@ -190,7 +194,7 @@ class Publisher(Storage, Delivery, ConnectionLifecycle):
             return result
         self._closing = True
         with contextlib.suppress(Exception):  # best effort: the loop may already be gone at exit
-            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(max(1.0, timeout))
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(max(3.0, timeout))
         self._thread.join(max(1.0, timeout))
         return result
 
@@ -233,9 +237,9 @@ class Publisher(Storage, Delivery, ConnectionLifecycle):
         if self._save_timer is not None:
             self._save_timer.cancel()
         self._save()
-        for nc in {c for c in (self._nc, self._connecting) if c is not None}:
+        if self._nc is not None:
             with contextlib.suppress(Exception):  # closing a broken connection may fail in many ways
-                await asyncio.wait_for(nc.close(), 2)
+                await asyncio.wait_for(self._nc.close(), 2)
         # Whatever nats-py (or a callback) still runs on this loop ends here too, before the loop closes.
         await self._end_tasks(asyncio.all_tasks() - {asyncio.current_task()})
         self._spool.close()
@@ -245,15 +249,15 @@ class Publisher(Storage, Delivery, ConnectionLifecycle):
     async def _end_tasks(tasks: Iterable[asyncio.Future[Any]]) -> None:
         """Cancel these tasks and wait until every one has ended: no timed window a starved loop could miss.
 
-        A task that swallows a cancellation is cancelled again (every 10 s) until it ends; the loop is
-        closed only after this returns, so asyncio never destroys a pending task ("Task was destroyed but
-        it is pending").
+        A task that swallows a cancellation is cancelled again (every second) until it ends — nats-py's
+        ``connect`` does, when the cancellation lands in its retry loop's ``_close``. The loop is closed only
+        after this returns, so asyncio never destroys a pending task ("Task was destroyed but it is pending").
         """
         running = {t for t in tasks if not t.done()}
         while running:
             for task in running:
                 task.cancel()
-            _, running = await asyncio.wait(running, timeout=10.0)
+            _, running = await asyncio.wait(running, timeout=1.0)
 
     def _spool_forget_after_fork(self) -> None:
         forget = getattr(self._spool, "forget_after_fork", None)
