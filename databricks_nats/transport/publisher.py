@@ -111,7 +111,8 @@ class Publisher(Storage, Delivery, ConnectionLifecycle):
         self._ready: deque[Record] = deque()
         self._inflight: OrderedDict[int, tuple[Record, float]] = OrderedDict()
         self._loaded_upto = 0
-        self._spilled = spool.count() > 0  # events adopted from a dead process: send those first
+        self._spilled = spool.count() > 0  # events adopted from a dead process: a backlog on disk
+        self._live: set[int] = set()  # live-lane sequences taken into memory while a backlog is on disk
         self._acked: list[int] = []
         self._acks: list[str] = []  # reply subjects of plain JetStream acks, settled once per loop iteration
         self._unflushed: list[int] = []  # core: published since the last flush
@@ -213,6 +214,43 @@ class Publisher(Storage, Delivery, ConnectionLifecycle):
             self._loop.run_forever()
         finally:
             self._loop.close()
+
+    # ---- the live lane: a backlog on disk never starves new events ------------------------------------
+
+    def _ingest(self) -> None:
+        """While a backlog waits on disk, new events take the live lane: into memory (when it has room),
+        sent as soon as the backlog batch already read back (at most 1,000 events) is out, instead of
+        behind the whole backlog. The backlog's read cursor (``_loaded_upto``) is kept; the live events
+        that write-behind puts on disk meanwhile are skipped when the cursor reaches them (``_refill``).
+        Immediate mode (events on disk before ``emit`` returns) keeps emit order.
+        """
+        if not self._spilled or self._immediate:
+            Storage._ingest(self)
+            return
+        cursor, first = self._loaded_upto, self._last_seq + 1
+        self._spilled = False  # room for the live lane is what memory has left (the backlog batch included)
+        try:
+            Storage._ingest(self)
+        finally:
+            kept_upto = self._loaded_upto if self._loaded_upto >= first else first - 1
+            self._spilled = True
+            self._loaded_upto = cursor
+        if kept_upto >= first:  # memory-full spills (after these) stay on disk, read back in order
+            self._live.update(range(first, kept_upto + 1))
+
+    def _refill(self) -> None:
+        """Read the backlog back (``Storage._refill``), skipping the live-lane events already in memory."""
+        live = self._live
+        if not live:
+            Storage._refill(self)
+            return
+        ready = self._ready
+        before = len(ready)
+        Storage._refill(self)
+        fresh = [ready.pop() for _ in range(len(ready) - before)]
+        ready.extend(rec for rec in reversed(fresh) if rec.seq not in live)
+        if not self._spilled:  # the backlog is read: nothing on disk is behind the cursor any more
+            live.clear()
 
     def _on_wake(self) -> None:
         self._wake_scheduled = False
