@@ -213,8 +213,14 @@ def main(argv: list[str] | None = None) -> int:
     ]  # fmt: skip
     path = write_results(
         "bench_backlog_quick" if args.quick else "bench_backlog",
-        {"mode": "quick" if args.quick else "full", "live_rates": rates, "live_rate": live, "backlog": run,
-         "ratio": drain_ratio, "summary": summary},  # fmt: skip
+        {
+            "mode": "quick" if args.quick else "full",
+            "live_rates": rates,
+            "live_rate": live,
+            "backlog": run,
+            "ratio": drain_ratio,
+            "summary": summary,
+        },
     )
     print(f"results: {path}")
     return 0

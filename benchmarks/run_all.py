@@ -2,7 +2,7 @@
 
     python -m benchmarks                 # every benchmark, full size (all.json)
     python -m benchmarks --quick         # smaller sizes, passed through (all_quick.json)
-    python -m benchmarks --only latency,idle
+    python -m benchmarks --only latency,idle,backlog
 
 Each benchmark runs in its own process (``python -m benchmarks.bench_<name>``), one after the other, so
 none disturbs another; its own table is shown as it runs and its JSON is read back afterwards. A benchmark
@@ -21,7 +21,7 @@ from typing import Any
 
 from benchmarks._common import RESULTS_DIR, print_table, verdict, write_results
 
-BENCHES = ("core", "mlflow", "spark", "latency", "memory", "idle")
+BENCHES = ("core", "mlflow", "spark", "latency", "memory", "idle", "backlog")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
