@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
+import pickle
 from typing import Any
 
 import pytest
 
 from databricks_nats.errors import ConfigurationError, DatabricksNatsError
-from databricks_nats.settings import Secret, Settings, resolve_settings
+from databricks_nats.settings import Secret, Settings, redact_url, resolve_settings
 
 
 def _resolve(environ: dict[str, str] | None = None, spark_conf: dict[str, str] | None = None, **kw: Any) -> Settings:
@@ -308,3 +311,83 @@ def test_tls_key_is_secret_and_tls_paths_and_scope_are_plain() -> None:
     assert isinstance(s.tls_key, Secret)
     assert "PRIVATE" not in repr(s)
     assert (s.tls_ca, s.tls_hostname, s.secret_scope) == ("/etc/ca.pem", "nats.internal", "nats")
+
+
+URL_WITH_PASSWORDS = "nats://alice:pw-SUPERSECRET@h1:4222, tls://tok-SUPERSECRET@h2:4222"
+
+
+def test_url_passwords_are_masked_wherever_the_url_setting_is_shown() -> None:
+    """str, repr, format and slices of the url setting mask user:password; the client still gets the real URLs."""
+    s = _resolve(url=URL_WITH_PASSWORDS)
+    shown = [str(s.url), repr(s.url), f"{s.url}", "%s %r" % (s.url, s.url), str(s.url[:1]), repr(s), str(s)]  # noqa: UP031
+    assert not [text for text in shown if "SUPERSECRET" in text]
+    assert str(s.url) == "nats://****@h1:4222, tls://****@h2:4222"
+    assert list(s.url) == ["nats://alice:pw-SUPERSECRET@h1:4222", "tls://tok-SUPERSECRET@h2:4222"]
+    assert s.url == ("nats://alice:pw-SUPERSECRET@h1:4222", "tls://tok-SUPERSECRET@h2:4222")
+    copied = pickle.loads(pickle.dumps(s))  # noqa: S301 - e.g. shipped to a Spark Connect listener process
+    assert copied == s
+    assert "SUPERSECRET" not in str(copied.url)
+    built = Settings(url=("nats://bob:SUPERSECRET@h:1",))  # not resolved: masked all the same
+    assert "SUPERSECRET" not in str(built.url) + repr(built)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("nats://alice:p/SUPERSECRET@h:4222", "nats://****@h:4222"),
+        ("nats://alice:p@SUPERSECRET@h:4222", "nats://****@h:4222"),
+        ("wss://alice:SUPERSECRET@h/path", "wss://****@h/path"),
+        ("alice:SUPERSECRET@h:4222", "****@h:4222"),
+        ("('nats://a:SUPERSECRET@h1', 'nats://b:SUPERSECRET@h2')", "('nats://****@h1', 'nats://****@h2')"),
+        ("nats://h:4222", "nats://h:4222"),
+    ],
+)
+def test_redact_url_masks_the_whole_userinfo(url: str, shown: str) -> None:
+    """A password holding "/" or "@", a URL without a scheme, several URLs in one text: all masked."""
+    assert redact_url(url) == shown
+
+
+def test_a_long_url_password_is_masked_in_configuration_errors() -> None:
+    """The value an error shows is masked before it is shortened, so no part of a long password shows."""
+    with pytest.raises(ConfigurationError) as info:
+        _resolve(url="http://alice:" + "x" * 100 + "SUPERSECRET@nats.internal:4222")
+    assert "SUPERSECRET" not in str(info.value)
+    assert "xxx" not in str(info.value)
+
+
+def test_a_password_in_the_url_connects_and_shows_nowhere(
+    tmp_path: Any, namespace: dict[str, str], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Against a real nats-server that requires a password: the publisher connects with the URL's password, and
+    neither the settings, stats(), the log nor ensure_stream's error for a failed connection shows it."""
+    import nats
+
+    import databricks_nats
+    from databricks_nats.errors import StreamError
+    from databricks_nats.testing import NatsServer, read_stream
+
+    config = tmp_path / "auth.conf"
+    config.write_text('authorization { user: alice, password: "pw-SUPERSECRET" }\n')
+    with NatsServer(config=str(config)) as server, caplog.at_level(logging.DEBUG, logger="databricks_nats"):
+        url = server.url.replace("nats://", "nats://alice:pw-SUPERSECRET@")
+        settings = databricks_nats.configure(url=url, spool_dir=str(tmp_path / "spool"), **namespace)
+        databricks_nats.emit("custom.auth.checked", {"ok": True}, keys=["k"])
+        assert databricks_nats.flush(timeout=30).ok
+        stats = json.dumps(databricks_nats.stats(), default=str)
+        shown = [str(databricks_nats.get_settings().url), repr(databricks_nats.get_settings()), stats]
+        databricks_nats.shutdown(timeout=5)
+        assert [m["envelope"]["data"]["ok"] for m in _read(read_stream, url, settings.stream_name)] == [True]
+
+        async def refused(*args: Any, **kwargs: Any) -> Any:
+            raise ConnectionRefusedError("refused")
+
+        monkeypatch.setattr(nats, "connect", refused)
+        with pytest.raises(StreamError) as failed:
+            databricks_nats.ensure_stream(url=url)
+        shown.append(str(failed.value))
+    shown.append(caplog.text)
+    assert not [text[:200] for text in shown if "SUPERSECRET" in text]
+
+
+def _read(read_stream: Any, url: str, stream: str) -> list[dict[str, Any]]:
+    return [m for m in read_stream(url, stream) if m["envelope"]["type"] == "databricks.custom.auth.checked"]
