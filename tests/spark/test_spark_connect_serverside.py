@@ -26,6 +26,7 @@ from pyspark.sql.streaming import StreamingQueryListener
 
 import databricks_nats
 from databricks_nats import spark as nats_spark
+from databricks_nats.integrations.spark import _compat
 from databricks_nats.testing import read_stream
 from tests.spark.connect import new_token, token_nats, token_url
 
@@ -68,6 +69,7 @@ def _real_events(spark: Any, folder: Path) -> list[tuple[int, str]]:
     for i in range(FILES):
         (folder / f"part-{i}.json").write_text("".join(json.dumps({"id": i * 10 + j}) + "\n" for j in range(10)))
     recorder = _Recorder()
+    _compat.ensure_callback_server(spark)  # an earlier test may have had MLflow shut py4j's callback server down
     spark.streams.addListener(recorder)
     try:
         query = (

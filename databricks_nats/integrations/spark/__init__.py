@@ -122,6 +122,7 @@ def attach(
         job = _attach_jobs(spark, app, min_execution_ms, summary_interval)
         run_ids = job.listener.tracker.stream_runs if job is not None else {}
         streaming = NatsStreamingListener(progress_interval, tables, run_ids, settings, context)
+        _compat.ensure_callback_server(spark)  # classic: a streaming listener is a py4j callback too
         spark.streams.addListener(streaming)
         if job is not None:
             job.sessions.add(id(spark))

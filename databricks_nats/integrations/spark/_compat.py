@@ -49,6 +49,7 @@ __all__ = [
     "add_listener",
     "app_id",
     "drain_bus",
+    "ensure_callback_server",
     "has_jvm",
     "local_run_id",
     "read_event",
@@ -78,6 +79,22 @@ def app_id(spark: Any) -> str:
         return str(getattr(spark, "session_id", "unknown"))
 
 
+def ensure_callback_server(spark: Any) -> None:
+    """Make sure py4j's callback server (through which the JVM calls Python listeners) runs; classic only."""
+    if not has_jvm(spark):
+        return
+    from pyspark.java_gateway import ensure_callback_server_started
+
+    gateway = spark.sparkContext._gateway
+    server = gateway.__dict__.get("_callback_server")
+    if server is not None and getattr(server, "is_shutdown", False):
+        # Someone shut it down (MLflow's Spark autologging does, when disabled) and py4j keeps the dead
+        # object, so PySpark would never start it again: forget it, so it is started afresh.
+        gateway._callback_server = None
+    ensure_callback_server_started(gateway)  # type: ignore[no-untyped-call]
+    _unblock_close()
+
+
 def add_listener(spark: Any, listener: Any) -> list[Any]:
     """Register a py4j listener on the driver's bus; return the JVM listeners ``remove_listener`` needs.
 
@@ -87,17 +104,9 @@ def add_listener(spark: Any, listener: Any) -> list[Any]:
     stays in the JVM (each py4j callback costs 100-200 us of Python CPU). Without
     ``java.desktop`` (a trimmed JVM), the listener itself is registered and sees every event.
     """
-    from pyspark.java_gateway import ensure_callback_server_started
-
     sc = spark.sparkContext
     gateway = sc._gateway
-    server = gateway.__dict__.get("_callback_server")
-    if server is not None and getattr(server, "is_shutdown", False):
-        # Someone shut it down (MLflow's Spark autologging does, when disabled) and py4j keeps the dead
-        # object, so PySpark would never start it again: forget it, so it is started afresh.
-        gateway._callback_server = None
-    ensure_callback_server_started(gateway)  # type: ignore[no-untyped-call]
-    _unblock_close()
+    ensure_callback_server(spark)
     try:
         interface = gateway.jvm.org.apache.spark.scheduler.SparkListenerInterface._java_lang_class
         create = gateway.jvm.java.beans.EventHandler.create
