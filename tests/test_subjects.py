@@ -10,7 +10,16 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from databricks_nats.errors import DatabricksNatsError, SubjectError
-from databricks_nats.model.subjects import MAX_TOKEN, build_subject, decode, encode, validate_name, validate_prefix
+from databricks_nats.model.subjects import (
+    FOLD_MARK,
+    MAX_SUBJECT,
+    MAX_TOKEN,
+    build_subject,
+    decode,
+    encode,
+    validate_name,
+    validate_prefix,
+)
 
 # Full Unicode without surrogates (hypothesis' default), control characters included.
 ANY_TEXT = st.text(st.characters(codec=None))
@@ -190,6 +199,60 @@ def test_build_subject_matches_grammar(
     for key, tok in zip(keys, key_tokens, strict=True):
         if not _is_hashed(tok):
             assert decode(tok) == key
+
+
+FOLD_TOKEN = re.compile(rf"^{re.escape(FOLD_MARK)}[0-9a-f]{{32}}$")
+MANY_KEYS = st.lists(st.one_of(st.text(max_size=12), st.text(min_size=90, max_size=200)), min_size=0, max_size=40)
+
+
+@SMALL
+@given(keys=MANY_KEYS)
+def test_build_subject_is_bounded_and_folds_only_what_does_not_fit(keys: list[str]) -> None:
+    """Issue 13 item 6: a subject is at most MAX_SUBJECT characters; when the keys do not fit, the first ones that
+    do are kept as they are and the rest become one last token ~f<32 hex>; otherwise nothing changes."""
+    namespace, head = "dbx.ws.dev", "dbx.ws.dev.custom.thing"
+    subject = build_subject(namespace, "custom", "thing", keys, "happened")
+    assert len(subject) <= MAX_SUBJECT
+    tokens = subject[len(head) + 1 :].split(".")[:-1]
+    encoded = [encode(k) for k in keys]
+    unfolded = ".".join([head, *encoded, "happened"])
+    if len(unfolded) <= MAX_SUBJECT:
+        assert subject == unfolded
+    else:
+        assert FOLD_TOKEN.match(tokens[-1]), tokens[-1]
+        assert tokens[:-1] == encoded[: len(tokens) - 1]
+        assert len(tokens) - 1 < len(keys)
+    for tok in subject.split("."):
+        _assert_safe(tok)
+
+
+@SMALL
+@given(a=MANY_KEYS, b=MANY_KEYS)
+def test_build_subject_is_injective_with_folding(a: list[str], b: list[str]) -> None:
+    """Different key lists give different subjects, folded or not (hash collisions aside)."""
+    assume(a != b)
+    assert build_subject("dbx.ws.dev", "s", "e", a, "x") != build_subject("dbx.ws.dev", "s", "e", b, "x")
+
+
+@SMALL
+@given(st.one_of(ANY_TEXT, CONTROL_AND_PUNCT, st.text(min_size=90)))
+def test_no_encoded_token_looks_like_a_fold_token(name: str) -> None:
+    """encode never starts a token with the fold mark, so a folded subject cannot equal an unfolded one."""
+    assert not encode(name).startswith(FOLD_MARK)
+
+
+def test_build_subject_of_1500_keys_folds_into_one_hashed_token() -> None:
+    """The report's event: 1,500 keys (a 7,912-character subject before) now gives a bounded subject; a change
+    in any folded key changes it."""
+    keys = [f"key{i}" for i in range(1500)]
+    subject = build_subject("dbx.ws.dev", "custom", "thing", keys, "happened")
+    assert len(subject) <= MAX_SUBJECT
+    tokens = subject.split(".")
+    assert tokens[5:8] == ["key0", "key1", "key2"]
+    assert FOLD_MARK in tokens[-2]
+    changed = build_subject("dbx.ws.dev", "custom", "thing", [*keys[:-1], "other"], "happened")
+    assert changed != subject
+    assert changed.split(".")[:-2] == tokens[:-2]
 
 
 def test_build_subject_example() -> None:
