@@ -88,9 +88,15 @@ def snapshot(data: Mapping[str, Any] | None, max_bytes: int = 8192, etype: Any =
     ``"NaN"``/``"Infinity"``. ``etype``: the event type, whose keys and pointer survive a cut of the top level.
     """
     limit = max_bytes >> 1 if max_bytes > 2 * _KEEP else _KEEP
-    if type(data) is dict:
+    if type(data) is dict and len(data) <= limit:  # the usual case, the top level of _fast inlined
+        out = {}
+        plain = _PLAIN
         try:
-            return _fast(data, limit, 0)  # type: ignore[no-any-return]
+            for k, v in data.items():
+                if type(k) is not str:
+                    raise _Slow
+                out[k] = v if type(v) in plain else _fast(v, limit, 1)
+            return out
         except (_Slow, RuntimeError):  # RuntimeError: another thread changed the data while it was copied
             pass
     if not data:
