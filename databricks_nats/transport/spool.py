@@ -760,6 +760,7 @@ class SqliteSpool:
                 )
             if self._stale:
                 self._delete_rows([])
+            self._trim_partly_acknowledged()
             empty = self.count() == 0
             self._closed = True
             self._release_held()
@@ -771,6 +772,23 @@ class SqliteSpool:
                     _unlink(self._stem + suffix)
             with contextlib.suppress(OSError):
                 os.close(self._lock_fd)
+
+    def _trim_partly_acknowledged(self) -> None:
+        """At close: rewrite rows holding acknowledged events with their live ones only, so a clean exit
+        replays nothing twice (a killed process's partly acknowledged rows come back whole)."""
+        if self._db is None:
+            return
+        for first, row in self._rows.items():
+            if row.mem is not None or row.live == len(row.seqs):
+                continue
+            records = self._read_row(first, row)
+            if records is None:
+                continue
+            live = [r for r, dead in zip(records, row.dead, strict=True) if not dead]
+            try:
+                self._db.execute("UPDATE bursts SET n = ?, body = ? WHERE seq = ?", (len(live), _pack(live), first))
+            except (sqlite3.Error, OSError):
+                return  # the disk is full: replayed whole, JetStream drops the repeats
 
     def _abandon(self) -> None:
         """Opening failed: release what was taken (the files stay for a later process to adopt)."""
