@@ -139,7 +139,9 @@ def test_full_disk_loses_nothing_and_flush_is_ok_only_when_everything_is_acked(
         f'mount -t tmpfs -o size={size} tmpfs "{mount}" && '
         f'exec "{sys.executable}" -c "$R9_SCRIPT" 20000 {kind} "{ids_path}"'
     )
-    proc = _in_namespace(script, {**_env(fresh_server.url, settings, str(mount)), "R9_SCRIPT": _FULL_DISK})
+    env = {**_env(fresh_server.url, settings, str(mount)), "R9_SCRIPT": _FULL_DISK}
+    env["DATABRICKS_NATS_MEMORY_MAX_EVENTS"] = "2000"  # most events spill to the disk, which fills up meanwhile
+    proc = _in_namespace(script, env)
     try:
         emitted = _next_json(proc)
         fresh_server.start()
