@@ -342,6 +342,8 @@ class SqliteSpool:
         self.adopted = 0
         self.quarantined: list[str] = []
         self._db: sqlite3.Connection | None = None
+        self._checkpointer: sqlite3.Connection | None = None
+        self._caller_writes = False
         self._closed = False
         os.makedirs(directory, exist_ok=True)
         self._lock_fd = -1
@@ -375,6 +377,8 @@ class SqliteSpool:
             return True
         try:
             self._db = _connect(self._file)
+            if self._caller_writes:
+                self._db.execute("PRAGMA wal_autocheckpoint=0")
             return True
         except (sqlite3.Error, OSError) as e:
             self._error(f"cannot open {self._file}: {type(e).__name__}: {e}")
@@ -401,6 +405,26 @@ class SqliteSpool:
         with self.lock:
             out, self._errors = self._errors, []
             return out
+
+    def writes_from_callers(self) -> None:
+        """Immediate mode: commits happen in the threads calling ``emit``. They must never run a checkpoint
+        (its ``fsync`` would stall the caller): automatic checkpoints are off, ``checkpoint`` does them."""
+        with self.lock:
+            self._caller_writes = True
+            if self._db is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("PRAGMA wal_autocheckpoint=0")
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database from a connection of its own, without the lock (callers keep writing)."""
+        if not self._caller_writes or self._closed or self._db is None:
+            return
+        try:
+            if self._checkpointer is None:
+                self._checkpointer = sqlite3.connect(self._file, check_same_thread=False, isolation_level=None)
+            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except (sqlite3.Error, OSError) as e:
+            self._error(f"checkpoint of {self._file}: {type(e).__name__}: {e}")
 
     def note_drops(self, reason: str, seqs: list[int]) -> None:
         """Record drops decided by a caller that cannot report them itself (``take_drops`` returns them)."""
@@ -764,6 +788,9 @@ class SqliteSpool:
             empty = self.count() == 0
             self._closed = True
             self._release_held()
+            if self._checkpointer is not None:
+                with contextlib.suppress(Exception):
+                    self._checkpointer.close()
             if self._db is not None:
                 with contextlib.suppress(Exception):
                     self._db.close()
@@ -808,8 +835,7 @@ class SqliteSpool:
     def forget_after_fork(self) -> None:
         """In a forked child: drop the inherited descriptors without touching the parent's database."""
         self._closed = True
-        if self._db is not None:
-            _inherited.append(self._db)  # closing it here could checkpoint the parent's file: never close
+        _inherited.extend(c for c in (self._db, self._checkpointer) if c is not None)  # never closed here
         with contextlib.suppress(OSError):
             os.close(self._lock_fd)
         for orphan in self._held:

@@ -42,6 +42,7 @@ _SAVE_DELAY = 0.05  # seconds an event may live only in memory; most are acked s
 _INGEST_SLICE = 1000  # events encoded per loop iteration, so acks are never starved by a burst
 _ADOPT_EVERY = 30.0  # seconds between two looks for dead peers' spools (glob + a non-blocking flock each)
 _RETRY_EVERY = 1.0  # seconds between two attempts to write rows the disk refused
+_CHECKPOINT_EVERY = 2000  # immediate mode: events between two WAL checkpoints, run by the worker
 _new = tuple.__new__  # Record(*fields) without the Python-level __new__ of a NamedTuple
 
 
@@ -72,12 +73,16 @@ class Storage:
     _work: asyncio.Event
     _maint_timer: asyncio.TimerHandle | None = None  # class defaults: the publisher's __init__ does not set them
     _maint_started = False
+    _checkpoint_due = 0
     _adopted_at = 0.0
 
     @cached_property
     def _immediate(self) -> bool:
         """``spool_sync="immediate"``, or a forked child (pool workers end with ``os._exit``)."""
-        return getattr(self.settings, "spool_sync", "write-behind") == "immediate" or forked()
+        immediate = getattr(self.settings, "spool_sync", "write-behind") == "immediate" or forked()
+        if immediate and hasattr(self._spool, "writes_from_callers"):
+            self._spool.writes_from_callers()  # no checkpoint (fsync) in emit(): the worker does them
+        return immediate
 
     def _persist(self, event: Event) -> None:
         """Immediate mode, in the caller's thread: encode, commit to the spool, then queue the stored record.
@@ -169,6 +174,10 @@ class Storage:
             self._secured = self._ingested  # nothing is left unsaved: every event so far is acked, dropped or on disk
         if immediate:
             self._secured = self._ingested
+            self._checkpoint_due += limit
+            if self._checkpoint_due >= _CHECKPOINT_EVERY and hasattr(self._spool, "checkpoint"):
+                self._checkpoint_due = 0
+                self._spool.checkpoint()
         if self._unsaved and self._save_timer is None and not volatile:
             self._save_timer = self._loop.call_later(_SAVE_DELAY, self._save)
         if self._inbox and not (volatile and limit >= room):  # a big burst: let sends and acks run in between
@@ -260,6 +269,8 @@ class Storage:
             retry = getattr(spool, "retry", None)
             if retry is not None:
                 retry()
+            if self._immediate and hasattr(spool, "checkpoint"):
+                spool.checkpoint()
             if time.monotonic() - self._adopted_at >= _ADOPT_EVERY:
                 self._adopted_at = time.monotonic()
                 self._adopt_peers()
