@@ -131,8 +131,14 @@ def main(argv: list[str] | None = None) -> int:
     ]  # fmt: skip
     path = write_results(
         "bench_durability_quick" if args.quick else "bench_durability",
-        {"mode": "quick" if args.quick else "full", "n": n, "reps": reps, "results": results, "runs": runs,
-         "summary": summary},  # fmt: skip
+        {
+            "mode": "quick" if args.quick else "full",
+            "n": n,
+            "reps": reps,
+            "results": results,
+            "runs": runs,
+            "summary": summary,
+        },
     )
     print(f"results: {path}")
     return 0
