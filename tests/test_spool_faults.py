@@ -20,6 +20,7 @@ import pytest
 
 import databricks_nats
 from databricks_nats import _api
+from databricks_nats.model.events import new_event
 from databricks_nats.transport import storage
 from databricks_nats.transport.spool import Record, SqliteSpool
 
@@ -302,3 +303,30 @@ def test_a_live_publisher_adopts_a_dead_peers_spool_without_a_new_process(
     stored = [m["envelope"]["id"] for m in read_stream(nats_server.url, settings.stream_name)]
     assert sorted(stored) == sorted(f"peer-{n}" for n in range(1, 101))
     assert not glob.glob(os.path.join(settings.spool_path, "spool-*"))
+
+
+def test_flush_is_not_ok_when_events_it_waited_for_were_dropped(fresh_server: Any, make_settings: Any) -> None:
+    """Issue 13 item 2: ``flush()`` is ok only when every event emitted before it was acknowledged.
+
+    Events dropped by the spool's bound while NATS is down make the next flush not ok (once); the flush
+    after it, over events that were all acknowledged, is ok again.
+    """
+    fresh_server.stop()
+    settings = make_settings(fresh_server, spool_max_bytes=20_000, connect_timeout=0.2, memory_max_events=10)
+    pub = _api.build_transport(settings)
+    try:
+        data = {"experiment_id": "1", "run_id": "r", "metrics": {"m": 1.0}, "points": 1, "final": False}
+        for _ in range(300):
+            pub.emit(new_event("mlflow.run.metrics", data))
+        deadline = time.monotonic() + 10
+        while not pub.stats()["dropped"].get("spool_full") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        fresh_server.start()
+        first = pub.flush(30)
+        assert pub.stats()["dropped"]["spool_full"] > 0
+        assert not first.ok, first
+        assert first.pending == 0
+        pub.emit(new_event("mlflow.run.metrics", data))
+        assert pub.flush(30).ok
+    finally:
+        pub.close()

@@ -84,6 +84,7 @@ class Delivery:
         def _ingest(self) -> None: ...
         def _refill(self) -> None: ...
         def _forget(self, seqs: list[int], reason: str) -> None: ...
+        def _lost_upto(self, boundary: int) -> bool: ...
         async def _no_stream(self) -> None: ...
 
     async def _send_forever(self) -> None:
@@ -332,17 +333,17 @@ class Delivery:
 
     # ---- flush ----------------------------------------------------------------------------------
 
-    async def _flush(self) -> None:
+    async def _flush(self) -> bool:
         """Wait until every event handed over before the call is acknowledged (or flushed, in core mode).
 
         The wait is on the last sequence given to those events: known once the inbox is ingested up to
         the call (``_waiting`` until then).
         """
-        fut: asyncio.Future[None] = self._loop.create_future()
-        self._waiting.append((self._ingested + len(self._inbox), fut))
+        fut: asyncio.Future[bool] = self._loop.create_future()
+        self._waiting.append((self._ingested + len(self._inbox), fut))  # type: ignore[arg-type]
         self._ingest()
         self._work.set()
-        await fut
+        return await fut  # True when one of those events was dropped (storage.py: _lost_upto)
 
     def _update_flushers(self) -> None:
         if not self._flushers:
@@ -356,7 +357,7 @@ class Delivery:
             if fut.done():
                 continue
             if lowest is None or lowest > boundary:
-                fut.set_result(None)
+                fut.set_result(self._lost_upto(boundary))  # type: ignore[arg-type]
             else:
                 still.append((boundary, fut))
         self._flushers = still

@@ -165,8 +165,8 @@ class Publisher(Storage, Delivery, ConnectionLifecycle):
             return FlushResult(self._pending() == 0, self._pending())
         fut = asyncio.run_coroutine_threadsafe(self._flush(), self._loop)
         try:
-            fut.result(timeout)
-            return FlushResult(True, self._pending())
+            lost = fut.result(timeout)  # ok only when every event emitted before was acknowledged, none dropped
+            return FlushResult(not lost, self._pending())
         except Exception:  # noqa: BLE001 - timeout (or loop stopped): report what is left
             fut.cancel()
             return FlushResult(False, max(1, self._pending()))

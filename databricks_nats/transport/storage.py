@@ -42,6 +42,7 @@ _SAVE_DELAY = 0.05  # seconds an event may live only in memory; most are acked s
 _INGEST_SLICE = 1000  # events encoded per loop iteration, so acks are never starved by a burst
 _ADOPT_EVERY = 30.0  # seconds between two looks for dead peers' spools (glob + a non-blocking flock each)
 _RETRY_EVERY = 1.0  # seconds between two attempts to write rows the disk refused
+_LOSSES = frozenset({"spool_full", "spool_unwritable", "spool_corrupt", "spool_error"})  # flush() is not ok
 _CHECKPOINT_EVERY = 2000  # immediate mode: events between two WAL checkpoints, run by the worker
 _new = tuple.__new__  # Record(*fields) without the Python-level __new__ of a NamedTuple
 
@@ -73,6 +74,7 @@ class Storage:
     _work: asyncio.Event
     _maint_timer: asyncio.TimerHandle | None = None  # class defaults: the publisher's __init__ does not set them
     _maint_started = False
+    _loss_marks: list[int] | None = None  # highest sequence of each drop not yet reported by a flush
     _checkpoint_due = 0
     _adopted_at = 0.0
 
@@ -219,6 +221,18 @@ class Storage:
             self._unsaved.pop(seq, None)
         self.stats_.dropped[reason] += len(seqs)
         self._say(logging.WARNING, reason, "databricks-nats: dropped %d event(s): %s", len(seqs), reason)
+        if seqs and reason in _LOSSES:
+            if self._loss_marks is None:
+                self._loss_marks = []
+            self._loss_marks.append(max(seqs))
+
+    def _lost_upto(self, boundary: int) -> bool:
+        """For a flush up to ``boundary``: was an event at or below it dropped (since an earlier flush said so)?"""
+        marks = self._loss_marks
+        if not marks:
+            return False
+        self._loss_marks = [m for m in marks if m > boundary]
+        return len(self._loss_marks) < len(marks)
 
     def _refill(self) -> None:
         """Read spilled events back from the spool when memory has room."""
