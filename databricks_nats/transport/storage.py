@@ -261,7 +261,7 @@ class Storage:
             else:  # events of a dead process's damaged file: never ours to send
                 self.stats_.dropped[reason] += n
                 self._say(logging.WARNING, reason, "databricks-nats: dropped %d event(s): %s", n, reason)
-        errors = getattr(spool, "take_errors", list)()
+        errors: list[str] = getattr(spool, "take_errors", list)()
         for text in errors:
             self.stats_.error("spool", text)
         if errors:
