@@ -12,7 +12,7 @@ from databricks_nats._exit import at_exit
 from databricks_nats.errors import DatabricksNatsError, FlushTimeout, PublishError, StreamError
 from databricks_nats.model import catalog, jsonsafe
 from databricks_nats.model.events import Encoder, Event, new_event
-from databricks_nats.settings import Settings, resolve_settings
+from databricks_nats.settings import Settings, redact_url, resolve_settings
 from databricks_nats.transport.publisher import FlushResult, Publisher
 from databricks_nats.transport.spool import open_spool
 
@@ -163,7 +163,7 @@ def _fail(e: Exception, what: str) -> None:
         if isinstance(e, DatabricksNatsError):
             raise e
         raise PublishError(f"{what}: {type(e).__name__}: {e}") from e
-    text = _clip(f"{type(e).__name__}: {e}")
+    text = _clip(redact_url(f"{type(e).__name__}: {e}"))
     # The first failure of a kind is a warning; repeats (a loop logging bad input) are counted and logged at
     # debug, with a warning again at every 1000th. User strings in the message are clipped.
     key = (id(t), what.split("(", 1)[0], type(e).__name__)

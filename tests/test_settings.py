@@ -391,3 +391,13 @@ def test_a_password_in_the_url_connects_and_shows_nowhere(
 
 def _read(read_stream: Any, url: str, stream: str) -> list[dict[str, Any]]:
     return [m for m in read_stream(url, stream) if m["envelope"]["type"] == "databricks.custom.auth.checked"]
+
+
+def test_a_client_error_quoting_a_url_never_shows_its_password_in_stats():
+    """Errors from the NATS or websocket client may quote the server URL: ``stats()['last_error']`` masks it."""
+    from databricks_nats.transport.stats import Stats
+
+    stats = Stats()
+    stats.error("connect", "WSServerHandshakeError: 401, url='wss://svc:pa55w0rd@nats.example.com:443/'")
+    assert "pa55w0rd" not in stats.last_error
+    assert "wss://****@nats.example.com:443/" in stats.last_error

@@ -8,6 +8,8 @@ from collections import Counter, deque
 from collections.abc import Iterable
 from typing import Any
 
+from databricks_nats.settings import redact_url
+
 __all__ = ["RateLimitedLog", "Stats"]
 
 
@@ -37,7 +39,7 @@ class Stats:
 
     def error(self, kind: str, message: str) -> None:
         self.errors[kind] += 1
-        self.last_error = f"{kind}: {message}"[:500]
+        self.last_error = redact_url(f"{kind}: {message}")[:500]  # a client's error may quote a URL with its password
         self.last_error_at = time.time()
 
     def snapshot(self, **gauges: Any) -> dict[str, Any]:
