@@ -77,14 +77,17 @@ def _urls(v: str | tuple[str, ...] | list[str]) -> ServerUrls:
     return ServerUrls(items)
 
 
-# The userinfo of every URL in a text: after "scheme://" (or at the start of a bare "user:pass@host" word), up
-# to the last "@" before a space or comma, so a password holding "/", "@" or a quote is masked whole.
-_USERINFO = re.compile(r"(?P<lead>[A-Za-z][A-Za-z0-9+.-]*://|(?<![^\s,'\"(\[])(?=[^\s,'\"(\[]))[^\s,]*@")
+# The userinfo of every URL in a text: after "scheme://", up to the last "@" before a space or comma, so a password
+# holding "/", "@" or a quote is masked whole; then the userinfo of bare "user:pass@host" words with no scheme.
+_SCHEMED = re.compile(r"(?P<lead>[A-Za-z][A-Za-z0-9+.-]*://)[^\s,]*@")
+_BARE = re.compile(r"(?<![^\s,'\"(\[])(?![^\s,]*://)[^\s,'\"(\[][^\s,]*@")
 
 
 def redact_url(url: str) -> str:
     """A server URL (or a text holding URLs) with any embedded user:password replaced by ****."""
-    return _USERINFO.sub(r"\g<lead>****@", url) if "@" in url else url
+    if "@" not in url:
+        return url
+    return _BARE.sub("****@", _SCHEMED.sub(r"\g<lead>****@", url))
 
 
 class ServerUrls(tuple[str, ...]):
