@@ -166,9 +166,11 @@ def _fail(e: Exception, what: str) -> None:
     text = _clip(redact_url(f"{type(e).__name__}: {e}"))
     # The first failure of a kind is a warning; repeats (a loop logging bad input) are counted and logged at
     # debug, with a warning again at every 1000th. User strings in the message are clipped.
-    key = (id(t), what.split("(", 1)[0], type(e).__name__)
-    if len(_failures) > 256:
+    global _failures_of
+    if _failures_of is not t or len(_failures) > 256:  # a new publisher warns afresh (ids of dead ones get reused)
         _failures.clear()
+        _failures_of = t
+    key = (what.split("(", 1)[0], type(e).__name__)
     seen = _failures[key] = _failures.get(key, 0) + 1
     level = logging.WARNING if seen == 1 or seen % 1000 == 0 else logging.DEBUG
     repeat = f" ({seen} times so far)" if seen > 1 else ""
@@ -178,7 +180,8 @@ def _fail(e: Exception, what: str) -> None:
         t.stats_.error("emit", text)
 
 
-_failures: dict[tuple[int, str, str], int] = {}  # (transport, what, exception type) -> failures seen
+_failures: dict[tuple[str, str], int] = {}  # (what, exception type) -> failures seen with the publisher below
+_failures_of: Transport | None = None
 
 
 def _clip(text: str, limit: int = 300) -> str:
