@@ -114,8 +114,14 @@ def backlog_run(url: str, n: int, env: str, rate: float) -> dict[str, Any]:
     spool = tempfile.mkdtemp(prefix="dbx-nats-bench-backlog-")
     try:
         offline = _api.build_transport(_settings("nats://127.0.0.1:1", spool, env, connect_timeout=0.2))
-        for _ in range(n):
+        for i in range(n):
             offline.emit(new_event(EVENT_TYPE, DATA))
+            if not i % 10_000:  # never beyond queue_max_events: the backlog is all on disk, none dropped
+                while offline.stats()["queue_depth"] > 20_000:
+                    time.sleep(0.01)
+        offline.flush(0.1)
+        if offline.stats()["dropped_total"]:
+            raise RuntimeError(f"the backlog lost events while spooling: {offline.stats()['dropped']}")
         offline.close(0)
         settings = _settings(url, spool, env)
         receiver = Receiver(url, f"{settings.namespace}.>")
