@@ -253,3 +253,27 @@ def test_an_event_jetstream_refuses_for_its_size_is_dead_lettered(nats_server, m
     assert dead["envelope"]["id"] == big.id
     assert len(json.dumps(dead["envelope"])) <= 1100
     assert stats["dropped"] == {"poison": 1}
+
+
+def test_restarts_after_refusals_back_off_instead_of_spinning(tmp_path, make_settings, monkeypatch):
+    """With the refusal never learned (the mechanism above switched off), the server closes every connection
+    the event is sent on: the restarts back off (capped exponential, jittered) — a handful in 3 s where the
+    former loop reconnected ~200 times a second. A slower machine only lowers the count."""
+    import time
+
+    from databricks_nats.transport.connection import ConnectionLifecycle
+
+    monkeypatch.setattr(ConnectionLifecycle, "_learn_refusal", lambda self, nc: None, raising=False)
+    with _server(tmp_path, "max_control_line: 512\n") as srv:
+        settings = make_settings(srv)
+        pub = _api.build_transport(settings)
+        assert isinstance(pub, Publisher)
+        try:
+            assert pub.flush(10).ok
+            pub.emit(new_event("custom.thing.happened", {"n": 6}, keys=["k" * 90] * 6))
+            time.sleep(3.0)
+            stats = pub.stats()
+        finally:
+            pub.close(0)
+    assert stats["pending"] == 1  # kept (spooled), never dropped
+    assert 2 <= stats["connects"] <= 15, stats["connects"]
