@@ -249,7 +249,8 @@ class Publisher(Storage, Delivery, ConnectionLifecycle):
         Storage._refill(self)
         fresh = [ready.pop() for _ in range(len(ready) - before)]
         ready.extend(rec for rec in reversed(fresh) if rec.seq not in live)
-        if not self._spilled:  # the backlog is read: nothing on disk is behind the cursor any more
+        if not self._spilled:  # the backlog is read: no live-lane event is only on disk (each is in memory or done)
+            self._loaded_upto = max(self._loaded_upto, max(live))  # behind the cursor, as Storage expects
             live.clear()
 
     def _on_wake(self) -> None:
