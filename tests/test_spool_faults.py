@@ -252,6 +252,7 @@ except Exception as e:
 """
 
 
+@pytest.mark.slow
 def test_processes_starting_together_adopt_every_dead_spool_exactly_once(tmp_path: Path) -> None:
     """Issue 13 item 4: three processes start at once over twelve dead spools, five rounds.
 
@@ -280,6 +281,7 @@ def test_processes_starting_together_adopt_every_dead_spool_exactly_once(tmp_pat
 # ---- item 5: a live process adopts a dead peer's spool -----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_live_publisher_adopts_a_dead_peers_spool_without_a_new_process(
     nats_server: Any, make_settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -305,6 +307,7 @@ def test_a_live_publisher_adopts_a_dead_peers_spool_without_a_new_process(
     assert not glob.glob(os.path.join(settings.spool_path, "spool-*"))
 
 
+@pytest.mark.slow
 def test_flush_is_not_ok_when_events_it_waited_for_were_dropped(fresh_server: Any, make_settings: Any) -> None:
     """Issue 13 item 2: ``flush()`` is ok only when every event emitted before it was acknowledged.
 
