@@ -180,16 +180,33 @@ def _connect(path: str) -> sqlite3.Connection:
     return db
 
 
+_RAW = b"\0"  # first byte of a row stored uncompressed (a zlib stream never starts with it), then its CRC-32
+_COMPRESS_FROM = 4096  # bytes: smaller rows (one event in immediate mode) skip zlib's ~20 us set-up
+
+
 def _pack(records: list[Record]) -> bytes:
-    """One burst row: zlib of a JSON line ``[seqs, ids, subjects, payload sizes]`` then the payloads."""
+    """One burst row: a JSON line ``[seqs, ids, subjects, payload sizes]`` then the payloads; zlib-compressed
+    unless small (then ``_RAW``, a CRC-32 and the bytes as they are: damage is detected either way)."""
     index = [[r.seq for r in records], [r.id for r in records], [r.subject for r in records]]
     index.append([len(r.payload) for r in records])
     head = json.dumps(index, separators=(",", ":")).encode()
-    return zlib.compress(b"\n".join([head, *(r.payload for r in records)]), 1)
+    raw = b"\n".join([head, *(r.payload for r in records)])
+    if len(raw) >= _COMPRESS_FROM:
+        return zlib.compress(raw, 1)
+    return _RAW + zlib.crc32(raw).to_bytes(4, "big") + raw
+
+
+def _body(body: bytes) -> bytes:
+    if body[:1] != _RAW:
+        return zlib.decompress(body)
+    raw = body[5:]
+    if len(body) < 5 or zlib.crc32(raw) != int.from_bytes(body[1:5], "big"):
+        raise ValueError("row checksum mismatch")
+    return raw
 
 
 def _unpack(body: bytes) -> list[Record]:
-    head, _, blob = zlib.decompress(body).partition(b"\n")
+    head, _, blob = _body(body).partition(b"\n")
     seqs, ids, subjects, sizes = json.loads(head)
     ends = list(itertools.accumulate(size + 1 for size in sizes))
     payloads = [blob[end - size - 1 : end - 1] for size, end in zip(sizes, ends, strict=True)]
@@ -200,7 +217,7 @@ def _unpack_untrusted(body: Any, n: Any) -> list[Record]:
     """``_unpack`` for a row of a file we did not just write: every field checked; ValueError when wrong."""
     if not isinstance(body, bytes):
         raise ValueError(f"row body is {type(body).__name__}")
-    head, _, blob = zlib.decompress(body).partition(b"\n")
+    head, _, blob = _body(body).partition(b"\n")
     seqs, ids, subjects, sizes = json.loads(head)
     if not (len(seqs) == len(ids) == len(subjects) == len(sizes)) or (n is not None and n != len(ids)):
         raise ValueError("row index lengths disagree")
