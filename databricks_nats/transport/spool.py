@@ -474,6 +474,8 @@ class SqliteSpool:
         """Copy the events of dead processes' spools into ours (renumbered from at least ``min_seq``).
 
         Returns how many were adopted. Never raises; a damaged file is quarantined and its events counted.
+        Called by one thread at a time (the publisher's worker); the lock is taken per chunk of rows, so an
+        ``emit`` in immediate mode never waits for a whole file to be copied.
         """
         adopted = 0
         with self.lock:
@@ -481,22 +483,25 @@ class SqliteSpool:
                 return 0
             self._release_held()
             self._next = max(self._next, min_seq)
-            for stem in self.orphans():
-                if self._mem_bytes > self._mem_max // 2:
-                    break  # the disk refuses our rows: adopt once it takes them
-                lock_path = stem + ".lock"
-                fd = _claim(lock_path, create=not os.path.exists(lock_path))
-                if fd is None:
-                    continue
-                orphan = _Orphan(stem, fd)
-                try:
-                    adopted += self._adopt(orphan)
-                except Exception as e:  # noqa: BLE001 - anything unforeseen: leave the file for later, say why
+        for stem in self.orphans():
+            if self._mem_bytes > self._mem_max // 2:
+                break  # the disk refuses our rows: adopt once it takes them
+            lock_path = stem + ".lock"
+            fd = _claim(lock_path, create=not os.path.exists(lock_path))
+            if fd is None:
+                continue
+            orphan = _Orphan(stem, fd)
+            try:
+                adopted += self._adopt(orphan)
+            except Exception as e:  # noqa: BLE001 - anything unforeseen: leave the file for later, say why
+                with self.lock:
                     self._error(f"adopting {stem}.db: {type(e).__name__}: {e}")
-                    log.warning("databricks-nats: could not adopt spool %s.db: %s", stem, e)
-                    orphan.release(remove=False)
-                    continue
+                log.warning("databricks-nats: could not adopt spool %s.db: %s", stem, e)
+                orphan.release(remove=False)
+                continue
+            with self.lock:
                 self._held.append(orphan)
+        with self.lock:
             self._release_held()
         return adopted
 
@@ -506,7 +511,8 @@ class SqliteSpool:
         if not os.path.exists(db_path):
             if os.path.exists(db_path + "-wal"):
                 orphan.corrupt = True
-                self._lost_file(orphan, "its database file is missing")
+                with self.lock:
+                    self._lost_file(orphan, "its database file is missing")
             return 0
         if os.path.getsize(db_path) == 0 and not os.path.exists(db_path + "-wal"):
             return 0  # created, never written: nothing to replay
@@ -560,9 +566,10 @@ class SqliteSpool:
             adopted += self._insert_adopted(chunk)
         if problem:
             orphan.corrupt = True
-            self._drop("spool_corrupt", [], lost)
-            self._drop("spool_corrupt_unknown", [], unknown)
-            self._lost_file(orphan, problem, lost, unknown, adopted)
+            with self.lock:
+                self._drop("spool_corrupt", [], lost)
+                self._drop("spool_corrupt_unknown", [], unknown)
+                self._lost_file(orphan, problem, lost, unknown, adopted)
         return adopted
 
     def _lost_file(self, orphan: _Orphan, problem: str, lost: int = 0, unknown: int = 0, adopted: int = 0) -> None:
@@ -579,9 +586,12 @@ class SqliteSpool:
         )
 
     def _insert_adopted(self, records: list[Record]) -> int:
-        start = self._next
-        self._insert([rec._replace(seq=start + j) for j, rec in enumerate(records)])
-        return len(records)
+        with self.lock:
+            if self._closed:
+                raise RuntimeError("spool closed while adopting")
+            start = self._next
+            self._insert([rec._replace(seq=start + j) for j, rec in enumerate(records)])
+            return len(records)
 
     def _release_held(self) -> None:
         """Remove the adopted stems once none of our rows is only in memory (their copies are safe)."""
