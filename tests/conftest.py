@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import uuid
@@ -76,6 +77,22 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 def namespace() -> dict[str, str]:
     """A unique workspace/env pair, so every test has its own subjects, stream and spool."""
     return {"workspace": f"ws{uuid.uuid4().hex[:10]}", "env": "test"}
+
+
+@pytest.fixture
+def record(namespace: dict[str, str]) -> Iterator[Any]:
+    """``record(**settings)``: capture events with these settings (no network) and install the MLflow hook."""
+    from databricks_nats.integrations import mlflow as nats_mlflow
+    from databricks_nats.testing import capture
+
+    with contextlib.ExitStack() as stack:
+
+        def start(**settings: Any) -> Any:
+            events = stack.enter_context(capture(**namespace, **settings))
+            nats_mlflow.install()
+            return events
+
+        yield start
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,21 +80,6 @@ def workspace(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[rest_
         mlflow.set_tracking_uri(previous_tracking)
         sdk.set_workspace_client(None)
         rest_stub.stop(running)
-
-
-@pytest.fixture
-def record(namespace: dict[str, str]) -> Iterator[Callable[..., Capture]]:
-    """``record(**settings)``: capture events with these settings (no network), install the hook."""
-    import contextlib
-
-    with contextlib.ExitStack() as stack:
-
-        def start(**settings: Any) -> Capture:
-            events = stack.enter_context(capture(**namespace, **settings))
-            nats_mlflow.install()
-            return events
-
-        yield start
 
 
 def _model_subject(namespace: dict[str, str], name_token: str, action: str) -> str:

@@ -15,7 +15,6 @@ Isolation, per test:
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import os
 import shutil
@@ -31,7 +30,7 @@ from jsonschema import Draft202012Validator
 
 from databricks_nats.integrations import mlflow as nats_mlflow
 from databricks_nats.model import catalog
-from databricks_nats.testing import Capture, capture
+from databricks_nats.testing import capture
 
 _MLFLOW_VARS = (
     "MLFLOW_TRACKING_URI",
@@ -96,18 +95,6 @@ def tracking(mlflow_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     experiment = mlflow.set_experiment("integration")
     return Tracking(uri, experiment.experiment_id, tmp_path)
 
-
-@pytest.fixture
-def record(namespace: dict[str, str]) -> Iterator[Callable[..., Capture]]:
-    """``record(**settings)``: capture events with these settings (no network), install the hook."""
-    with contextlib.ExitStack() as stack:
-
-        def start(**settings: Any) -> Capture:
-            events = stack.enter_context(capture(**namespace, **settings))
-            nats_mlflow.install()
-            return events
-
-        yield start
 
 
 @pytest.fixture
