@@ -41,13 +41,15 @@ def _settings(url: str, tmp_path: Path, **kw: Any) -> Settings:
     return resolve_settings(environ={}, spark_conf={}, **{**base, "ack_timeout": 1.0, **kw})
 
 
-def _deliver(settings: Settings, n: int = N) -> dict[str, Any]:
-    """Publish n events through the real publisher; return its stats after a flush."""
+def _deliver(settings: Settings, n: int = N, ok: bool = True) -> dict[str, Any]:
+    """Publish n events through the real publisher; return its stats after a flush that says ``ok``."""
     pub = _api.build_transport(settings)
     try:
         for i in range(n):
             pub.emit(new_event("mlflow.run.metrics", {"experiment_id": "1", "run_id": "r", "metrics": {"i": i}}))
-        assert pub.flush(30).ok, pub.stats()
+        result = pub.flush(30)
+        assert result.ok is ok, pub.stats()
+        assert result.pending == 0, pub.stats()
         return pub.stats()
     finally:
         pub.close()
@@ -248,7 +250,7 @@ def test_publish_outside_permitted_namespace_is_refused_reported_and_never_raise
     assert _deliver(dev)["acked"] == N
     caplog.set_level(logging.ERROR, logger="databricks_nats")
     prod = _settings(srv.url, tmp_path, **trainer, env="prod")
-    stats = _deliver(prod)  # returns normally: nothing raised into the caller
+    stats = _deliver(prod, ok=False)  # nothing raised into the caller; flush says not everything was acked
     assert stats["acked"] == 0
     assert stats["dropped"]["permission_denied"] == N
     assert stats["errors"]["permission_denied"] >= 1

@@ -42,7 +42,10 @@ _SAVE_DELAY = 0.05  # seconds an event may live only in memory; most are acked s
 _INGEST_SLICE = 1000  # events encoded per loop iteration, so acks are never starved by a burst
 _ADOPT_EVERY = 30.0  # seconds between two looks for dead peers' spools (glob + a non-blocking flock each)
 _RETRY_EVERY = 1.0  # seconds between two attempts to write rows the disk refused
-_LOSSES = frozenset({"spool_full", "spool_unwritable", "spool_corrupt", "spool_error"})  # flush() is not ok
+# Drops of events that were accepted (they have a sequence number): a flush covering one is not ok.
+_LOSSES = frozenset(
+    {"spool_full", "spool_unwritable", "spool_corrupt", "spool_error", "permission_denied", "poison_lost"}
+)
 _CHECKPOINT_EVERY = 2000  # immediate mode: events between two WAL checkpoints, run by the worker
 _new = tuple.__new__  # Record(*fields) without the Python-level __new__ of a NamedTuple
 
