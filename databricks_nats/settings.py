@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from databricks_nats import config_file
 from databricks_nats.errors import ConfigurationError, SubjectError
 from databricks_nats.model.subjects import validate_name, validate_prefix
 
@@ -27,9 +28,7 @@ __all__ = ["Secret", "ServerUrls", "Settings", "explain_settings", "resolve_sett
 
 ENV_PREFIX = "DATABRICKS_NATS_"
 SPARK_PREFIX = "spark.databricks_nats."
-CONFIG_ENV = "DATABRICKS_NATS_CONFIG"
-CONFIG_PARAMETER = "nats_config"  # the job parameter (notebook widget or --nats_config=PATH) naming the file
-CONFIG_LOCATIONS = ("databricks-nats.toml", "~/.config/databricks-nats/config.toml")
+CONFIG_PARAMETER = config_file.CONFIG_PARAMETER
 
 
 class Secret:
@@ -332,45 +331,13 @@ def _spark_conf() -> Mapping[str, str]:
 
 
 def settings_file(environ: Mapping[str, str] | None = None) -> tuple[str, str] | None:
-    """(path, how it was found) of the settings file in effect, or None.
-
-    Looked for in this order: ``DATABRICKS_NATS_CONFIG``; the job parameter ``nats_config`` (a notebook
-    widget or a ``--nats_config=PATH`` argument); ``./databricks-nats.toml``;
-    ``~/.config/databricks-nats/config.toml``. A file named explicitly must exist (else ConfigurationError).
-    """
-    from databricks_nats.jobparams import job_parameters
-
-    environ = os.environ if environ is None else environ
-    named = [(environ.get(CONFIG_ENV), CONFIG_ENV), (job_parameters([CONFIG_PARAMETER]).get(CONFIG_PARAMETER), "")]
-    for path, origin in named:
-        if path:
-            origin = origin or f"job parameter {CONFIG_PARAMETER}"
-            if not os.path.isfile(os.path.expanduser(path)):
-                raise ConfigurationError("config", f"settings file {path!r} (from {origin}) does not exist")
-            return os.path.abspath(os.path.expanduser(path)), origin
-    for path in CONFIG_LOCATIONS:
-        full = os.path.abspath(os.path.expanduser(path))
-        if os.path.isfile(full):
-            return full, "default location"
-    return None
+    """(path, how it was found) of the settings file in effect, or None (see ``config_file``)."""
+    return config_file.find(environ)
 
 
 def _file_values(path: str) -> dict[str, Any]:
-    """The settings of a TOML settings file; unknown keys and unreadable files are ConfigurationErrors."""
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # Python 3.10: the same parser as the tomli backport
-        try:
-            import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
-        except ImportError:
-            problem = f"reading {path} on Python 3.10 needs tomli: pip install tomli"
-            raise ConfigurationError("config", problem) from None
-    try:
-        with open(path, "rb") as f:
-            values: dict[str, Any] = tomllib.load(f)
-    except (OSError, ValueError) as e:  # TOMLDecodeError is a ValueError
-        raise ConfigurationError("config", f"cannot read settings file {path}: {e}") from None
-    values = values.get("databricks_nats", values) if isinstance(values.get("databricks_nats"), dict) else values
+    """The settings of a settings file; unknown keys and unreadable files are ConfigurationErrors."""
+    values = config_file.load(path)
     unknown = sorted(set(values) - set(_FIELDS))
     if unknown:
         raise ConfigurationError("config", f"{path}: unknown setting {unknown[0]!r}; known: {', '.join(_FIELDS)}")
