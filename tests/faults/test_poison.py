@@ -36,22 +36,27 @@ def _poison(i: int, subject: str) -> Event:
     return Event("custom.thing.happened", {"i": i}, subject=subject)
 
 
+def _deliver_between(settings: Any, middle: Event) -> tuple[list[Event], list[Event], dict[str, Any]]:
+    """Five metric events, ``middle``, five more, through one real publisher: (before, after, its stats)."""
+    pub = _api.build_transport(settings)
+    assert isinstance(pub, Publisher)
+    before = [new_event("mlflow.run.metrics", _metric(i)) for i in range(5)]
+    after = [new_event("mlflow.run.metrics", _metric(i)) for i in range(5, 10)]
+    try:
+        for ev in [*before, middle, *after]:
+            pub.emit(ev)
+        assert pub.flush(20).ok
+        return before, after, pub.stats()
+    finally:
+        pub.close()
+
+
 def test_a_1500_key_event_gets_a_bounded_subject_and_everything_is_delivered(nats_server, make_settings):
     """The event of the report: 1,500 keys. Its subject is folded to at most MAX_SUBJECT characters, so it is
     delivered like any other, with the events around it, on one connection."""
     settings = make_settings(nats_server)
-    pub = _api.build_transport(settings)
-    assert isinstance(pub, Publisher)
-    before = [new_event("mlflow.run.metrics", _metric(i)) for i in range(5)]
     big = new_event("custom.thing.happened", {"n": 1500}, keys=[f"key{i}" for i in range(1500)])
-    after = [new_event("mlflow.run.metrics", _metric(i)) for i in range(5, 10)]
-    try:
-        for ev in [*before, big, *after]:
-            pub.emit(ev)
-        assert pub.flush(20).ok
-        stats = pub.stats()
-    finally:
-        pub.close()
+    before, after, stats = _deliver_between(settings, big)
     msgs = read_stream(nats_server.url, settings.stream_name)
     assert [m["envelope"]["id"] for m in msgs] == [e.id for e in [*before, big, *after]]
     folded = msgs[5]["subject"]
@@ -67,20 +72,10 @@ def test_a_subject_over_the_control_line_is_dead_lettered_and_never_blocks(nats_
     """A 7,912-character subject (as left in a spool by an older version) is never sent as it is: it goes to
     <namespace>._dead.control_line with its envelope; the events around it are delivered on one connection."""
     settings = make_settings(nats_server)
-    pub = _api.build_transport(settings)
-    assert isinstance(pub, Publisher)
     long_subject = f"{settings.namespace}.custom.thing." + ".".join(f"k{i:04d}" for i in range(1500)) + ".happened"
     assert len(long_subject) > 7000
-    before = [new_event("mlflow.run.metrics", _metric(i)) for i in range(5)]
     bad = _poison(0, long_subject)
-    after = [new_event("mlflow.run.metrics", _metric(i)) for i in range(5, 10)]
-    try:
-        for ev in [*before, bad, *after]:
-            pub.emit(ev)
-        assert pub.flush(20).ok
-        stats = pub.stats()
-    finally:
-        pub.close()
+    before, after, stats = _deliver_between(settings, bad)
     msgs = read_stream(nats_server.url, settings.stream_name)
     delivered = [m for m in msgs if "._dead." not in m["subject"]]
     assert [m["envelope"]["id"] for m in delivered] == [e.id for e in [*before, *after]]
