@@ -13,8 +13,9 @@ not import the trigger and sensor modules.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from databricks_nats._lazy import lazy_exports
 
 __all__ = [
     "NatsEventSensor",
@@ -26,12 +27,12 @@ __all__ = [
 ]
 
 _WHERE = {
-    "NatsEventSensor": "sensors",
-    "NatsEventTrigger": "triggers",
-    "NatsMessageQueueProvider": "queues",
-    "cloudevents": "events",
-    "is_cloudevent": "events",
-    "get_provider_info": "provider",
+    "NatsEventSensor": ".sensors",
+    "NatsEventTrigger": ".triggers",
+    "NatsMessageQueueProvider": ".queues",
+    "cloudevents": ".events",
+    "is_cloudevent": ".events",
+    "get_provider_info": ".provider",
 }
 
 if TYPE_CHECKING:
@@ -42,13 +43,4 @@ if TYPE_CHECKING:
     from databricks_nats.integrations.airflow.triggers import NatsEventTrigger
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_exports(globals(), _WHERE)

@@ -14,8 +14,9 @@ itself only when a bridge or runner starts.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from databricks_nats._lazy import lazy_exports
 
 __all__ = [
     "FAMILIES",
@@ -33,18 +34,18 @@ __all__ = [
 ]
 
 _WHERE = {
-    "FAMILIES": "resources",
-    "prefect_event_fields": "resources",
-    "resource_id": "resources",
-    "BridgeResult": "bridging",
-    "Stop": "bridging",
-    "bridge": "bridging",
-    "bridge_async": "bridging",
-    "stop_on_signals": "bridging",
-    "ParameterError": "deployments",
-    "render_parameters": "deployments",
-    "run_deployment_on": "deployments",
-    "run_deployment_on_async": "deployments",
+    "FAMILIES": ".resources",
+    "prefect_event_fields": ".resources",
+    "resource_id": ".resources",
+    "BridgeResult": ".bridging",
+    "Stop": ".bridging",
+    "bridge": ".bridging",
+    "bridge_async": ".bridging",
+    "stop_on_signals": ".bridging",
+    "ParameterError": ".deployments",
+    "render_parameters": ".deployments",
+    "run_deployment_on": ".deployments",
+    "run_deployment_on_async": ".deployments",
 }
 
 if TYPE_CHECKING:
@@ -64,13 +65,4 @@ if TYPE_CHECKING:
     from databricks_nats.integrations.prefect.resources import FAMILIES, prefect_event_fields, resource_id
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(globals(), _WHERE)
