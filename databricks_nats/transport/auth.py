@@ -1,9 +1,12 @@
 """NATS credentials: the resolution chain, rotation-friendly connect options, TLS and a printable source.
 
 Chain: settings (keyword arguments, then ``DATABRICKS_NATS_*``; a value may be a file path, read again at
-every resolution) > the Databricks secret scope ``secret_scope`` (read with databricks-sdk). The first
-that holds any secret credential supplies all of them; non-secret ``user``/``tls_ca``/``tls_cert``
-settings complete a secret-scope set.
+every resolution) > the secret scope ``secret_scope``. The first that holds any secret credential supplies
+all of them; non-secret ``user``/``tls_ca``/``tls_cert`` settings complete a secret-scope set.
+
+Secret scopes and ``{{secrets/<scope>/<key>}}`` references are read through the ``SecretSource`` the caller
+gives (``ports.py``; the Databricks one is ``integrations.databricks.DatabricksSecrets``): this module imports
+no integration. Without one, settings that name a scope or a reference raise ``ConfigurationError``.
 
 ``CredentialProvider`` keeps the last resolution for ``credentials_ttl`` seconds and hands nats-py
 callbacks (token, user/password, user JWT and nonce signature) that read it at every (re)connect, so a
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from databricks_nats.errors import ConfigurationError
+from databricks_nats.ports import SecretSource
 from databricks_nats.settings import Secret, Settings
 
 __all__ = [
@@ -37,6 +41,7 @@ __all__ = [
     "auth_options",
     "credentials_source",
     "require_nkeys",
+    "require_secret_source",
     "resolve_credentials",
 ]
 
@@ -53,15 +58,46 @@ def _is_path(value: str) -> bool:
 _SECRET_REF = re.compile(r"\{\{\s*secrets/([^/{}\s]+)/([^/{}\s]+)\s*\}\}")
 
 
-def _load(value: str, timeout: float = 10.0) -> str:
-    """The value itself, the secret a ``{{secrets/<scope>/<key>}}`` reference names (read with the Databricks SDK),
+def _no_source(what: str) -> ConfigurationError:
+    problem = f"{what} needs a secret source, but no secret source was given (pass secrets=DatabricksSecrets())"
+    return ConfigurationError("secret_scope", problem)
+
+
+def _references(settings: Settings) -> list[str]:
+    """The names of the credential settings whose value is a ``{{secrets/<scope>/<key>}}`` reference."""
+    out = []
+    for kind in _ALL_KINDS:
+        value = getattr(settings, kind)
+        text = value.reveal() if isinstance(value, Secret) else value
+        if isinstance(text, str) and _SECRET_REF.fullmatch(text.strip()):
+            out.append(kind)
+    return out
+
+
+def _uses_scope(settings: Settings) -> bool:
+    return bool(settings.secret_scope) and not any(getattr(settings, k) is not None for k in _SECRET_KINDS)
+
+
+def require_secret_source(settings: Settings, secrets: SecretSource | None) -> None:
+    """Raise ConfigurationError (at configure) when these settings read secrets and no source was given."""
+    if secrets is not None:
+        return
+    if _uses_scope(settings):
+        raise _no_source(f"secret scope {settings.secret_scope!r}")
+    refs = _references(settings)
+    if refs:
+        raise _no_source(f"the {{{{secrets/...}}}} reference in {refs[0]}")
+
+
+def _load(value: str, secrets: SecretSource | None) -> str:
+    """The value itself, the secret a ``{{secrets/<scope>/<key>}}`` reference names (read from ``secrets``),
     or the content of the file it names; re-read at every resolution (rotation)."""
     ref = _SECRET_REF.fullmatch(value.strip())
     if ref is not None:
-        from databricks_nats.integrations.databricks.sdk import read_secret
-
+        if secrets is None:
+            raise _no_source("a {{secrets/...}} reference")
         scope, key = ref.groups()
-        found = read_secret(scope, key, timeout)
+        found = secrets.get(scope, key)
         if found is None:
             raise ConfigurationError("secret_scope", f"secret reference: key {key!r} of scope {scope!r} does not exist")
         return found
@@ -99,11 +135,11 @@ class Credentials:
         return (self.kinds, self.nkey_seed, self.tls_ca, self.tls_cert, self.tls_key)
 
 
-def _from_settings(settings: Settings) -> Credentials:
+def _from_settings(settings: Settings, secrets: SecretSource | None) -> Credentials:
     def secret(value: Secret | None, strip: bool = True) -> Secret | None:
         if value is None:
             return None
-        text = _load(value.reveal())
+        text = _load(value.reveal(), secrets)
         return Secret(text.strip() if strip else text)
 
     return Credentials(
@@ -113,25 +149,25 @@ def _from_settings(settings: Settings) -> Credentials:
         user=settings.user,
         password=secret(settings.password),
         nkey_seed=secret(settings.nkey_seed),
-        tls_ca=_load(settings.tls_ca) if settings.tls_ca else None,
-        tls_cert=_load(settings.tls_cert) if settings.tls_cert else None,
+        tls_ca=_load(settings.tls_ca, secrets) if settings.tls_ca else None,
+        tls_cert=_load(settings.tls_cert, secrets) if settings.tls_cert else None,
         tls_key=secret(settings.tls_key, strip=False),
     )
 
 
-def _from_scope(settings: Settings, scope: str) -> Credentials:
-    from databricks_nats.integrations.databricks.sdk import read_secret
-
+def _from_scope(settings: Settings, scope: str, secrets: SecretSource | None) -> Credentials:
+    if secrets is None:
+        raise _no_source(f"secret scope {scope!r}")
     found: dict[str, str] = {}
     for kind, key in settings.secret_keys:
-        value = read_secret(scope, key, timeout=max(settings.connect_timeout, 5.0))
+        value = secrets.get(scope, key)
         if value is not None:
             found[kind] = value if kind in ("creds", "tls_key", "tls_ca", "tls_cert") else value.strip()
     if not set(found) & set(_SECRET_KINDS):
         raise ConfigurationError(
             "secret_scope", f"scope {scope!r} holds none of the keys {', '.join(k for _, k in settings.secret_keys)}"
         )
-    own = _from_settings(settings)
+    own = _from_settings(settings, secrets)
     return Credentials(
         source=f"Databricks secret scope {scope!r} ({', '.join(k for c, k in settings.secret_keys if c in found)})",
         creds=Secret(found["creds"]) if "creds" in found else None,
@@ -145,12 +181,12 @@ def _from_scope(settings: Settings, scope: str) -> Credentials:
     )
 
 
-def resolve_credentials(settings: Settings) -> Credentials:
-    """Walk the chain once (may call the Databricks API); raise ConfigurationError without any value."""
-    if any(getattr(settings, k) is not None for k in _SECRET_KINDS) or not settings.secret_scope:
-        found = _from_settings(settings)
+def resolve_credentials(settings: Settings, secrets: SecretSource | None = None) -> Credentials:
+    """Walk the chain once (may call the secret source); raise ConfigurationError without any value."""
+    if settings.secret_scope and _uses_scope(settings):
+        found = _from_scope(settings, settings.secret_scope, secrets)
     else:
-        found = _from_scope(settings, settings.secret_scope)
+        found = _from_settings(settings, secrets)
     require_nkeys(found)  # a secret scope may hold a .creds file or a seed: same message as at configure
     return found
 
@@ -227,11 +263,11 @@ def _tls_options(settings: Settings, c: Credentials) -> dict[str, Any]:
     return opts
 
 
-def auth_options(settings: Settings) -> dict[str, Any]:
+def auth_options(settings: Settings, secrets: SecretSource | None = None) -> dict[str, Any]:
     """Keyword arguments for a one-off ``nats.connect``: freshly resolved credentials and TLS (never logged)."""
     from nats.aio.client import RawCredentials
 
-    c = resolve_credentials(settings)
+    c = resolve_credentials(settings, secrets)
     opts = _tls_options(settings, c)
     if c.creds is not None:
         opts["user_credentials"] = RawCredentials(c.creds.reveal())
@@ -249,7 +285,7 @@ def auth_options(settings: Settings) -> dict[str, Any]:
 def credentials_source(settings: Settings) -> str:
     """A printable description of where credentials come from (no values, no network)."""
     kinds = [k for k in _ALL_KINDS if getattr(settings, k) is not None]
-    if any(getattr(settings, k) is not None for k in _SECRET_KINDS) or not settings.secret_scope:
+    if not _uses_scope(settings):
         return f"{', '.join(kinds)} from settings" if kinds else "none"
     keys = ", ".join(f"{kind}={key}" for kind, key in settings.secret_keys)
     return f"Databricks secret scope {settings.secret_scope!r} ({keys})"
@@ -284,8 +320,9 @@ def _in_thread(fn: Callable[[], Credentials]) -> asyncio.Future[Credentials]:
 class CredentialProvider:
     """The current credentials, re-resolved at most every ``credentials_ttl`` seconds, off the event loop."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, secrets: SecretSource | None = None) -> None:
         self.settings = settings
+        self.secrets = secrets
         self.current = Credentials()
         self.resolved_at: float | None = None
         self.last_error: str | None = None
@@ -300,7 +337,7 @@ class CredentialProvider:
         """Resolve now (blocking); on failure keep the previous credentials and remember the error."""
         with self._lock:
             try:
-                found = resolve_credentials(self.settings)
+                found = resolve_credentials(self.settings, self.secrets)
                 self.last_error = None
             except Exception as e:  # noqa: BLE001 - messages are built without values (ConfigurationError)
                 found = self.current

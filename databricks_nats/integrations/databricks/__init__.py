@@ -1,4 +1,5 @@
-"""The Databricks integration: workspace/run context detection and the SDK-backed secret scope reader.
+"""The Databricks integration: workspace/run context detection and the SDK-backed secret scope reader, offered
+to the core as the ports ``DatabricksContextProvider`` and ``DatabricksSecrets`` (``databricks_nats.ports``).
 
 Importing this package imports neither ``databricks-sdk`` nor ``pyspark``; they are used only when present.
 """
@@ -11,5 +12,13 @@ from databricks_nats.integrations.databricks.context import (
     as_event_context,
     detect_context,
 )
+from databricks_nats.integrations.databricks.ports import DatabricksContextProvider, DatabricksSecrets
 
-__all__ = ["DatabricksContext", "apply_context", "as_event_context", "detect_context"]
+__all__ = [
+    "DatabricksContext",
+    "DatabricksContextProvider",
+    "DatabricksSecrets",
+    "apply_context",
+    "as_event_context",
+    "detect_context",
+]
