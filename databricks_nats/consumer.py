@@ -13,7 +13,6 @@ import collections
 import contextlib
 import datetime as _dt
 import json
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
@@ -24,6 +23,7 @@ from databricks_nats.model.events import Event
 from databricks_nats.model.filters import matches, subject_filter
 from databricks_nats.settings import Settings, resolve_settings
 from databricks_nats.transport import reader
+from databricks_nats.transport.loop import LoopThread
 
 __all__ = ["Dedupe", "ReceivedEvent", "Subscription", "subscribe", "wait_for"]
 
@@ -89,23 +89,7 @@ class Dedupe:
         return False
 
 
-class _LoopThread:
-    """One daemon thread with an event loop that runs the sync iterators' coroutines."""
-
-    def __init__(self) -> None:
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._lock = threading.Lock()
-
-    def run(self, coro: Any, timeout: float | None) -> Any:
-        with self._lock:
-            if self._loop is None or self._loop.is_closed():
-                self._loop = asyncio.new_event_loop()
-                threading.Thread(target=self._loop.run_forever, name="databricks-nats-consumer", daemon=True).start()
-            loop = self._loop
-        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
-
-
-_LOOPS = _LoopThread()
+_LOOPS = LoopThread("databricks-nats-consumer")  # the sync iterators' connections live on this loop
 
 
 def _deliver(start: Start) -> dict[str, Any]:
@@ -221,7 +205,7 @@ class Subscription:
         await nc.close()
 
     def next(self, timeout: float | None = None) -> ReceivedEvent:
-        return _LOOPS.run(self.next_async(timeout), None)  # type: ignore[no-any-return]
+        return _LOOPS.run(self.next_async(timeout))
 
     def close(self) -> None:
         """Close the connection; the last event, if not acknowledged, will be delivered again."""

@@ -9,15 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as _dt
-import threading
-from collections.abc import AsyncIterator, Coroutine, Sequence
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from databricks_nats.settings import Settings
+from databricks_nats.transport.loop import run_sync  # re-exported for callers of reader.run_sync
 
 __all__ = ["bounds", "connect", "read_range", "run_sync", "seq_at"]
 
-T = TypeVar("T")
 FETCH = 500
 _IDLE = 30.0  # seconds before the server deletes an abandoned reader's consumer
 
@@ -42,28 +41,6 @@ async def connect(settings: Settings, name: str = "reader") -> Any:
 
 async def _quiet(_error: Exception) -> None:
     return None
-
-
-def run_sync(coro: Coroutine[Any, Any, T], timeout: float) -> T:
-    """Run a coroutine to completion from sync code, also when the caller is inside a running loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(asyncio.wait_for(coro, timeout))
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = asyncio.run(asyncio.wait_for(coro, timeout))
-        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
-            box["error"] = e
-
-    th = threading.Thread(target=target, daemon=True)
-    th.start()
-    th.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]  # type: ignore[no-any-return]
 
 
 async def bounds(js: Any, stream: str) -> tuple[int, int]:

@@ -16,6 +16,7 @@ from airflow.sdk import BaseSensorOperator
 from airflow.sdk.exceptions import AirflowSensorTimeout
 
 from databricks_nats.integrations.airflow.triggers import NatsEventTrigger
+from databricks_nats.transport.loop import run_sync
 
 __all__ = ["NatsEventSensor"]
 
@@ -96,7 +97,7 @@ class NatsEventSensor(BaseSensorOperator):
         if self.deferrable:
             self.defer(trigger=trigger, method_name="execute_complete", timeout=_dt.timedelta(seconds=self.timeout))
         try:
-            payload = asyncio.run(asyncio.wait_for(_first(trigger), self.timeout))
+            payload = run_sync(_first(trigger), self.timeout)
         except asyncio.TimeoutError:
             raise AirflowSensorTimeout(f"no {self.event_type} event within {self.timeout:g} s") from None
         return self.execute_complete(context, payload)

@@ -20,12 +20,13 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from databricks_nats.consumer import Match, ReceivedEvent, Start, subscribe
 from databricks_nats.integrations.prefect.resources import ResourceRule, prefect_event_fields
+from databricks_nats.transport.loop import run_sync
 
 __all__ = ["BridgeResult", "Stop", "bridge", "bridge_async", "stop_on_signals"]
 
@@ -101,28 +102,6 @@ async def pump(
     finally:
         await sub.close_async()
     return result
-
-
-def run_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine to completion, also from a thread that already runs an event loop (a notebook)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = asyncio.run(coro)
-        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
-            box["error"] = e
-
-    thread = threading.Thread(target=target, name="databricks-nats-prefect", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]  # type: ignore[no-any-return]
 
 
 def _require_api() -> None:

@@ -36,7 +36,8 @@ from typing import Any
 
 from databricks_nats.consumer import Match, ReceivedEvent, Start, subscribe
 from databricks_nats.errors import DatabricksNatsError
-from databricks_nats.integrations.prefect.bridging import BridgeResult, Stop, pump, run_sync
+from databricks_nats.integrations.prefect.bridging import BridgeResult, Stop, pump
+from databricks_nats.transport.loop import run_sync
 
 __all__ = ["ParameterError", "event_context", "render_parameters", "run_deployment_on", "run_deployment_on_async"]
 
