@@ -51,20 +51,6 @@ def _print_events(
     return seen[0]
 
 
-def _start(value: str | None) -> Any:
-    """``--since``: 'new', 'all', a stream sequence, an ISO time, or a duration like 10m / 2h / 1d."""
-    import datetime as dt
-
-    if value is None or value in ("new", "all"):
-        return value or "new"
-    if value.isdigit():
-        return int(value)
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    if value[-1:] in units and value[:-1].isdigit():
-        return dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=int(value[:-1]) * units[value[-1]])
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
 @contextlib.contextmanager
 def _server(url: str | None) -> Iterator[str]:
     if url:
@@ -113,14 +99,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_tail(args: argparse.Namespace) -> int:
     from databricks_nats.consumer import subscribe
+    from databricks_nats.model.position import StartPosition
     from databricks_nats.settings import resolve_settings
 
     overrides = {k: v for k, v in (("url", args.url), ("workspace", args.workspace), ("env", args.env)) if v}
     try:
         settings = resolve_settings(**overrides)
-        with subscribe(
-            args.type, subjects=[args.filter] if args.filter else None, start=_start(args.since), **overrides
-        ) as sub:
+        start = StartPosition.parse(args.since or "new", "--since")
+        with subscribe(args.type, subjects=[args.filter] if args.filter else None, start=start, **overrides) as sub:
             _print_events(sub, args.json, args.count)
     except KeyboardInterrupt:
         return 0
@@ -346,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail = sub.add_parser("tail", help="print events as they arrive (or from a time or sequence in the stream)")
     tail.add_argument("filter", nargs="?", help="raw subject filter (default: this namespace's '>')")
     tail.add_argument("--type", help="event type, e.g. mlflow.model.alias_set or mlflow.run.* (instead of FILTER)")
-    tail.add_argument("--since", help="'new' (default), 'all', a stream sequence, an ISO time, or 10m / 2h / 1d")
+    tail.add_argument("--since", help="new (default), all, last, a stream sequence, an ISO time or 10m / 2h / 1d ago")
     tail.add_argument("--url")
     tail.add_argument("--workspace")
     tail.add_argument("--env")

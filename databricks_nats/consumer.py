@@ -21,13 +21,14 @@ from databricks_nats import _api
 from databricks_nats.errors import StreamError, WaitTimeout
 from databricks_nats.model.events import Event
 from databricks_nats.model.filters import matches, subject_filter
+from databricks_nats.model.position import Start, StartPosition
 from databricks_nats.settings import Settings, resolve_settings
 from databricks_nats.transport import reader
+from databricks_nats.transport.errors import nats_errors, stream_error
 from databricks_nats.transport.loop import LoopThread
 
-__all__ = ["Dedupe", "ReceivedEvent", "Subscription", "subscribe", "wait_for"]
+__all__ = ["Dedupe", "ReceivedEvent", "Start", "Subscription", "subscribe", "wait_for"]
 
-Start = str | int | _dt.datetime
 Match = Mapping[str, Any] | Callable[["ReceivedEvent"], bool] | None
 FETCH = 16
 LONG_POLL = 5.0
@@ -92,22 +93,6 @@ class Dedupe:
 _LOOPS = LoopThread("databricks-nats-consumer")  # the sync iterators' connections live on this loop
 
 
-def _deliver(start: Start) -> dict[str, Any]:
-    from nats.js.api import DeliverPolicy
-
-    if start == "new":
-        return {"deliver_policy": DeliverPolicy.NEW}
-    if start == "all":
-        return {"deliver_policy": DeliverPolicy.ALL}
-    if isinstance(start, int) and not isinstance(start, bool):
-        return {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": start}
-    if isinstance(start, _dt.datetime):
-        when = start if start.tzinfo else start.replace(tzinfo=_dt.timezone.utc)
-        stamp = when.astimezone(_dt.timezone.utc).isoformat().replace("+00:00", "Z")
-        return {"deliver_policy": DeliverPolicy.BY_START_TIME, "opt_start_time": stamp}
-    raise ValueError(f"start must be 'new', 'all', a stream sequence or a datetime, not {start!r}")
-
-
 class Subscription:
     """Events matching a filter, in stream order; iterate with ``for`` or ``async for``; close when done."""
 
@@ -117,7 +102,7 @@ class Subscription:
         self.settings = settings
         self.filters = filters
         self.durable = durable
-        self.start = start
+        self.start = StartPosition.parse(start)
         self.match = match
         self.dedupe = Dedupe() if dedupe else None
         self._nc: Any = None
@@ -132,7 +117,7 @@ class Subscription:
         js = self._nc.jetstream()
         stream = self.settings.stream_name
         config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=60, max_ack_pending=1000)
-        for name, value in _deliver(self.start).items():
+        for name, value in reader.deliver_options(self.start).items():
             setattr(config, name, value)
         if len(self.filters) == 1:
             config.filter_subject = self.filters[0]
@@ -144,18 +129,16 @@ class Subscription:
             config.inactive_threshold = 30.0
         try:
             info = await js.add_consumer(stream, config)
-        except Exception as e:  # noqa: BLE001 - nats-py raises several kinds; _existing re-raises clearly
+        except Exception as e:
+            if not self.durable:
+                raise stream_error(f"read stream {stream!r}", e) from e
             info = await self._existing(js, stream, e)
         self._sub = await js.pull_subscribe_bind(info.name, stream=stream)
 
     async def _existing(self, js: Any, stream: str, error: Exception) -> Any:
         """A durable consumer that already exists resumes where it stopped, if it has the same filters."""
-        if not self.durable:
-            raise StreamError(f"cannot read stream {stream!r}: {type(error).__name__}: {error}") from error
-        try:
+        with nats_errors(f"create consumer {self.durable!r} on {stream!r} ({type(error).__name__}: {error})"):
             info = await js.consumer_info(stream, self.durable)
-        except Exception as e:
-            raise StreamError(f"cannot create consumer {self.durable!r} on {stream!r}: {error}") from e
         have = list(info.config.filter_subjects or [info.config.filter_subject])
         if sorted(have) != sorted(self.filters):
             raise StreamError(f"durable consumer {self.durable!r} exists with filters {have}, not {self.filters}")
@@ -252,7 +235,8 @@ def subscribe(
     ``match`` keeps only events whose data has these field values (subject-key fields such as a model
     ``name`` also narrow the subject, so the server filters them) or for which a callable returns True.
     ``durable`` names a consumer that survives restarts and resumes after the last acknowledged event;
-    ``start`` (for a new consumer) is ``"new"``, ``"all"``, a stream sequence or a datetime.
+    ``start`` (for a new consumer) is ``"new"`` (default), ``"all"``, ``"last"``, a stream sequence, a time or
+    a duration ago such as ``"10m"`` (``StartPosition``); an invalid one raises ``ConfigurationError``.
     """
     resolved = _settings(settings)
     fields = dict(match) if isinstance(match, Mapping) else {}

@@ -12,10 +12,12 @@ import datetime as _dt
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from databricks_nats.model.position import StartPosition
 from databricks_nats.settings import Settings
+from databricks_nats.transport.errors import nats_errors
 from databricks_nats.transport.loop import run_sync  # re-exported for callers of reader.run_sync
 
-__all__ = ["bounds", "connect", "read_range", "run_sync", "seq_at"]
+__all__ = ["bounds", "connect", "deliver_options", "read_range", "run_sync", "seq_at"]
 
 FETCH = 500
 _IDLE = 30.0  # seconds before the server deletes an abandoned reader's consumer
@@ -27,20 +29,32 @@ async def connect(settings: Settings, name: str = "reader") -> Any:
 
     from databricks_nats.transport.auth import auth_options
 
-    return await nats.connect(
-        list(settings.url),
-        name=f"{settings.client_name}-{name}",
-        connect_timeout=settings.connect_timeout,
-        allow_reconnect=False,
-        max_reconnect_attempts=1,  # without it nats-py retries an unreachable server for minutes
-        reconnect_time_wait=0,
-        error_cb=_quiet,  # failures surface as exceptions to the caller, not as nats-py's logged tracebacks
-        **auth_options(settings),
-    )
+    with nats_errors(f"connect to NATS at {settings.url}"):
+        return await nats.connect(
+            list(settings.url),
+            name=f"{settings.client_name}-{name}",
+            connect_timeout=settings.connect_timeout,
+            allow_reconnect=False,
+            max_reconnect_attempts=1,  # without it nats-py retries an unreachable server for minutes
+            reconnect_time_wait=0,
+            error_cb=_quiet,  # failures surface as StreamError to the caller, not as nats-py's logged tracebacks
+            **auth_options(settings),
+        )
 
 
 async def _quiet(_error: Exception) -> None:
     return None
+
+
+def deliver_options(position: StartPosition) -> dict[str, Any]:
+    """The ``ConsumerConfig`` fields that make a new consumer start at ``position``."""
+    from nats.js.api import DeliverPolicy
+
+    if position.kind == "seq":
+        return {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": position.seq}
+    if position.kind == "time":
+        return {"deliver_policy": DeliverPolicy.BY_START_TIME, "opt_start_time": position.stamp}
+    return {"deliver_policy": DeliverPolicy(position.kind)}
 
 
 async def bounds(js: Any, stream: str) -> tuple[int, int]:
@@ -62,12 +76,7 @@ def _consumer_config(filters: Sequence[str], **start: Any) -> Any:
 
 async def seq_at(js: Any, stream: str, when: _dt.datetime, filters: Sequence[str] = ()) -> int | None:
     """The sequence of the first message stored at or after ``when``, or None when there is none."""
-    from nats.js.api import DeliverPolicy
-
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=_dt.timezone.utc)
-    stamp = when.astimezone(_dt.timezone.utc).isoformat().replace("+00:00", "Z")
-    config = _consumer_config(filters, deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=stamp)
+    config = _consumer_config(filters, **deliver_options(StartPosition.at(when)))
     info = await js.add_consumer(stream, config)
     try:
         sub = await js.pull_subscribe_bind(info.name, stream=stream)

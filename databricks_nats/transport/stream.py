@@ -9,8 +9,9 @@ from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
-from databricks_nats.errors import StreamError, StreamMismatch
+from databricks_nats.errors import StreamMismatch
 from databricks_nats.settings import Settings
+from databricks_nats.transport.errors import nats_errors
 
 __all__ = ["StreamReport", "ensure_stream_async", "wanted_config"]
 
@@ -67,13 +68,12 @@ async def ensure_stream_async(
     """
     want = wanted_config(settings)
     name = settings.stream_name
-    try:
-        info = await js.stream_info(name)
-    except NotFoundError:
-        info = None
-    except Exception as e:
-        raise StreamError(f"cannot read stream {name!r}: {type(e).__name__}: {e}") from e
-    try:
+    with nats_errors(f"read stream {name!r}"):
+        try:
+            info = await js.stream_info(name)
+        except NotFoundError:
+            info = None
+    with nats_errors(f"provision stream {name!r}"):
         if info is None:
             created = await js.add_stream(want)
             return StreamReport(name, "created", list(want.subjects or []), config=created.config.as_dict())
@@ -83,8 +83,6 @@ async def ensure_stream_async(
         if update:
             updated = await js.update_stream(want)
             return StreamReport(name, "updated", list(want.subjects or []), diff, updated.config.as_dict())
-    except Exception as e:
-        raise StreamError(f"cannot provision stream {name!r}: {type(e).__name__}: {e}") from e
     if check:
         raise StreamMismatch(name, diff)
     return StreamReport(name, "differs", list(want.subjects or []), diff, info.config.as_dict())

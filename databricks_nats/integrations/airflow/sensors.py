@@ -16,6 +16,7 @@ from airflow.sdk import BaseSensorOperator
 from airflow.sdk.exceptions import AirflowSensorTimeout
 
 from databricks_nats.integrations.airflow.triggers import NatsEventTrigger
+from databricks_nats.model.position import Start
 from databricks_nats.transport.loop import run_sync
 
 __all__ = ["NatsEventSensor"]
@@ -40,7 +41,7 @@ class NatsEventSensor(BaseSensorOperator):
         match: Mapping[str, Any] | None = None,
         where: Sequence[Sequence[Any]] | None = None,
         durable: str | None = None,
-        start: str | int | _dt.datetime | None = None,
+        start: Start | None = None,
         url: str | Sequence[str] | None = None,
         workspace: str | None = None,
         env: str | None = None,
@@ -67,7 +68,7 @@ class NatsEventSensor(BaseSensorOperator):
         self.deferrable = deferrable
         self.trigger(start="new")  # bad filters or settings fail when the DAG is parsed, not when it runs
 
-    def trigger(self, start: str | int | _dt.datetime) -> NatsEventTrigger:
+    def trigger(self, start: Start) -> NatsEventTrigger:
         """The deferral trigger this sensor hands to the triggerer."""
         return NatsEventTrigger(
             event_type=self.event_type,
@@ -85,7 +86,7 @@ class NatsEventSensor(BaseSensorOperator):
             subject_prefix=self.subject_prefix,
         )
 
-    def _start(self, context: Mapping[str, Any]) -> str | int | _dt.datetime:
+    def _start(self, context: Mapping[str, Any]) -> Start:
         if self.start is not None:
             return self.start
         dag_run = context.get("dag_run")

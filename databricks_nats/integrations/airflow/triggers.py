@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as _dt
 import hashlib
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -31,6 +30,7 @@ from databricks_nats.consumer import ReceivedEvent, Subscription
 from databricks_nats.errors import ConfigurationError, SubjectError
 from databricks_nats.integrations.airflow.conditions import accepts, normalize_where
 from databricks_nats.model.filters import subject_filter
+from databricks_nats.model.position import Start, StartPosition
 from databricks_nats.settings import Settings, describe, resolve_settings
 
 __all__ = ["NatsEventTrigger"]
@@ -41,23 +41,6 @@ _SETTINGS = frozenset(name for name, _env, _secret, _doc in describe())
 _SECRETS = frozenset(name for name, _env, secret, _doc in describe() if secret)
 _POLL = 30.0  # seconds one wait for an event lasts before it is started again
 _BACKOFF = (0.5, 30.0)  # first and largest pause before reconnecting after a failure
-
-
-def _start_value(start: object) -> str | int:
-    if isinstance(start, _dt.datetime):
-        when = start if start.tzinfo else start.replace(tzinfo=_dt.timezone.utc)
-        return when.astimezone(_dt.timezone.utc).isoformat()
-    if isinstance(start, bool) or not isinstance(start, (str, int)):
-        raise ValueError(f"start must be 'new', 'all', a stream sequence or a datetime, not {start!r}")
-    if isinstance(start, str) and start not in ("new", "all"):
-        _dt.datetime.fromisoformat(start.replace("Z", "+00:00"))  # a timestamp, or ValueError
-    return start
-
-
-def _start_for_subscribe(start: str | int) -> str | int | _dt.datetime:
-    if isinstance(start, str) and start not in ("new", "all"):
-        return _dt.datetime.fromisoformat(start.replace("Z", "+00:00"))
-    return start
 
 
 class NatsEventTrigger(BaseEventTrigger):
@@ -72,8 +55,9 @@ class NatsEventTrigger(BaseEventTrigger):
         not in exists`` (``[["metrics__rmse__value", ">", 0.3]]``).
     :param durable: the durable consumer's name; by default one derived from the namespace and the
         filters, so the same trigger resumes the same consumer after every restart.
-    :param start: where a *new* consumer starts: ``"new"`` (default), ``"all"``, a stream sequence or a
-        datetime / ISO timestamp. An existing durable consumer resumes after its last acknowledged event.
+    :param start: where a *new* consumer starts: ``"new"`` (default), ``"all"``, ``"last"``, a stream
+        sequence, a datetime / ISO timestamp or a duration ago (``StartPosition``; stored resolved). An
+        existing durable consumer resumes after its last acknowledged event.
     :param once: deferral trigger: acknowledge the first match, yield it, return.
     :param url, workspace, env, subject_prefix, stream: where to read; unset ones come from the
         triggerer's ``DATABRICKS_NATS_*`` environment.
@@ -88,7 +72,7 @@ class NatsEventTrigger(BaseEventTrigger):
         match: Mapping[str, Any] | None = None,
         where: Sequence[Sequence[Any]] | None = None,
         durable: str | None = None,
-        start: str | int | _dt.datetime = "new",
+        start: Start = "new",
         once: bool = False,
         url: str | Sequence[str] | None = None,
         workspace: str | None = None,
@@ -103,7 +87,7 @@ class NatsEventTrigger(BaseEventTrigger):
         self.event_type = event_type.removeprefix("databricks.") if event_type else None
         self.match = dict(match or {})
         self.where = normalize_where(where)
-        self.start = _start_value(start)
+        self.start = StartPosition.parse(start).to_json()  # JSON: Airflow stores the trigger's arguments
         self.once = bool(once)
         self.url = url if url is None or isinstance(url, str) else ",".join(url)
         self.workspace = workspace
@@ -170,7 +154,7 @@ class NatsEventTrigger(BaseEventTrigger):
     def _subscription(self) -> Subscription:
         settings = self.resolved_settings()
         filters = self.subject_filters(settings)
-        return Subscription(settings, filters, self.durable, _start_for_subscribe(self.start), self.accepts, True)
+        return Subscription(settings, filters, self.durable, self.start, self.accepts, True)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         sub: Subscription | None = None

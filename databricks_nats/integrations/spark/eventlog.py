@@ -14,10 +14,11 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from databricks_nats import _api
-from databricks_nats.errors import StreamError
 from databricks_nats.model import catalog
+from databricks_nats.model.position import Start, StartPosition
 from databricks_nats.settings import Settings, resolve_settings
 from databricks_nats.transport import reader
+from databricks_nats.transport.errors import nats_errors
 
 __all__ = ["EVENT_LOG_SCHEMA", "read_events", "row_of"]
 
@@ -27,7 +28,7 @@ EVENT_LOG_SCHEMA = (
 )
 PER_PARTITION = 10_000
 MAX_PARTITIONS = 64
-Bound = int | _dt.datetime | str | None
+Bound = Start | None
 
 
 def row_of(seq: int, payload: bytes, subject: str) -> dict[str, Any]:
@@ -79,23 +80,24 @@ def _filters(settings: Settings, subjects: str | Sequence[str] | None, types: Se
     return out or [f"{settings.namespace}.>"]
 
 
-async def _plan(settings: Settings, filters: list[str], start: Bound, end: Bound) -> tuple[int, int]:
+async def _plan(
+    settings: Settings, filters: list[str], start: StartPosition | None, end: StartPosition | None
+) -> tuple[int, int]:
     nc = await reader.connect(settings, "eventlog")
     try:
         js = nc.jetstream()
-        try:
+        with nats_errors(f"read stream {settings.stream_name!r}"):
             first, last = await reader.bounds(js, settings.stream_name)
-        except Exception as e:
-            raise StreamError(f"cannot read stream {settings.stream_name!r}: {type(e).__name__}: {e}") from e
 
-        async def seq(bound: Bound, default: int) -> int:
-            if bound is None:
+        async def seq(position: StartPosition | None, default: int) -> int:
+            if position is None:
                 return default
-            if isinstance(bound, int):
-                return bound
-            when = _dt.datetime.fromisoformat(bound.replace("Z", "+00:00")) if isinstance(bound, str) else bound
-            found = await reader.seq_at(js, settings.stream_name, when)
-            return last + 1 if found is None else found
+            if position.seq is not None:
+                return position.seq
+            if position.time is not None:
+                found = await reader.seq_at(js, settings.stream_name, position.time)
+                return last + 1 if found is None else found
+            return {"all": first, "last": last, "new": last + 1}[position.kind]
 
         lo = max(first, await seq(start, first))
         hi = min(last, await seq(end, last + 1) - 1)
@@ -167,14 +169,17 @@ def read_events(
 
     ``subjects`` are subject filters (wildcards allowed; default the whole namespace); ``types`` adds
     one filter per catalogued event type. ``start`` (inclusive) and ``end`` (exclusive) are stream
-    sequence numbers, datetimes or ISO-8601 strings. ``partitions`` splits the range into that many
-    disjoint sequence ranges read in parallel (default: one per 10,000 messages, at most 64). Keyword
-    settings (``url``, ``workspace``, ``env``…) override the configured ones; executors use the same.
+    positions (``StartPosition``): sequence numbers, datetimes, ISO-8601 strings, durations ago ("2h"),
+    ``"all"`` (the first stored event), ``"last"`` or ``"new"`` (after the last one).
+    ``partitions`` splits the range into that many disjoint sequence ranges read in parallel (default: one
+    per 10,000 messages, at most 64). Keyword settings (``url``, ``workspace``, ``env``…) override the
+    configured ones; executors use the same.
     Raises ``StreamError`` when the stream cannot be read.
     """
     resolved = resolve_settings(**settings) if settings else _api.get_settings()
     filters = _filters(resolved, subjects, types)
-    lo, hi = reader.run_sync(_plan(resolved, filters, start, end), timeout)
+    bounds = [None if b is None else StartPosition.parse(b, name) for b, name in ((start, "start"), (end, "end"))]
+    lo, hi = reader.run_sync(_plan(resolved, filters, *bounds), timeout)
     ranges = _ranges(lo, hi, partitions)
     if not ranges:
         return spark.createDataFrame([], EVENT_LOG_SCHEMA)
