@@ -350,7 +350,7 @@ class CredentialProvider:
         """Re-resolve in a worker thread when stale (or forced); concurrent callers share one resolution."""
         if not force and not self.stale():
             return self.current
-        if not self.settings.secret_scope:
+        if not self.settings.secret_scope and not _references(self.settings):
             return self.refresh()  # settings, variables and files only: fast enough for the loop
         if self._task is None or self._task.done():
             self._task = _in_thread(self.refresh)
