@@ -12,6 +12,8 @@ import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
+__all__ = ["lazy_exports"]
+
 
 def lazy_exports(
     module_globals: dict[str, Any], where: Mapping[str, str]

@@ -4,82 +4,22 @@ A type name is ``<source>.<entity>.<action>`` (the entity may span several token
 ``<namespace>.<source>.<entity>.<key…>.<action>`` where the keys are the listed data fields, encoded by
 ``subjects.encode``. Types outside the catalogue (custom events) are accepted when their name follows
 the grammar; their keys come from the caller and their schema is the generic one.
+
+The built-in types are data (``model.types.BUILTIN``), registered here when this module is imported, so a
+lookup answers the same whatever else was imported.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from databricks_nats.errors import SubjectError
+from databricks_nats.errors import ConfigurationError, SubjectError
+from databricks_nats.model.eventtype import FIELD_KINDS, EventType
 from databricks_nats.model.subjects import validate_name
+from databricks_nats.model.types import BUILTIN
 
 __all__ = ["EventType", "all_types", "envelope_schema", "lookup", "register"]
-
-_NON_FINITE = {"type": "string", "enum": ["NaN", "Infinity", "-Infinity"]}
-_FIELD_TYPES: dict[str, dict[str, Any]] = {
-    "string": {"type": "string"},
-    "string?": {"type": ["string", "null"]},
-    "integer": {"type": "integer"},
-    "integer?": {"type": ["integer", "null"]},
-    "number": {"anyOf": [{"type": "number"}, _NON_FINITE]},
-    "number?": {"anyOf": [{"type": "number"}, _NON_FINITE, {"type": "null"}]},
-    "boolean": {"type": "boolean"},
-    "object": {"type": "object"},
-    "array": {"type": "array"},
-    "metrics": {
-        "type": "object",
-        "additionalProperties": {"anyOf": [{"type": "number"}, _NON_FINITE, {"type": "object"}]},
-    },
-}
-
-
-@dataclass(frozen=True)
-class EventType:
-    """One kind of event: where it goes (subject keys), what it points at, and its data fields."""
-
-    name: str
-    keys: tuple[str, ...] = ()
-    dataref: str | None = None
-    fields: dict[str, str] = field(default_factory=dict)
-    required: tuple[str, ...] = ()
-    description: str = ""
-
-    @property
-    def source(self) -> str:
-        return self.name.split(".", 1)[0]
-
-    @property
-    def action(self) -> str:
-        return self.name.rsplit(".", 1)[1]
-
-    @property
-    def entity(self) -> str:
-        return self.name.split(".", 1)[1].rsplit(".", 1)[0]
-
-    @property
-    def protected(self) -> frozenset[str]:
-        """Top-level data fields trimmed only as a last resort: the keys and the pointer."""
-        return frozenset(self.keys) | ({self.dataref} if self.dataref else set())
-
-    def schema(self) -> dict[str, Any]:
-        """The JSON Schema (2020-12) of this type's ``data``."""
-        props: dict[str, Any] = {name: dict(_FIELD_TYPES[kind]) for name, kind in self.fields.items()}
-        props["context"] = {"type": "object", "additionalProperties": {"type": ["string", "integer", "null"]}}
-        props["truncated"] = {"type": "boolean"}
-        props["truncated_fields"] = {"type": "object", "additionalProperties": {"type": "integer"}}
-        return {
-            "$schema": "https://json-schema.org/draft/2020-12/schema",
-            "$id": f"urn:databricks-nats:schema:{self.name}:1",
-            "title": self.name,
-            "description": self.description,
-            "type": "object",
-            "properties": props,
-            "required": list(self.required or self.keys),
-            "additionalProperties": True,
-        }
-
 
 _REGISTRY: dict[str, EventType] = {}
 
@@ -91,9 +31,9 @@ def register(etype: EventType) -> EventType:
         raise SubjectError(f"event type {etype.name!r} must be <source>.<entity>.<action>")
     for part in parts:
         validate_name("event type token", part)
-    unknown = {k for k in etype.fields.values() if k not in _FIELD_TYPES}
+    unknown = {k for k in etype.fields.values() if k not in FIELD_KINDS}
     if unknown:
-        raise ValueError(f"event type {etype.name!r} uses unknown field kinds {sorted(unknown)}")
+        raise ConfigurationError("fields", f"event type {etype.name!r} uses unknown field kinds {sorted(unknown)}")
     _REGISTRY[etype.name] = etype
     lookup.cache_clear()
     return etype
@@ -115,8 +55,6 @@ def lookup(name: str) -> EventType:
 
 def all_types() -> list[EventType]:
     """Every catalogued type, sorted by name."""
-    from databricks_nats.model import types as _types  # noqa: F401 - registers the built-in types
-
     return sorted(_REGISTRY.values(), key=lambda t: t.name)
 
 
@@ -147,3 +85,7 @@ def envelope_schema() -> dict[str, Any]:
         },
         "additionalProperties": False,
     }
+
+
+for _builtin in BUILTIN:
+    register(_builtin)

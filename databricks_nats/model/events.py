@@ -234,9 +234,6 @@ _lookup = catalog.lookup
 _str = json.encoder.encode_basestring
 
 
-from databricks_nats.model import types as _types  # noqa: E402,F401 - registers the built-in types
-
-
 def shrink(payload: bytes, max_bytes: int) -> bytes:
     """Re-trim an already encoded envelope to ``max_bytes`` (the server allows less than we encoded for)."""
     envelope = json.loads(payload)

@@ -1,10 +1,15 @@
-"""The built-in event types (see README "Event types"); importing this module registers them."""
+"""The built-in event types (see README "Event types"), declared as data: ``BUILTIN``.
+
+``model.catalog`` registers them when it is imported; this module imports nothing but ``EventType``.
+"""
 
 from __future__ import annotations
 
-from databricks_nats.model.catalog import EventType, register
+from databricks_nats.model.eventtype import EventType
 
-__all__: list[str] = []
+__all__ = ["BUILTIN"]
+
+_TYPES: list[EventType] = []
 
 _RUN = {
     "experiment_id": "string",
@@ -33,7 +38,7 @@ for _action, _extra in {
     "artifacts": {"files": "array", "file_count": "integer", "total_bytes": "integer", "path": "string?"},
     "inputs": {"datasets": "array"},
 }.items():
-    register(
+    _TYPES.append(
         EventType(
             f"mlflow.run.{_action}",
             keys=_RUN_KEYS,
@@ -44,7 +49,7 @@ for _action, _extra in {
     )
 
 for _action in ("logged", "finalized"):
-    register(
+    _TYPES.append(
         EventType(
             f"mlflow.logged_model.{_action}",
             keys=("experiment_id", "model_id"),
@@ -74,7 +79,7 @@ for _action, _extra in {
     "stage_transitioned": {"version": "string", "stage": "string"},
     "version_tag_set": {"version": "string", "key": "string", "value": "string?"},
 }.items():
-    register(
+    _TYPES.append(
         EventType(
             f"mlflow.model.{_action}",
             keys=("name",),
@@ -103,7 +108,7 @@ for _action, _extra in {
     "idle": {},
     "terminated": {"error_class": "string?", "error": "string?"},
 }.items():
-    register(
+    _TYPES.append(
         EventType(
             f"spark.stream.{_action}",
             keys=("query_id",),
@@ -138,7 +143,7 @@ for _action, _fields in {
         "mlflow_run_ids": "array",
     },
 }.items():
-    register(
+    _TYPES.append(
         EventType(
             f"spark.execution.{_action}",
             keys=("app_id",),
@@ -147,7 +152,7 @@ for _action, _fields in {
         )
     )
 
-register(
+_TYPES.append(
     EventType(
         "data.table.updated",
         keys=("table",),
@@ -163,3 +168,5 @@ register(
         description="A table has new data",
     )
 )
+
+BUILTIN: tuple[EventType, ...] = tuple(_TYPES)
