@@ -28,7 +28,9 @@ import nkeys
 import pytest
 
 from databricks_nats import _api
+from databricks_nats.client import Client
 from databricks_nats.model.events import new_event
+from databricks_nats.ports import MappingSecrets, NoContext, SecretSource
 from databricks_nats.settings import Settings, resolve_settings
 from databricks_nats.testing import NatsServer
 from databricks_nats.transport.auth import auth_options
@@ -55,9 +57,9 @@ def _deliver(settings: Settings, n: int = N, ok: bool = True) -> dict[str, Any]:
         pub.close()
 
 
-def _stored(settings: Settings) -> int:
+def _stored(settings: Settings, secrets: SecretSource | None = None) -> int:
     async def run() -> int:
-        nc = await nats.connect(list(settings.url), allow_reconnect=False, **auth_options(settings))
+        nc = await nats.connect(list(settings.url), allow_reconnect=False, **auth_options(settings, secrets))
         try:
             return int((await nc.jetstream().stream_info(settings.stream_name)).state.messages)
         finally:
@@ -89,6 +91,20 @@ def test_token(server_with, tmp_path):
     s = _settings(srv.url, tmp_path, token="t0ken-abc")
     assert _deliver(s)["acked"] == N
     assert _stored(s) == N
+
+
+def test_secret_references_are_read_through_the_injected_secret_source(server_with, tmp_path):
+    """A ``{{secrets/<scope>/<key>}}`` password is read from the client's SecretSource (here a vault mapping, no
+    Databricks): the publisher authenticates with it, and so does a one-off connection given the same source."""
+    srv = server_with('authorization { users = [ {user: trainer, password: "vault-pw-42"} ] }')
+    s = _settings(srv.url, tmp_path, user="trainer", password="{{secrets/vault/nats-password}}")
+    vault = MappingSecrets({("vault", "nats-password"): "vault-pw-42"})
+    with Client(s, context=NoContext(), secrets=vault) as client:
+        for i in range(N):
+            client.emit("mlflow.run.metrics", {"experiment_id": "1", "run_id": "r", "metrics": {"i": i}})
+        assert client.flush(30).ok, client.stats()
+        assert client.stats()["acked"] == N
+    assert _stored(s, vault) == N
 
 
 def test_user_password_from_file(server_with, tmp_path):

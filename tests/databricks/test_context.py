@@ -14,8 +14,14 @@ from typing import Any
 
 import pytest
 
-from databricks_nats.integrations.databricks import apply_context, as_event_context, detect_context
+from databricks_nats.integrations.databricks import (
+    DatabricksContextProvider,
+    apply_context,
+    as_event_context,
+    detect_context,
+)
 from databricks_nats.integrations.databricks import sdk as dbsdk
+from databricks_nats.ports import ContextProvider
 from databricks_nats.settings import Settings, resolve_settings
 
 REPL = {
@@ -154,6 +160,32 @@ def test_sdk_is_not_consulted_when_detection_is_off(databricks_stub):
     """detect_context=false returns an empty context without any request."""
     before = list(databricks_stub.calls)  # the client's own start-up probe
     assert detect_context(_settings(detect_context=False)).sources == ()
+    assert databricks_stub.calls == before
+
+
+def test_the_context_provider_applies_the_workspace_and_returns_the_event_context(monkeypatch):
+    """DatabricksContextProvider (the client's default ContextProvider): the numeric workspace id becomes the
+    subject token of the settings it returns, sections kept, and the context names the run."""
+    _fake_runtime(monkeypatch, **REPL)
+    provider = DatabricksContextProvider()
+    assert isinstance(provider, ContextProvider)
+    s = _settings(metrics_mode="every")
+    settings, context = provider.detect(s)
+    assert settings.namespace == "dbx.5550001112223334.dev"
+    assert settings.metrics_mode == "every"
+    assert context["workspace"] == "5550001112223334"
+    assert (context["notebook_path"], context["task_key"]) == ("/Repos/ml/churn/train", "train")
+    assert context == as_event_context(detect_context(s), settings)
+
+
+def test_the_context_provider_detects_nothing_when_detection_is_off(monkeypatch, databricks_stub):
+    """detect_context=false: the settings come back unchanged with the plain context, and no source is asked."""
+    _fake_runtime(monkeypatch, **REPL)
+    before = list(databricks_stub.calls)
+    s = _settings(detect_context=False)
+    settings, context = DatabricksContextProvider().detect(s)
+    assert settings is s
+    assert context == {"workspace": "local", "env": "dev"}
     assert databricks_stub.calls == before
 
 
