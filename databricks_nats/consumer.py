@@ -145,7 +145,8 @@ class Subscription:
         return info
 
     async def next_async(self, timeout: float | None = None) -> ReceivedEvent:
-        """The next matching event (acknowledging the previous one); ``TimeoutError`` after ``timeout`` seconds."""
+        """The next matching event (acknowledging the previous one); ``WaitTimeout`` (a ``TimeoutError``) after
+        ``timeout`` seconds."""
         if self._last is not None:
             await self._last.ack_async()
             self._last = None
@@ -161,7 +162,7 @@ class Subscription:
                 await event.ack_async()
             left = LONG_POLL if deadline is None else deadline - time.monotonic()
             if left <= 0:
-                raise TimeoutError(f"no event within {timeout:g} s")
+                raise WaitTimeout(f"no event within {timeout:g} s")
             try:
                 self._buffer.extend(await self._sub.fetch(FETCH, timeout=min(LONG_POLL, max(left, 0.05))))
             except asyncio.TimeoutError:

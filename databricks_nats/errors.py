@@ -1,15 +1,20 @@
 """The exceptions databricks-nats raises.
 
-Every error derives from one root, so ``except DatabricksNatsError`` catches them all::
+Every error derives from one root, so ``except DatabricksNatsError`` catches them all (the tree test,
+tests/test_error_tree.py, imports every module of the package and checks it)::
 
     DatabricksNatsError
-    ├── ConfigurationError       a setting is invalid (raised by configure(), names the setting)
-    ├── SubjectError             a subject or subject token cannot be built from the given parts
+    ├── ConfigurationError       a setting or argument is invalid; names it (also a ValueError)
+    ├── SubjectError             a subject or subject token cannot be built from the given parts (also a ValueError)
     ├── PublishError             publishing failed; raised only when ``strict=True``
-    │   └── FlushTimeout         flush() ran out of time with events still pending
-    ├── StreamError              the JetStream stream is missing, differs, or cannot be provisioned
+    │   └── FlushTimeout         flush() ran out of time with events still pending (also a TimeoutError)
+    ├── StreamError              the stream cannot be read, provisioned or consumed (transport.errors maps
+    │   │                        nats-py's failures onto it)
     │   └── StreamMismatch       the existing stream differs from the wanted configuration
-    └── WaitTimeout              wait_for() saw no matching event in time (also a TimeoutError)
+    ├── WaitTimeout              wait_for() / Subscription.next() saw no matching event in time (also a TimeoutError)
+    ├── MlflowCompatError        this MLflow version lacks what the hook needs (integrations.mlflow._compat)
+    └── ParameterError           a Prefect parameter mapping names a missing event field (also a KeyError;
+                                 integrations.prefect.deployments)
 
 Outside ``strict`` mode nothing under ``PublishError`` ever reaches the caller: failures are logged,
 counted and shown by ``stats()``.

@@ -30,6 +30,8 @@ from decimal import Decimal
 from pathlib import PurePath
 from typing import Any
 
+from databricks_nats.errors import DatabricksNatsError
+
 __all__ = ["ENCODER", "dumps", "encode_compact", "sanitize", "snapshot", "trim_to_fit"]
 
 _NONFINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
@@ -65,7 +67,7 @@ _DEPTH = 32
 _UNBOUNDED = sys.maxsize
 
 
-class _Slow(Exception):
+class _Slow(DatabricksNatsError):
     """The fast copy met something it does not handle: a cut, a non-string key, a non-JSON value."""
 
 

@@ -11,6 +11,7 @@ import operator
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from databricks_nats.errors import ConfigurationError
 from databricks_nats.model.filters import matches
 
 __all__ = ["OPERATORS", "accepts", "normalize_where"]
@@ -61,15 +62,15 @@ def normalize_where(where: Any) -> list[list[Any]]:
     out = []
     for cond in where:
         if not isinstance(cond, Sequence) or isinstance(cond, str) or len(cond) != 3:
-            raise ValueError(f"a where condition is [field, operator, value], not {cond!r}")
+            raise ConfigurationError("where", f"a where condition is [field, operator, value], not {cond!r}")
         field, op, value = cond
         if not isinstance(field, str) or not field:
-            raise ValueError(f"a where condition names a data field, not {field!r}")
+            raise ConfigurationError("where", f"a where condition names a data field, not {field!r}")
         if op not in OPERATORS:
-            raise ValueError(f"unknown operator {op!r} in {cond!r}; known: {', '.join(OPERATORS)}")
+            raise ConfigurationError("where", f"unknown operator {op!r} in {cond!r}; known: {', '.join(OPERATORS)}")
         if op in ("in", "not in"):
             if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-                raise ValueError(f"{op!r} needs a list of values, not {value!r}")
+                raise ConfigurationError("where", f"{op!r} needs a list of values, not {value!r}")
             value = list(value)
         out.append([field, op, value])
     return out

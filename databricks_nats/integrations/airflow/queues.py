@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from airflow.providers.common.messaging.providers.base_provider import BaseMessageQueueProvider
 
+from databricks_nats.errors import ConfigurationError
 from databricks_nats.integrations.airflow.triggers import NatsEventTrigger
 
 __all__ = ["NatsMessageQueueProvider", "parse_queue_uri"]
@@ -28,9 +29,10 @@ def parse_queue_uri(queue: str) -> dict[str, Any]:
     """``nats://host:4222[,host2:4222]/<event type>?workspace=..&env=..`` → ``NatsEventTrigger`` arguments."""
     parts = urlsplit(queue)
     if parts.scheme != "nats":
-        raise ValueError(f"not a nats:// queue URI: {queue!r}")
+        raise ConfigurationError("queue", f"not a nats:// queue URI: {queue!r}")
     if "@" in parts.netloc:
-        raise ValueError(
+        raise ConfigurationError(
+            "queue",
             "credentials do not go into the queue URI (Airflow stores it): set DATABRICKS_NATS_TOKEN / "
             "DATABRICKS_NATS_CREDS / DATABRICKS_NATS_USER + DATABRICKS_NATS_PASSWORD in the triggerer's environment"
         )
@@ -42,8 +44,9 @@ def parse_queue_uri(queue: str) -> dict[str, Any]:
         out["event_type"] = path
     for name, value in parse_qsl(parts.query, keep_blank_values=False, strict_parsing=False):
         if name not in _QUERY:
-            raise ValueError(f"unknown query parameter {name!r} in {queue!r}; known: {', '.join(_QUERY)}")
-        out[name] = int(value) if name == "start" and value.isdigit() else value
+            known = ", ".join(_QUERY)
+            raise ConfigurationError("queue", f"unknown query parameter {name!r} in {queue!r}; known: {known}")
+        out[name] = value  # start: NatsEventTrigger parses it (StartPosition)
     return out
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from airflow.sdk import BaseSensorOperator
 from airflow.sdk.exceptions import AirflowSensorTimeout
 
+from databricks_nats.errors import StreamError
 from databricks_nats.integrations.airflow.triggers import NatsEventTrigger
 from databricks_nats.model.position import Start
 from databricks_nats.transport.loop import run_sync
@@ -112,4 +113,4 @@ class NatsEventSensor(BaseSensorOperator):
 async def _first(trigger: NatsEventTrigger) -> dict[str, Any]:
     async for event in trigger.run():
         return event.payload  # type: ignore[no-any-return]
-    raise RuntimeError("the NATS trigger ended without an event")
+    raise StreamError("the NATS trigger ended without an event")

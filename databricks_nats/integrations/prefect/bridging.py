@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from databricks_nats.consumer import Match, ReceivedEvent, Start, subscribe
+from databricks_nats.errors import ConfigurationError
 from databricks_nats.integrations.prefect.resources import ResourceRule, prefect_event_fields
 from databricks_nats.transport.loop import run_sync
 
@@ -108,8 +109,9 @@ def _require_api() -> None:
     from prefect.settings import PREFECT_API_URL
 
     if not PREFECT_API_URL.value():
-        raise RuntimeError(
-            "PREFECT_API_URL is not set: the bridge sends events to a running Prefect server or Prefect Cloud "
+        raise ConfigurationError(
+            "PREFECT_API_URL",
+            "not set: the bridge sends events to a running Prefect server or Prefect Cloud "
             "(set PREFECT_API_URL, and PREFECT_API_KEY for Cloud)"
         )
 
