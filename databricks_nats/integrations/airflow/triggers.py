@@ -83,7 +83,7 @@ class NatsEventTrigger(BaseEventTrigger):
         settings: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)  # type: ignore[no-untyped-call]
+        super().__init__(**kwargs)
         self.event_type = event_type.removeprefix("databricks.") if event_type else None
         self.match = dict(match or {})
         self.where = normalize_where(where)
@@ -180,9 +180,9 @@ class NatsEventTrigger(BaseEventTrigger):
                 pause = _BACKOFF[0]
                 if self.once:
                     await event.ack_async()
-                    yield TriggerEvent(event.envelope)  # type: ignore[no-untyped-call]
+                    yield TriggerEvent(event.envelope)
                     return
-                yield TriggerEvent(event.envelope)  # type: ignore[no-untyped-call]
+                yield TriggerEvent(event.envelope)
                 await event.ack_async()
         finally:
             if sub is not None:
