@@ -84,3 +84,22 @@ def test_loop_thread_refuses_to_wait_on_itself() -> None:
 
 async def _running_loop_id() -> int:
     return id(asyncio.get_running_loop())
+
+
+async def _scaled(value: int, *, factor: int = 2) -> int:
+    """Doubles by default."""
+    await asyncio.sleep(0)
+    return value * factor
+
+
+def test_blocking_is_the_sync_twin_with_the_same_signature() -> None:
+    import inspect
+
+    from databricks_nats.transport.loop import blocking
+
+    scaled = blocking(_scaled, "scaled")
+    assert scaled(3) == 6
+    assert scaled(3, factor=5) == 15
+    assert scaled.__name__ == "scaled"
+    assert scaled.__doc__ == "Doubles by default."
+    assert inspect.signature(scaled) == inspect.signature(_scaled)

@@ -3,6 +3,7 @@
 * ``LoopThread`` — a daemon thread running one asyncio loop for as long as it lives, for state that spans
   calls (a subscription's connection): ``submit(coro)`` returns a ``concurrent.futures.Future``,
   ``run(coro, timeout)`` waits for the result, ``stop()`` cancels what still runs there and ends the thread.
+* ``blocking(fn_async, name)`` — the sync twin of a coroutine function: same signature, runs it with ``run_sync``.
 * ``run_sync(coro, timeout)`` — one coroutine to completion on a fresh loop, like ``asyncio.run``, also when
   the caller is itself inside a running loop (a notebook, an Airflow trigger): then on a ``LoopThread``.
 
@@ -14,13 +15,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import threading
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
 
-__all__ = ["LoopThread", "run_sync"]
+__all__ = ["LoopThread", "blocking", "run_sync"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class LoopThread:
@@ -99,3 +102,16 @@ def run_sync(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         return asyncio.run(asyncio.wait_for(coro, timeout))
     with LoopThread("databricks-nats-run-sync") as thread:
         return thread.run(coro, timeout)
+
+
+def blocking(function: Callable[P, Coroutine[Any, Any, T]], name: str) -> Callable[P, T]:
+    """The sync twin ``name`` of the coroutine function ``function``: same parameters and documentation,
+    runs it to completion with ``run_sync`` (so one implementation serves ``x`` and ``x_async``)."""
+
+    @functools.wraps(function)
+    def twin(*args: P.args, **kwargs: P.kwargs) -> T:
+        return run_sync(function(*args, **kwargs))
+
+    twin.__name__ = name
+    twin.__qualname__ = function.__qualname__.removesuffix(function.__name__) + name
+    return twin

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from databricks_nats.consumer import Match, ReceivedEvent, Start, subscribe
 from databricks_nats.errors import ConfigurationError
 from databricks_nats.integrations.prefect.resources import ResourceRule, prefect_event_fields
-from databricks_nats.transport.loop import run_sync
+from databricks_nats.transport.loop import blocking
 
 __all__ = ["BridgeResult", "Stop", "bridge", "bridge_async", "stop_on_signals"]
 
@@ -129,7 +129,17 @@ async def bridge_async(
     subjects: list[str] | None = None,
     **settings: Any,
 ) -> BridgeResult:
-    """Forward events from NATS to Prefect until a stop condition is met (see ``bridge``)."""
+    """Forward every event of ``event_type`` (default: all of this workspace/env) to Prefect as a Prefect event.
+
+    Reads with the durable JetStream consumer ``durable`` (created with ``start`` the first time, then
+    resuming after the last acknowledged event), keeps those whose data matches ``match``, emits each to
+    the Prefect API in ``PREFECT_API_URL`` and acknowledges it once Prefect confirmed it. Runs until
+    ``max_events`` were forwarded, no event came for ``idle_timeout`` seconds, or ``stop`` (a
+    ``threading.Event``, ``asyncio.Event`` or callable) is set; with none of them, for ever.
+    ``resource_id(envelope)`` may override the resource id of an event; ``settings`` are the NATS
+    settings (``url``, ``workspace``, ``env``, ...) as for ``databricks_nats.configure``. ``bridge`` is the
+    same, blocking.
+    """
     from prefect.events import Event
     from prefect.events.clients import get_events_client
 
@@ -146,43 +156,7 @@ async def bridge_async(
         return await pump(sub, forward, result, max_events=max_events, idle_timeout=idle_timeout, stop=stop)
 
 
-def bridge(
-    event_type: str | None = None,
-    *,
-    match: Match = None,
-    durable: str = DEFAULT_DURABLE,
-    start: Start = "new",
-    resource_id: ResourceRule | None = None,
-    max_events: int | None = None,
-    idle_timeout: float | None = None,
-    stop: Stop = None,
-    subjects: list[str] | None = None,
-    **settings: Any,
-) -> BridgeResult:
-    """Forward every event of ``event_type`` (default: all of this workspace/env) to Prefect as a Prefect event.
-
-    Reads with the durable JetStream consumer ``durable`` (created with ``start`` the first time, then
-    resuming after the last acknowledged event), keeps those whose data matches ``match``, emits each to
-    the Prefect API in ``PREFECT_API_URL`` and acknowledges it once Prefect confirmed it. Runs until
-    ``max_events`` were forwarded, no event came for ``idle_timeout`` seconds, or ``stop`` (a
-    ``threading.Event``, ``asyncio.Event`` or callable) is set; with none of them, for ever.
-    ``resource_id(envelope)`` may override the resource id of an event; ``settings`` are the NATS
-    settings (``url``, ``workspace``, ``env``, ...) as for ``databricks_nats.configure``.
-    """
-    return run_sync(
-        bridge_async(
-            event_type,
-            match=match,
-            durable=durable,
-            start=start,
-            resource_id=resource_id,
-            max_events=max_events,
-            idle_timeout=idle_timeout,
-            stop=stop,
-            subjects=subjects,
-            **settings,
-        )
-    )
+bridge = blocking(bridge_async, "bridge")
 
 
 def stop_on_signals() -> asyncio.Event:

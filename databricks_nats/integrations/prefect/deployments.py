@@ -37,7 +37,7 @@ from typing import Any
 from databricks_nats.consumer import Match, ReceivedEvent, Start, subscribe
 from databricks_nats.errors import DatabricksNatsError
 from databricks_nats.integrations.prefect.bridging import BridgeResult, Stop, pump
-from databricks_nats.transport.loop import run_sync
+from databricks_nats.transport.loop import blocking
 
 __all__ = ["ParameterError", "event_context", "render_parameters", "run_deployment_on", "run_deployment_on_async"]
 
@@ -132,7 +132,14 @@ async def run_deployment_on_async(
     subjects: list[str] | None = None,
     **settings: Any,
 ) -> BridgeResult:
-    """Run ``deployment`` once per matching event until a stop condition is met (see ``run_deployment_on``)."""
+    """Create a flow run of ``deployment`` for every event of ``event_type`` whose data matches ``match``.
+
+    ``parameters`` maps each flow parameter to a data field, a template or a callable (module docs);
+    ``durable`` defaults to ``prefect-run-<deployment>``; ``wait`` is how long to wait for each flow run
+    to finish before taking the next event (0: not at all). The ids of the flow runs created are in the
+    result's ``flow_runs``. Stops like ``bridge``: after ``max_events``, ``idle_timeout`` seconds without
+    an event, or when ``stop`` is set. ``run_deployment_on`` is the same, blocking.
+    """
     from prefect.deployments import arun_deployment
 
     name_template = flow_run_name
@@ -165,46 +172,4 @@ async def run_deployment_on_async(
     return await pump(sub, run, result, max_events=max_events, idle_timeout=idle_timeout, stop=stop)
 
 
-def run_deployment_on(
-    deployment: str,
-    event_type: str | None = None,
-    *,
-    parameters: Mapping[str, Parameter] | None = None,
-    match: Match = None,
-    durable: str | None = None,
-    start: Start = "new",
-    wait: float = 0,
-    tags: list[str] | None = None,
-    flow_run_name: str | None = None,
-    max_events: int | None = None,
-    idle_timeout: float | None = None,
-    stop: Stop = None,
-    subjects: list[str] | None = None,
-    **settings: Any,
-) -> BridgeResult:
-    """Create a flow run of ``deployment`` for every event of ``event_type`` whose data matches ``match``.
-
-    ``parameters`` maps each flow parameter to a data field, a template or a callable (module docs);
-    ``durable`` defaults to ``prefect-run-<deployment>``; ``wait`` is how long to wait for each flow run
-    to finish before taking the next event (0: not at all). The ids of the flow runs created are in the
-    result's ``flow_runs``. Stops like ``bridge``: after ``max_events``, ``idle_timeout`` seconds without
-    an event, or when ``stop`` is set.
-    """
-    return run_sync(
-        run_deployment_on_async(
-            deployment,
-            event_type,
-            parameters=parameters,
-            match=match,
-            durable=durable,
-            start=start,
-            wait=wait,
-            tags=tags,
-            flow_run_name=flow_run_name,
-            max_events=max_events,
-            idle_timeout=idle_timeout,
-            stop=stop,
-            subjects=subjects,
-            **settings,
-        )
-    )
+run_deployment_on = blocking(run_deployment_on_async, "run_deployment_on")
