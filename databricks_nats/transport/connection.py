@@ -1,13 +1,19 @@
-"""The publisher's connection lifecycle: connect (retried forever), reconnect, stream check, server errors.
+"""The publisher's link part: connect (retried forever), reconnect, the server's limits, stream check, errors.
 
-Credentials come from a ``CredentialProvider`` (``auth.py``): nats-py reads them through callbacks at every
-reconnect; on a disconnect or an authorization error they are re-resolved (at most every
-``credentials_ttl``), and when what nats-py binds per connection changed (NKey, TLS) — or the server closed
-the connection for good — the connection is replaced by a new one (``_restart``).
+Owns the nats-py client (``nc``, and the one being connected), whether it is up (``connected``), the reply
+prefix JetStream acks come back on, the server's limits (``limits``, ``poison.py``), the credentials and
+the stream report. Neighbours: the sender (``on_ack``, ``requeue_all``, ``in_flight``, ``drop_subject``)
+and the buffer (``save``: a disconnect puts what is in memory on disk). The sender writes through it:
+``write`` appends built frames to nats-py's output buffer (the fast path), ``publish`` is nats-py's own.
 
-``Publisher`` inherits this; it owns the state (settings, stats, in-flight events) and provides the queue
-operations used here (``_requeue``, ``_save``, ``_drop_acked``, ``_on_ack``). Everything runs on the
-worker's event loop; nats-py is imported there, never on the caller's import path.
+Credentials come from a ``CredentialProvider`` (``auth.py``, given the injected secret source): nats-py
+reads them through callbacks at every reconnect; on a disconnect or an authorization error they are
+re-resolved (at most every ``credentials_ttl``), and when what nats-py binds per connection changed (NKey,
+TLS) — or the server closed the connection for good — the connection is replaced by a new one
+(``restart``). When a server closes the connection for a control line or a payload it refused (``-ERR``),
+the largest in-flight event is known to exceed its limit: the limit is lowered to just below it, so that
+event (and any as large) is dead-lettered at its next attempt — one refusal per distinct offending size at
+most, each restart backing off. Everything runs on the worker's event loop; nats-py is imported there.
 """
 
 from __future__ import annotations
@@ -18,11 +24,12 @@ import logging
 import random
 import re
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from typing import TYPE_CHECKING, Any, Protocol
 
+from databricks_nats.model.events import CE_CONTENT_TYPE
 from databricks_nats.settings import Settings
+from databricks_nats.transport.poison import Limits
 from databricks_nats.transport.spool import Record
 from databricks_nats.transport.stats import RateLimitedLog, Stats
 
@@ -30,72 +37,119 @@ if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
     from nats.aio.msg import Msg
 
+    from databricks_nats.ports import SecretSource
     from databricks_nats.transport.auth import CredentialProvider
     from databricks_nats.transport.stream import StreamReport
 
-__all__ = ["ConnectionLifecycle"]
+__all__ = ["Link"]
 
 _STABLE = 10.0  # seconds a connection must last for the next restart to start again from the shortest wait
 _RESTART_MIN, _RESTART_MAX = 0.1, 5.0  # restarts after short-lived connections: capped exponential, jittered
 _PERMISSION = re.compile(r'permissions violation for publish to "([^"]+)"', re.IGNORECASE)
 _AUTH = re.compile(r"authori[sz]ation (violation|failed)|authentication (expired|revoked)", re.IGNORECASE)
+_RAW = ("_pending", "_pending_data_size", "_max_pending_size", "_flush_queue", "_flush_pending")
 
 
-class ConnectionLifecycle:
+class Flight(Protocol):
+    """What the link asks of the sender."""
+
+    async def on_ack(self, msg: Msg) -> None: ...
+    def requeue_all(self) -> None: ...
+    def in_flight(self) -> Iterator[tuple[int, Record]]: ...
+    def drop_subject(self, subject: str, reason: str) -> None: ...
+
+
+class Saver(Protocol):
+    def save(self) -> None: ...
+
+
+class Link:
     """Connects, tracks the connection state, provisions the stream and handles the server's errors."""
 
-    settings: Settings
-    stats_: Stats
-    _say: RateLimitedLog
-    _nc: NATS | None
-    _connected: bool
-    _closing: bool
-    _stream_checked: bool
-    _reply_prefix: str
-    _max_bytes: int
-    stream_report: StreamReport | None
-    _inflight: OrderedDict[int, tuple[Record, float]]
-    _connector: asyncio.Task[None]
-    # Set by the lifecycle itself (class defaults, so the publisher's constructor needs no change):
-    _credentials: CredentialProvider | None = None
-    _connecting: NATS | None = None
-    _background: set[asyncio.Task[None]] | None = None
-    _generation = 0  # bumped per connection; callbacks of older connections are ignored
-    _up_since: float | None = None  # when the current connection was established (monotonic)
-    _restart_wait = 0.0  # the wait before the next restart's connect (0: none yet)
-    _learned_payload: int | None = None  # a max_payload lower than announced, learned from a refusal
-    _dead: set[int]
-    _max_payload: int
-    _max_control: int
-    _fast_subject: int
+    def __init__(
+        self,
+        settings: Settings,
+        stats: Stats,
+        say: RateLimitedLog,
+        *,
+        secrets: SecretSource | None = None,
+    ) -> None:
+        self.settings = settings
+        self.secrets = secrets
+        self.limits = Limits(settings.max_event_bytes)
+        self.nc: NATS | None = None
+        self.connected = False
+        self.closing = False
+        self.reply_prefix = ""
+        self.fast = False  # nats-py's output buffer is the one ``write`` knows (set at connect)
+        self.stream_report: StreamReport | None = None
+        self.sender: Flight
+        self.buffer: Saver
+        self._stats, self._say = stats, say
+        self._credentials: CredentialProvider | None = None
+        self._connecting: NATS | None = None
+        self._connector: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._generation = 0  # bumped per connection; callbacks of older connections are ignored
+        self._up_since: float | None = None  # when the current connection was established (monotonic)
+        self._restart_wait = 0.0  # the wait before the next restart's connect (0: none yet)
+        self._stream_checked = False
 
-    def _requeue(self, seqs: list[int]) -> None: ...
-    def _save(self) -> None: ...
-    def _drop_acked(self, seqs: list[int], reason: str) -> None: ...
-    async def _on_ack(self, msg: Msg) -> None: ...
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._connector = loop.create_task(self.connect_forever())
 
-    async def _no_stream(self) -> None:
-        """No stream listens on our subjects: create it once per connection when allowed (``auto_create_stream``).
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """The connector and background tasks (ended at shutdown)."""
+        return [t for t in (self._connector, *self._background) if t is not None]
 
-        Otherwise (or when creating it failed) the events stay in flight and spooled, re-sent by the ack timer
-        every ``ack_timeout`` until a stream appears; each refusal is counted (``errors.no_stream``).
-        """
-        if self._stream_checked or not self.settings.auto_create_stream:
-            self.stats_.error("no_stream", f"no JetStream stream for {self.settings.namespace}.>")
-            self._say(
-                logging.WARNING,
-                "no_stream",
-                "databricks-nats: no JetStream stream stores %s.>%s; events are kept in the spool",
-                self.settings.namespace,
-                "" if self.settings.auto_create_stream else " and auto_create_stream is off",
-            )
-            return
-        self._stream_checked = True
-        await self._ensure_stream(initial=False)
-        self._requeue(list(self._inflight))
+    async def close(self) -> None:
+        self.closing = True
+        self.connected = False
+        if self.nc is not None:
+            with contextlib.suppress(Exception):  # closing a broken connection may fail in many ways
+                await asyncio.wait_for(self.nc.close(), 2)
+
+    # ---- the sender's side: writing -------------------------------------------------------------------
+
+    async def write(self, frames: list[bytes]) -> None:
+        """Append built HPUB frames to nats-py's output buffer, as its ``publish`` does (the fast path)."""
+        from nats import errors
+
+        nc = self.nc
+        if nc is None or nc.is_closed:
+            raise errors.ConnectionClosedError
+        if nc.is_draining_pubs:
+            raise errors.ConnectionDrainingError
+        data = b"".join(frames)
+        size = len(data)
+        limit = nc._max_pending_size
+        if not nc.is_connected and (limit <= 0 or size + nc._pending_data_size > limit):
+            raise errors.OutboundBufferLimitError
+        nc._pending.append(data)
+        nc._pending_data_size += size
+        nc.stats["out_msgs"] += len(frames)
+        nc.stats["out_bytes"] += size
+        if limit > 0 and nc._pending_data_size > limit:
+            await nc._flush_pending(force_flush=True)
+        elif nc._flush_queue is not None and nc._flush_queue.empty():
+            await nc._flush_pending()
+
+    async def publish(self, rec: Record, reply: str) -> None:
+        """nats-py's own publish (the slow path: it validates, and refuses what it cannot write)."""
+        from nats import errors
+
+        if self.nc is None:
+            raise errors.ConnectionClosedError
+        await self.nc.publish(rec.subject, rec.payload, reply, {"Nats-Msg-Id": rec.id, "Content-Type": CE_CONTENT_TYPE})
+
+    async def flush(self, timeout: float) -> None:
+        assert self.nc is not None
+        await self.nc.flush(timeout=timeout)  # type: ignore[arg-type]
+
+    # ---- connecting -------------------------------------------------------------------------------------
 
     def _guard(self, gen: int, fn: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
-        """A nats-py callback that is ignored once its connection was replaced (see ``_restart``)."""
+        """A nats-py callback that is ignored once its connection was replaced (see ``restart``)."""
 
         async def cb(*args: Any) -> None:
             if gen == self._generation:
@@ -103,17 +157,18 @@ class ConnectionLifecycle:
 
         return cb
 
-    async def _connect_forever(self, wait: float = 0.0) -> None:
+    async def connect_forever(self, wait: float = 0.0) -> None:
         from nats.aio.client import Client
 
         from databricks_nats.transport.auth import CredentialProvider
 
-        if self._credentials is None:
-            self._credentials = CredentialProvider(self.settings)
+        if self._credentials is None:  # the keyword only when given: auth.py may not take it yet
+            extra = {} if self.secrets is None else {"secrets": self.secrets}
+            self._credentials = CredentialProvider(self.settings, **extra)
         if wait:  # a restart after a short-lived connection: never a reconnect loop at full speed
             await asyncio.sleep(wait * (0.5 + random.random()))
         delay = 0.1
-        while not self._closing:
+        while not self.closing:
             self._generation += 1
             gen = self._generation
             nc = self._connecting = Client()
@@ -126,15 +181,15 @@ class ConnectionLifecycle:
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=1,
                     connect_timeout=self.settings.connect_timeout,  # type: ignore[arg-type]  # float works
-                    error_cb=self._guard(gen, self._on_error),
-                    disconnected_cb=self._guard(gen, self._on_disconnect),
-                    reconnected_cb=self._guard(gen, self._on_reconnect),
-                    closed_cb=self._guard(gen, self._on_closed),
+                    error_cb=self._guard(gen, self.on_error),
+                    disconnected_cb=self._guard(gen, self.on_disconnect),
+                    reconnected_cb=self._guard(gen, self.on_reconnect),
+                    closed_cb=self._guard(gen, self.on_closed),
                     **self._credentials.connect_options(),
                 )
             except Exception as e:  # noqa: BLE001 - retried with backoff while events keep spooling
-                self.stats_.connection = "disconnected"
-                self.stats_.error("connect", f"{type(e).__name__}: {e}")
+                self._stats.connection = "disconnected"
+                self._stats.error("connect", f"{type(e).__name__}: {e}")
                 self._say(
                     logging.WARNING,
                     "connect",
@@ -145,93 +200,47 @@ class ConnectionLifecycle:
                 delay = min(delay * 2, 5.0)
                 continue
             self._connecting = None
-            self._nc = nc
-            self.stats_.connects += 1
+            self.nc = nc
+            self.fast = all(hasattr(nc, name) for name in _RAW) and isinstance(nc._pending, list)
+            self._stats.connects += 1
             if self.settings.mode == "jetstream":
-                self._reply_prefix = f"{nc.new_inbox()}."
-                await nc.subscribe(self._reply_prefix + "*", cb=self._on_ack)
+                self.reply_prefix = f"{nc.new_inbox()}."
+                await nc.subscribe(self.reply_prefix + "*", cb=self.sender.on_ack)
                 if self.settings.auto_create_stream:
                     await self._ensure_stream(initial=True)
-            self._set_limits()
-            self._set_connected(True)
+            self.set_connected(True)
             return
 
-    def _set_limits(self) -> None:
-        """What one message may take on this server: ``max_payload`` from its INFO (headers included), the
-        control line (``MAX_CONTROL_LINE`` or lower once refused); the event size cap leaves room for headers."""
-        from databricks_nats.transport.delivery import FAST_ID, HEADER_BYTES
+    def set_connected(self, up: bool) -> None:
+        self.connected = up
+        self._stats.connection = "connected" if up else "disconnected"
+        if up:
+            self._up_since = time.monotonic()
+            if self.nc is not None:  # a reconnect may reach another server, with other limits
+                self.limits.set(self.nc.max_payload, len(self.reply_prefix))
+            self._stream_checked = False
+            self.sender.requeue_all()  # acks may be lost; the stream drops duplicates
 
-        nc = self._nc
-        if nc is None:
-            return
-        announced = nc.max_payload
-        self._max_payload = announced if self._learned_payload is None else min(announced, self._learned_payload)
-        self._max_bytes = min(self.settings.max_event_bytes, max(256, self._max_payload - HEADER_BYTES - FAST_ID))
-        sizes = 2 * len(str(self._max_payload)) + 3  # the two sizes and the three spaces of HPUB's arguments
-        self._fast_subject = self._max_control - len(self._reply_prefix) - 20 - sizes
-
-    def _learn_refusal(self, nc: NATS | None) -> None:
-        """The server closed the connection refusing a message's shape (``-ERR``): learn the limit it has.
-
-        The server refuses the first message over its limit, so the largest in-flight message exceeds it: the
-        limit becomes one below it. That event (and any as large) is dead-lettered at its next attempt.
-        """
-        from databricks_nats.transport.delivery import HEADER_BYTES
-
-        text = str(getattr(nc, "last_error", None) or "")
-        lowered = text.lower()
-        if "control line" in lowered:
-            kind = "control_line"
-        elif "maximum payload" in lowered:
-            kind = "too_large"
-        else:
-            return
-        largest = 0
-        for seq, (rec, _) in self._inflight.items():
-            header = HEADER_BYTES + len(rec.id.encode())
-            total = header + len(rec.payload)
-            if kind == "too_large":
-                largest = max(largest, total)
-            else:
-                reply = len(self._reply_prefix) + len(str(seq)) if self.settings.mode == "jetstream" else 0
-                largest = max(largest, len(rec.subject.encode()) + reply + len(str(header)) + len(str(total)) + 3)
-        self.stats_.error("server_refused", f"{text} (largest message in flight: {largest} bytes)")
-        if not largest:
-            return
-        if kind == "too_large":
-            self._learned_payload = (
-                largest - 1 if self._learned_payload is None else min(self._learned_payload, largest - 1)
-            )
-        else:
-            self._max_control = min(self._max_control, largest - 1)
-        self._say(
-            logging.WARNING,
-            "server_refused",
-            "databricks-nats: NATS refused a message (%s); what is that large is dead-lettered from now on",
-            text,
-        )
-
-    def _restart(self, why: str) -> None:
+    def restart(self, why: str) -> None:
         """Replace the connection (or the attempt) with a new one built from the current credentials."""
-        if self._closing:
+        if self.closing:
             return
         self._say(logging.INFO, "restart", "databricks-nats: reconnecting to NATS (%s)", why)
         self._generation += 1  # callbacks of the old client are ignored from now on
-        old = [c for c in (self._nc, self._connecting) if c is not None]
-        self._nc = self._connecting = None
-        if self._connected:
-            self._set_connected(False)
-            self._save()
-        self.stats_.connection = "connecting"
+        old = [c for c in (self.nc, self._connecting) if c is not None]
+        self.nc = self._connecting = None
+        if self.connected:
+            self.set_connected(False)
+            self.buffer.save()
+        self._stats.connection = "connecting"
         lived = time.monotonic() - self._up_since if self._up_since is not None else 0.0
         self._up_since = None
         if lived >= _STABLE or not self._restart_wait:
             self._restart_wait = _RESTART_MIN
-        else:  # the last connection did not last: wait longer each time (capped), jittered in _connect_forever
+        else:  # the last connection did not last: wait longer each time (capped), jittered in connect_forever
             self._restart_wait = min(_RESTART_MAX, self._restart_wait * 2)
-        connector = getattr(self, "_connector", None)
-        if connector is not None and not connector.done():
-            connector.cancel()
+        if self._connector is not None and not self._connector.done():
+            self._connector.cancel()
 
         async def close_old() -> None:
             for c in old:
@@ -239,12 +248,10 @@ class ConnectionLifecycle:
                     await asyncio.wait_for(c.close(), 2)
 
         self._spawn(close_old())
-        self._connector = asyncio.get_running_loop().create_task(self._connect_forever(self._restart_wait))
+        self._connector = asyncio.get_running_loop().create_task(self.connect_forever(self._restart_wait))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a background task on the loop, holding a reference until it is done."""
-        if self._background is None:
-            self._background = set()
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -255,14 +262,36 @@ class ConnectionLifecycle:
         before = self._credentials.current
         await self._credentials.refresh_async()
         if gen == self._generation and self._credentials.needs_new_connection(before):
-            self._restart(f"{why}; credentials changed")
+            self.restart(f"{why}; credentials changed")
+
+    # ---- the stream ---------------------------------------------------------------------------------------
+
+    async def no_stream(self) -> None:
+        """No stream listens on our subjects: create it once per connection when allowed (``auto_create_stream``).
+
+        Otherwise (or when creating it failed) the events stay in flight and spooled, re-sent by the ack timer
+        every ``ack_timeout`` until a stream appears; each refusal is counted (``errors.no_stream``).
+        """
+        if self._stream_checked or not self.settings.auto_create_stream:
+            self._stats.error("no_stream", f"no JetStream stream for {self.settings.namespace}.>")
+            self._say(
+                logging.WARNING,
+                "no_stream",
+                "databricks-nats: no JetStream stream stores %s.>%s; events are kept in the spool",
+                self.settings.namespace,
+                "" if self.settings.auto_create_stream else " and auto_create_stream is off",
+            )
+            return
+        self._stream_checked = True
+        await self._ensure_stream(initial=False)
+        self.sender.requeue_all()
 
     async def _ensure_stream(self, initial: bool) -> None:
         from databricks_nats.transport.stream import ensure_stream_async
 
-        assert self._nc is not None
+        assert self.nc is not None
         try:
-            self.stream_report = await ensure_stream_async(self._nc.jetstream(), self.settings, check=False)
+            self.stream_report = await ensure_stream_async(self.nc.jetstream(), self.settings, check=False)
             if self.stream_report.action == "differs":
                 self._say(
                     logging.WARNING,
@@ -272,44 +301,37 @@ class ConnectionLifecycle:
                     self.stream_report.differences,
                 )
         except Exception as e:  # noqa: BLE001 - no permission to manage streams is a normal set-up
-            self.stats_.error("stream", str(e))
+            self._stats.error("stream", str(e))
             if not initial:
                 self._say(logging.WARNING, "stream", "databricks-nats: %s", e)
 
-    def _set_connected(self, up: bool) -> None:
-        self._connected = up
-        self.stats_.connection = "connected" if up else "disconnected"
-        if up:
-            self._up_since = time.monotonic()
-            self._set_limits()  # a reconnect may reach another server, with other limits
-            self._stream_checked = False
-            self._requeue(list(self._inflight))  # acks may be lost; the stream drops duplicates
+    # ---- nats-py's callbacks ------------------------------------------------------------------------------
 
-    async def _on_disconnect(self) -> None:
-        if self._nc is not None and not self._closing:
-            self._set_connected(False)
-            self._save()
+    async def on_disconnect(self) -> None:
+        if self.nc is not None and not self.closing:
+            self.set_connected(False)
+            self.buffer.save()
             self._say(logging.WARNING, "disconnect", "databricks-nats: disconnected from NATS; events are spooled")
             self._spawn(self._recheck_credentials(self._generation, "disconnected"))
 
-    async def _on_reconnect(self) -> None:
-        self._set_connected(True)
+    async def on_reconnect(self) -> None:
+        self.set_connected(True)
         self._say(logging.INFO, "reconnect", "databricks-nats: reconnected to NATS")
 
-    async def _on_closed(self) -> None:
-        self._connected = False
-        self.stats_.connection = "closed"
-        if not self._closing:  # the server closed us for good (a refused message, credentials revoked): start over
-            self._learn_refusal(self._nc or self._connecting)
-            self._restart("the server closed the connection")
+    async def on_closed(self) -> None:
+        self.connected = False
+        self._stats.connection = "closed"
+        if not self.closing:  # the server closed us for good (a refused message, credentials revoked): start over
+            self.learn_refusal(self.nc or self._connecting)
+            self.restart("the server closed the connection")
 
-    async def _on_error(self, e: Exception) -> None:
+    async def on_error(self, e: Exception) -> None:
         text = str(e)
-        self.stats_.error("nats", f"{type(e).__name__}: {text}")
+        self._stats.error("nats", f"{type(e).__name__}: {text}")
         denied = _PERMISSION.search(text)
         if _AUTH.search(text):
             source = self._credentials.current.describe() if self._credentials else "none"
-            self.stats_.error("auth", f"NATS refused the credentials ({source})")
+            self._stats.error("auth", f"NATS refused the credentials ({source})")
             self._say(
                 logging.ERROR,
                 "auth",
@@ -319,7 +341,6 @@ class ConnectionLifecycle:
             self._spawn(self._recheck_credentials(self._generation, "authorization"))
         elif denied:
             subject = denied.group(1)
-            seqs = [seq for seq, (rec, _) in self._inflight.items() if rec.subject == subject]
             self._say(
                 logging.ERROR,
                 "permission",
@@ -327,7 +348,38 @@ class ConnectionLifecycle:
                 "events for it are dropped: check the user's publish permissions",
                 subject,
             )
-            self._drop_acked(seqs, "permission_denied")
-            self.stats_.errors["permission_denied"] += 1
+            self.sender.drop_subject(subject, "permission_denied")
+            self._stats.errors["permission_denied"] += 1
         else:
             self._say(logging.WARNING, "nats_error", "databricks-nats: NATS error: %s", type(e).__name__)
+
+    def learn_refusal(self, nc: NATS | None) -> None:
+        """The server closed the connection refusing a message's shape (``-ERR``): learn the limit it has.
+
+        The server refuses the first message over its limit, so the largest in-flight message exceeds it: the
+        limit becomes one below it. That event (and any as large) is dead-lettered at its next attempt.
+        """
+        text = str(getattr(nc, "last_error", None) or "")
+        lowered = text.lower()
+        if "control line" in lowered:
+            kind = "control_line"
+        elif "maximum payload" in lowered:
+            kind = "too_large"
+        else:
+            return
+        largest = 0
+        jetstream = self.settings.mode == "jetstream"
+        for seq, rec in self.sender.in_flight():
+            reply = len(self.reply_prefix) + len(str(seq)) if jetstream else 0
+            total, args = Limits.sizes(rec, reply)
+            largest = max(largest, total if kind == "too_large" else args)
+        self._stats.error("server_refused", f"{text} (largest message in flight: {largest} bytes)")
+        if not largest:
+            return
+        self.limits.learn(kind, largest)
+        self._say(
+            logging.WARNING,
+            "server_refused",
+            "databricks-nats: NATS refused a message (%s); what is that large is dead-lettered from now on",
+            text,
+        )

@@ -1,261 +1,258 @@
-"""The publisher's delivery half: publish what is ready, settle acks (core: flushes), retry, resolve flushes.
+"""The publisher's sender part: publish what is ready, settle acks (core: flushes), retry, resolve flushes.
 
-Poison events (issue 13): before it is sent, every event is checked against what the server accepts — the
-HPUB control line (subject, reply inbox and the two sizes) within ``max_control_line`` (nats-server's default
-4 KiB, or less once a server refused one: it does not announce it) and headers plus payload within the
-``max_payload`` of the server's INFO (a payload over it is trimmed first). An event that still cannot fit,
-that nats-py refuses (a subject or header it cannot write), or that JetStream refuses for its size, is
-*dead-lettered*: published instead, with the same ``Nats-Msg-Id``, to ``<namespace>._dead.<reason>`` (inside
-the namespace's stream) as its envelope with ``deadletterreason`` and ``deadlettersubject`` added (trimmed to
-fit), and counted ``dropped.poison`` once stored (``dropped.poison_lost`` if even that is refused). It never
-blocks the events behind it. When a server closes the connection for a control line or a payload it refused
-(``-ERR``), the largest in-flight event is known to exceed its limit: the limit is lowered to just below it,
-so that event (and any as large) is dead-lettered at its next attempt — one refusal per distinct offending
-size at most, each reconnect backing off (``connection.py``).
+Owns the in-flight window (``inflight``: sequence -> (record, time sent), at most ``max_inflight``), the
+plain acks awaiting settlement, core mode's pending flushes, the ack timer, the flush waiters and the dead
+letters (``poison.py``). Neighbours: the buffer (``ready`` to take from, ``refill``, ``done``, ``forget``,
+``lowest_pending``, ``lost_upto``), the link (``connected``, ``reply_prefix``, ``limits``, ``write``,
+``publish``, ``flush``, ``no_stream``) and the publisher (``work``: send again).
 
-``Publisher`` inherits this; it owns the state (settings, stats, memory queues, in-flight events, spool);
-``_ingest``, ``_refill`` and ``_forget`` come from ``storage.py``, ``_no_stream`` from ``connection.py``.
-Everything runs on the worker's event loop.
+The path of an event here: ``send_some`` pops it from ``ready``, checks its shape against the server's
+limits, records it in flight and builds its HPUB frame (``wire.py``); every ``_YIELD_EVERY`` frames the
+batch is handed to the link (``write``, straight into nats-py's output buffer) and the loop runs, so the
+socket is written and acks are handled while sending (a pipeline). An event whose subject or id is not
+plain, or that does not fit, goes through nats-py's ``publish`` instead (``link.publish``), whose refusals
+become dead letters. JetStream acks (``on_ack``) are settled in batches, once per loop iteration; an ack
+that does not come within ``ack_timeout`` (or a reconnect) sends the event again with the same
+``Nats-Msg-Id``, so the stream stores it once. Core mode: a flush (PING/PONG) per batch settles it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import time
 from collections import OrderedDict, deque
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Protocol
 
-from databricks_nats.model.events import CE_CONTENT_TYPE, Event, dead_letter, shrink
 from databricks_nats.settings import Settings
-from databricks_nats.transport.spool import Record, Spool
+from databricks_nats.transport.poison import DeadLetters, Limits
+from databricks_nats.transport.spool import Record
 from databricks_nats.transport.stats import RateLimitedLog, Stats
+from databricks_nats.transport.wire import FAST_ID, frame, plain_id, plain_subject
 
 if TYPE_CHECKING:
-    from nats.aio.client import Client as NATS
     from nats.aio.msg import Msg
 
-__all__ = ["Delivery"]
+__all__ = ["Sender"]
 
 _YIELD_EVERY = 128  # publishes between two yields to the loop (the socket is written when the loop runs)
-MAX_CONTROL_LINE = 4096  # nats-server's default max_control_line; not in its INFO, so assumed until refused
-# Bytes of the header block nats-py writes for our two headers, without the id's own characters.
-HEADER_BYTES = len(f"NATS/1.0\r\nNats-Msg-Id: \r\nContent-Type: {CE_CONTENT_TYPE}\r\n\r\n")
-FAST_ID = 64  # ids up to this long are covered by the fast size check (ours are 36)
 _REFUSED_BY_CLIENT = {"MaxPayloadError": "too_large", "BadSubjectError": "bad_subject", "BadHeaderError": "bad_header"}
 _JS_TOO_LARGE = (10054, 10097)  # JetStream: message size / header size exceeds the stream's maximum
+_SUBJECTS_KEPT = 4096  # plain subjects remembered (checked once each)
+_NONE: frozenset[str] = frozenset()
 
 
-class Delivery:
+class Store(Protocol):
+    """What the sender asks of the buffer."""
+
+    ready: deque[Record]
+    spilled: bool
+
+    def refill(self) -> None: ...
+    def done(self, seqs: list[int]) -> None: ...
+    def forget(self, seqs: list[int], reason: str) -> None: ...
+    def lowest_pending(self) -> int | None: ...
+    def lost_upto(self, boundary: int) -> bool: ...
+
+
+class Wire(Protocol):
+    """What the sender asks of the link."""
+
+    connected: bool
+    fast: bool
+    reply_prefix: str
+    limits: Limits
+
+    async def write(self, frames: list[bytes]) -> None: ...
+    async def publish(self, rec: Record, reply: str) -> None: ...
+    async def flush(self, timeout: float) -> None: ...
+    async def no_stream(self) -> None: ...
+
+
+class Sender:
     """Sends ready events, tracks them in flight until acknowledged, and wakes ``flush`` callers when done."""
 
-    settings: Settings
-    stats_: Stats
-    _say: RateLimitedLog
-    _spool: Spool
-    _nc: NATS | None
-    _connected: bool
-    _reply_prefix: str
-    _max_bytes: int
-    _inbox: deque[Event]
-    _ingested: int
-    _ready: deque[Record]
-    _inflight: OrderedDict[int, tuple[Record, float]]
-    _spilled: bool
-    _unsaved: dict[int, Record]
-    _acked: list[int]
-    _acks: list[str]
-    _unflushed: list[int]
-    _flushing: set[asyncio.Task[None]]
-    _flushers: list[tuple[int, asyncio.Future[None]]]
-    _waiting: deque[tuple[int, asyncio.Future[None]]]
-    _timer: asyncio.TimerHandle | None
-    _loop: asyncio.AbstractEventLoop
-    _work: asyncio.Event
-    _dead: set[int]  # sequences published as dead letters (counted dropped.poison once acked)
-    _max_payload: int  # headers + payload, from the server's INFO (or lower, once refused)
-    _max_control: int  # the control line's arguments (subject, reply, sizes)
-    _fast_subject: int  # subjects up to this long always fit the control line (set with the limits)
+    def __init__(
+        self,
+        settings: Settings,
+        buffer: Store,
+        link: Wire,
+        stats: Stats,
+        say: RateLimitedLog,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        work: Callable[[], None],
+    ) -> None:
+        self.max_inflight = settings.max_inflight
+        self.ack_timeout = settings.ack_timeout
+        self.jetstream = settings.mode == "jetstream"
+        self.buffer, self.link = buffer, link
+        self.dead = DeadLetters(settings.namespace, link.limits, stats, say)
+        self.inflight: OrderedDict[int, tuple[Record, float]] = OrderedDict()
+        self.flushing: set[asyncio.Task[None]] = set()  # core: flushes awaiting their PONG
+        self._stats, self._say, self._loop, self._work = stats, say, loop, work
+        self._acks: list[str] = []  # reply subjects of plain JetStream acks, settled once per loop iteration
+        self._unflushed: list[int] = []  # core: published since the last flush
+        self._timer: asyncio.TimerHandle | None = None
+        self._flushers: list[tuple[int, asyncio.Future[bool]]] = []  # (last sequence to wait for, future)
+        self._subjects: set[str] = set()  # subjects known plain: their events take the fast path
 
-    if TYPE_CHECKING:  # provided by storage.py and connection.py; a runtime stub would shadow them in the MRO
+    def __len__(self) -> int:
+        return len(self.inflight)
 
-        def _ingest(self) -> None: ...
-        def _refill(self) -> None: ...
-        def _forget(self, seqs: list[int], reason: str) -> None: ...
-        def _lost_upto(self, boundary: int) -> bool: ...
-        async def _no_stream(self) -> None: ...
+    def in_flight(self) -> Iterator[tuple[int, Record]]:
+        return ((seq, entry[0]) for seq, entry in self.inflight.items())
 
-    async def _send_forever(self) -> None:
-        while True:
-            await self._work.wait()
-            self._work.clear()
-            if self._inbox:  # core mode may have left events there until memory had room
-                self._ingest()
-            if self._spilled and len(self._ready) < 100:
-                self._refill()
-            room = self._connected and self._ready and len(self._inflight) < self.settings.max_inflight
-            if room and not await self._send_some():
-                await asyncio.sleep(0.2)  # the connection is failing; its callbacks will say more
-                self._work.set()
+    # ---- sending ---------------------------------------------------------------------------------
 
-    async def _send_some(self) -> bool:
+    async def send_some(self) -> bool:
         """Publish ready events while there is room in flight; False when publishing fails."""
-        nc = self._nc
-        assert nc is not None
-        ready, inflight, publish = self._ready, self._inflight, nc.publish
-        jetstream = self.settings.mode == "jetstream"
-        prefix = self._reply_prefix if jetstream else ""
-        most, max_bytes = self.settings.max_inflight, self._max_bytes
+        link, ready, inflight = self.link, self.buffer.ready, self.inflight
+        jetstream, most = self.jetstream, self.max_inflight
+        prefix = link.reply_prefix if jetstream else ""
+        limits = self.link.limits
+        max_bytes, fast_subject = limits.max_bytes, limits.fast_subject
+        subjects = self._subjects if link.fast else _NONE  # nats-py's buffer unknown: all through its publish
+        frames: list[bytes] = []
+        batch: list[int] = []  # the sequences of ``frames``
         sent = 0
         now = time.monotonic()
         rec: Record | None = None
-        fast_subject = self._fast_subject
         try:
-            while ready and len(inflight) < most and self._connected:
+            while ready and len(inflight) < most and link.connected:
                 rec = ready.popleft()
-                if len(rec.payload) > max_bytes or len(rec.subject) > fast_subject or len(rec.id) > FAST_ID:
-                    rec = self._fit(rec, len(prefix) + len(str(rec.seq)) if jetstream else 0)
-                inflight[rec.seq] = (rec, now)
-                reply = f"{prefix}{rec.seq}" if jetstream else ""
-                await publish(rec.subject, rec.payload, reply, {"Nats-Msg-Id": rec.id, "Content-Type": CE_CONTENT_TYPE})
+                seq = rec.seq
+                reply = f"{prefix}{seq}" if jetstream else ""
+                if (
+                    len(rec.payload) > max_bytes
+                    or len(rec.subject) > fast_subject
+                    or rec.subject not in subjects
+                    or plain_id(rec.id) is None
+                ):  # the slow path: checked by nats-py's publish
+                    if frames:  # in order: what was built before goes first
+                        await link.write(frames)
+                        frames, batch = [], []
+                    if len(rec.payload) > max_bytes or len(rec.subject) > fast_subject or len(rec.id) > FAST_ID:
+                        rec = self.dead.fit(rec, len(prefix) + len(str(seq)) if jetstream else 0)
+                    inflight[seq] = (rec, now)
+                    await link.publish(rec, reply)
+                    self._learn(rec)
+                else:
+                    inflight[seq] = (rec, now)
+                    frames.append(frame(rec.subject, reply, rec.id, rec.payload))
+                    batch.append(seq)
                 sent += 1
                 if not jetstream:
-                    self._unflushed.append(rec.seq)
+                    self._unflushed.append(seq)
                 rec = None
-                if self._spilled and not ready:
-                    self._refill()
+                if self.buffer.spilled and not ready:
+                    self.buffer.refill()
                 if not sent % _YIELD_EVERY:  # let the socket writer and the acks run: a pipeline, not batches
+                    if frames:
+                        await link.write(frames)
+                        frames, batch = [], []
                     self._flush_core()
                     await asyncio.sleep(0)
                     now = time.monotonic()
+            if frames:
+                await link.write(frames)
+                batch = []
         except Exception as e:  # noqa: BLE001 - disconnected, buffer full, payload too big
-            assert rec is not None
-            self._inflight.pop(rec.seq, None)
-            refused = _REFUSED_BY_CLIENT.get(type(e).__name__)
-            if refused is not None:  # nats-py will never send it as it is: never retry it as it is
-                if rec.seq in self._dead:
-                    self._drop_acked([rec.seq], "poison_lost")
+            sent -= len(batch)
+            ok = True
+            if rec is None:
+                self._stats.error("publish", f"{type(e).__name__}: {e}")
+                ok = False
+            else:
+                inflight.pop(rec.seq, None)
+                refused = _REFUSED_BY_CLIENT.get(type(e).__name__)
+                if refused is not None:  # nats-py will never send it as it is: never retry it as it is
+                    if rec.seq in self.dead:
+                        self.drop([rec.seq], "poison_lost")
+                    else:
+                        ready.appendleft(self.dead.letter(rec, refused))
                 else:
-                    ready.appendleft(self._dead_letter(rec, refused))
-                return True
-            ready.appendleft(rec)
-            self.stats_.error("publish", f"{type(e).__name__}: {e}")
-            return False
+                    ready.appendleft(rec)
+                    self._stats.error("publish", f"{type(e).__name__}: {e}")
+                    ok = False
+            if batch:  # built, never written: sent again, in order (before ``rec``)
+                self.requeue(batch)
+            return ok
         finally:
-            self.stats_.published += sent
+            self._stats.published += sent
             if sent and self._timer is None and jetstream:
-                self._timer = self._loop.call_later(self.settings.ack_timeout, self._check_timeouts)
+                self._timer = self._loop.call_later(self.ack_timeout, self.check_timeouts)
             self._flush_core()
         return True
 
-    # ---- poison events ---------------------------------------------------------------------------
-
-    def _shape_problem(self, rec: Record, reply_len: int) -> str | None:
-        """Why the server would refuse this event as it is (``too_large``, ``control_line``), or None."""
-        header = HEADER_BYTES + len(rec.id.encode())
-        total = header + len(rec.payload)
-        if total > self._max_payload:
-            return "too_large"
-        args = len(rec.subject.encode()) + reply_len + len(str(header)) + len(str(total)) + 3
-        return "control_line" if args > self._max_control else None
-
-    def _fit(self, rec: Record, reply_len: int) -> Record:
-        """The event as it can be sent: trimmed to the server's size, or its dead letter when it cannot fit."""
-        if rec.seq in self._dead:
-            return rec  # a dead letter, made to fit
-        budget = min(self._max_bytes, self._max_payload - HEADER_BYTES - len(rec.id.encode()))
-        if len(rec.payload) > budget:  # encoded before the server told us its max_payload
-            try:
-                rec = rec._replace(payload=shrink(rec.payload, max(0, budget)))
-            except Exception:  # noqa: BLE001 - not an envelope we can read (a damaged spool): it cannot be trimmed
-                return self._dead_letter(rec, "too_large")
-        why = self._shape_problem(rec, reply_len)
-        return rec if why is None else self._dead_letter(rec, why)
-
-    def _dead_letter(self, rec: Record, reason: str, budget: int | None = None) -> Record:
-        """The dead letter replacing a poison event: same sequence and id, on ``<namespace>._dead.<reason>``."""
-        self._dead.add(rec.seq)
-        self.stats_.error(
-            "poison",
-            f"event {rec.id[:64]} ({len(rec.subject)}-character subject, {len(rec.payload)} bytes) "
-            f"cannot be published ({reason}); dead-lettered",
-        )
-        self._say(
-            logging.WARNING,
-            "poison",
-            "databricks-nats: event %s cannot be published as it is (%s: %d-character subject, %d bytes); "
-            "it goes to %s._dead.%s instead",
-            rec.id[:64],
-            reason,
-            len(rec.subject),
-            len(rec.payload),
-            self.settings.namespace,
-            reason,
-        )
-        msg_id = rec.id if len(rec.id) <= FAST_ID else "dead-" + hashlib.sha256(rec.id.encode()).hexdigest()[:32]
-        room = self._max_payload - HEADER_BYTES - len(msg_id)  # the server's bound: keep the event whole if it can
-        room = room if budget is None else min(room, budget)
-        subject = f"{self.settings.namespace}._dead.{reason}"
-        return Record(rec.seq, msg_id, subject, dead_letter(rec.payload, rec.subject, reason, max(0, room)))
+    def _learn(self, rec: Record) -> None:
+        """A subject nats-py took as it is: its next events take the fast path."""
+        if rec.seq not in self.dead and plain_subject(rec.subject):
+            if len(self._subjects) >= _SUBJECTS_KEPT:
+                self._subjects.clear()
+            self._subjects.add(rec.subject)
 
     def _flush_core(self) -> None:
         """Core mode: a flush (PING/PONG) for what was published since the last one; several may be pending."""
         if self._unflushed:
             seqs, self._unflushed = self._unflushed, []
             task = self._loop.create_task(self._core_flush(seqs))
-            self._flushing.add(task)
-            task.add_done_callback(self._flushing.discard)
+            self.flushing.add(task)
+            task.add_done_callback(self.flushing.discard)
 
     async def _core_flush(self, seqs: list[int]) -> None:
-        assert self._nc is not None
         try:
-            await self._nc.flush(timeout=max(1, int(self.settings.ack_timeout)))
+            await self.link.flush(max(1, int(self.ack_timeout)))
         except Exception as e:  # noqa: BLE001 - not flushed: send again (in order) after reconnect
-            self.stats_.error("flush", f"{type(e).__name__}: {e}")
-            self._requeue(list(self._inflight))
+            self._stats.error("flush", f"{type(e).__name__}: {e}")
+            self.requeue(list(self.inflight))
             return
-        self._settle(seqs)
+        self.settle(seqs)
 
-    def _requeue(self, seqs: list[int]) -> None:
+    def requeue(self, seqs: list[int]) -> None:
         """Put in-flight events back at the front of the ready queue, oldest first."""
         for seq in sorted(seqs, reverse=True):
-            entry = self._inflight.pop(seq, None)
+            entry = self.inflight.pop(seq, None)
             if entry is not None:
-                self._ready.appendleft(entry[0])
-        self._work.set()
+                self.buffer.ready.appendleft(entry[0])
+        self._work()
 
-    def _check_timeouts(self) -> None:
+    def requeue_all(self) -> None:
+        self.requeue(list(self.inflight))
+
+    def check_timeouts(self) -> None:
         self._timer = None
-        deadline = time.monotonic() - self.settings.ack_timeout
-        late = [seq for seq, (_, sent) in self._inflight.items() if sent <= deadline]
+        deadline = time.monotonic() - self.ack_timeout
+        late = [seq for seq, (_, sent) in self.inflight.items() if sent <= deadline]
         if late:
-            self.stats_.retried += len(late)
-            self.stats_.error(
-                "ack_timeout", f"{len(late)} publish(es) not acknowledged in {self.settings.ack_timeout:g}s"
-            )
-            self._requeue(late)
-        if self._inflight:
-            oldest = next(iter(self._inflight.values()))[1]
-            delay = max(0.05, oldest + self.settings.ack_timeout - time.monotonic())
-            self._timer = self._loop.call_later(delay, self._check_timeouts)
+            self._stats.retried += len(late)
+            self._stats.error("ack_timeout", f"{len(late)} publish(es) not acknowledged in {self.ack_timeout:g}s")
+            self.requeue(late)
+        if self.inflight:
+            oldest = next(iter(self.inflight.values()))[1]
+            delay = max(0.05, oldest + self.ack_timeout - time.monotonic())
+            self._timer = self._loop.call_later(delay, self.check_timeouts)
 
-    async def _on_ack(self, msg: Msg) -> None:
+    # ---- acknowledgements ------------------------------------------------------------------------
+
+    async def on_ack(self, msg: Msg) -> None:
+        """A JetStream ack (the reply to ``<reply prefix><sequence>``)."""
         body = msg.data
         if not msg.headers and b'"error"' not in body and b'"duplicate"' not in body:  # the common ack
             if not self._acks:
-                self._loop.call_soon(self._settle_acks)
+                self._loop.call_soon(self.settle_acks)
             self._acks.append(msg.subject)
             return
         seq = int(msg.subject.rsplit(".", 1)[1])
-        entry = self._inflight.pop(seq, None)
+        entry = self.inflight.pop(seq, None)
         if entry is None:
             return  # a late ack for an event already re-sent or acked
         rec, sent = entry
         if msg.headers and msg.headers.get("Status") == "503":
-            self._inflight[seq] = entry
-            await self._no_stream()
+            self.inflight[seq] = entry
+            await self.link.no_stream()
             return
         try:
             resp = json.loads(body)
@@ -263,101 +260,85 @@ class Delivery:
             resp = {"error": {"description": "unreadable ack"}}
         err = resp.get("error")
         if err and isinstance(err, dict) and err.get("err_code") in _JS_TOO_LARGE:  # the stream will never take it
-            self.stats_.error("jetstream", str(err.get("description", err))[:200])
-            if seq in self._dead:
-                self._drop_acked([seq], "poison_lost")
+            self._stats.error("jetstream", str(err.get("description", err))[:200])
+            if seq in self.dead:
+                self.drop([seq], "poison_lost")
             else:
-                self._ready.appendleft(self._dead_letter(rec, "stream_limit", budget=min(1024, self._max_bytes)))
-                self._work.set()
+                budget = min(1024, self.link.limits.max_bytes)
+                self.buffer.ready.appendleft(self.dead.letter(rec, "stream_limit", budget=budget))
+                self._work()
             return
         if err:
-            self.stats_.error("jetstream", str(err.get("description", err))[:200])
+            self._stats.error("jetstream", str(err.get("description", err))[:200])
             self._say(logging.WARNING, "js_error", "databricks-nats: JetStream refused an event: %s", err)
-            self._inflight[seq] = (rec, sent)  # retried by the ack timer
+            self.inflight[seq] = (rec, sent)  # retried by the ack timer
             return
         if resp.get("duplicate"):
-            self.stats_.duplicates += 1
-        self.stats_.ack_latency(time.monotonic() - sent)
-        self._ack([seq])
+            self._stats.duplicates += 1
+        self._stats.ack_latency(time.monotonic() - sent)
+        self.ack([seq])
 
-    def _settle_acks(self) -> None:
+    def settle_acks(self) -> None:
         """Handle the plain acks received since the last loop iteration in one go."""
         subjects, self._acks = self._acks, []
-        cut = len(self._reply_prefix)  # reply subjects are <prefix><seq>
-        self._settle([int(subject[cut:]) for subject in subjects])
+        cut = len(self.link.reply_prefix)  # reply subjects are <prefix><seq>
+        self.settle([int(subject[cut:]) for subject in subjects])
 
-    def _settle(self, seqs: list[int]) -> None:
+    def settle(self, seqs: list[int]) -> None:
         """These in-flight events are acknowledged (core: flushed); a sequence no longer in flight is ignored."""
-        pop = self._inflight.pop
-        sent = [(seq, entry[1]) for seq in seqs if (entry := pop(seq, None)) is not None]
+        pop = self.inflight.pop
         now = time.monotonic()
-        self.stats_.ack_latencies([now - t for _, t in sent])
-        self._ack([seq for seq, _ in sent])
+        done, waited = [], []
+        for seq in seqs:
+            entry = pop(seq, None)
+            if entry is not None:
+                done.append(seq)
+                waited.append(now - entry[1])
+        self._stats.ack_latencies(waited)
+        self.ack(done)
 
-    def _ack(self, seqs: list[int]) -> None:
-        acked = len(seqs)
-        if self._dead:  # dead letters stored: the events are accounted as dropped (poison), kept on _dead
-            dead = [seq for seq in seqs if seq in self._dead]
-            if dead:
-                self._dead.difference_update(dead)
-                self.stats_.dropped["poison"] += len(dead)
-                acked -= len(dead)
-        self.stats_.acked += acked
-        self._discard(seqs)
-        self._work.set()
+    def ack(self, seqs: list[int]) -> None:
+        self._stats.acked += len(seqs) - self.dead.stored(seqs)  # dead letters count as dropped (poison)
+        self.buffer.done(seqs)
+        self._work()
 
-    def _drop_acked(self, seqs: list[int], reason: str) -> None:
-        if self._dead:
-            self._dead.difference_update(seqs)
-        self._forget(seqs, reason)
-        self._discard(seqs)
+    def drop(self, seqs: list[int], reason: str) -> None:
+        """Events the server will never take (permissions, a refused dead letter): dropped and counted."""
+        self.dead.forget(seqs)
+        self.buffer.forget(seqs, reason)
+        self.buffer.done(seqs)
 
-    def _discard(self, seqs: list[int]) -> None:
-        """Events that are done: forget the unsaved ones, batch-delete the saved ones from the spool."""
-        unsaved = self._unsaved
-        on_disk = [seq for seq in seqs if unsaved.pop(seq, None) is None]
-        if on_disk:
-            if not self._acked:
-                self._loop.call_soon(self._commit_acks)
-            self._acked.extend(on_disk)
-        elif self._flushers:
-            self._update_flushers()
+    def drop_subject(self, subject: str, reason: str) -> None:
+        self.drop([seq for seq, (rec, _) in self.inflight.items() if rec.subject == subject], reason)
 
-    def _commit_acks(self) -> None:
-        seqs, self._acked = self._acked, []
-        try:
-            self._spool.delete(seqs)
-        except Exception as e:  # noqa: BLE001 - re-sent later; JetStream drops the duplicates
-            self.stats_.error("spool", f"{type(e).__name__}: {e}")
-        self._update_flushers()
+    def forget(self, seqs: list[int]) -> None:
+        """Dropped by the buffer: no longer in flight."""
+        for seq in seqs:
+            self.inflight.pop(seq, None)
 
-    # ---- flush ----------------------------------------------------------------------------------
+    # ---- flush waiters ---------------------------------------------------------------------------
 
-    async def _flush(self) -> bool:
-        """Wait until every event handed over before the call is acknowledged (or flushed, in core mode).
+    def wait_for(self, boundary: int, fut: asyncio.Future[bool]) -> None:
+        """A flush resolved once no event up to ``boundary`` is pending (True: one of them was dropped)."""
+        self._flushers.append((boundary, fut))
 
-        The wait is on the last sequence given to those events: known once the inbox is ingested up to
-        the call (``_waiting`` until then).
-        """
-        fut: asyncio.Future[bool] = self._loop.create_future()
-        self._waiting.append((self._ingested + len(self._inbox), fut))  # type: ignore[arg-type]
-        self._ingest()
-        self._work.set()
-        return await fut  # True when one of those events was dropped (storage.py: _lost_upto)
-
-    def _update_flushers(self) -> None:
+    def update_flushers(self) -> None:
         if not self._flushers:
             return
-        lowest = self._spool.min_seq()
-        if self._unsaved:
-            first = next(iter(self._unsaved))  # inserted in ascending order
-            lowest = first if lowest is None else min(lowest, first)
+        lowest = self.buffer.lowest_pending()
         still = []
         for boundary, fut in self._flushers:
             if fut.done():
                 continue
             if lowest is None or lowest > boundary:
-                fut.set_result(self._lost_upto(boundary))  # type: ignore[arg-type]
+                fut.set_result(self.buffer.lost_upto(boundary))
             else:
                 still.append((boundary, fut))
         self._flushers = still
+
+    def stop(self) -> list[asyncio.Task[None]]:
+        """At shutdown: the ack timer stops; the core flushes still running, for the publisher to end."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        return list(self.flushing)

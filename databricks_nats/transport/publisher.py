@@ -1,27 +1,37 @@
 """The background publisher: a daemon thread owning an asyncio loop, fed by a non-blocking ``emit``.
 
-Flow of one event::
+Flow of one event (each arrow a method call; the part that owns each step in brackets)::
 
-    emit() ── deque.append ──► inbox ──(loop woken once per burst)──► encode ─► memory (ready) ─► publish
-    (JetStream: reply subject per event; core: a flush every 128 publishes, pipelined) ─► ack ─► done
-                                              └─(not acked within 50 ms, or memory full)─► spool (SQLite)
+    emit() ─► Ingest.put ─► inbox ──(one call_soon_threadsafe per burst)──► Publisher._on_wake
+      ─► Buffer.fill ─► Ingest.encode ─► record ─► Buffer.ready ──(─► spool after 50 ms: Buffer.save)
+      ─► Publisher._send_forever ─► Sender.send_some ─► wire.frame ─► Link.write ─► nats-py ─► socket
+      ─► Sender.on_ack / settle ─► Buffer.done ─► (spool row deleted) ─► Sender.update_flushers ─► flush()
+
+The parts, each owning its state and tested alone (tests/transport/test_parts.py):
+
+* ``Ingest`` (``ingest.py``): the inbox and its cap, encoding, sequence numbers, flush boundaries;
+  ``spool_sync="immediate"`` writes through to the spool in the caller's thread.
+* ``Buffer`` (``storage.py``): the ready queue, write-behind, spill and refill, the live lane (a backlog
+  on disk never starves new events), adoption of dead peers' spools, the drops a flush reports.
+* ``Sender`` (``delivery.py``): the in-flight window, acks, core flushes, ack timeouts, flush waiters,
+  dead letters (``poison.py``).
+* ``Link`` (``connection.py``): connect, reconnect, the server's limits, the stream check, credentials
+  (``auth.py``, given the injected secret source), nats-py's callbacks.
+
+The publisher wires them, owns the thread, the loop and the send loop. Guarantees:
 
 * The caller only appends to a deque and, when the loop is not already woken, schedules one wake-up
-  with ``call_soon_threadsafe``: no polling anywhere; an idle worker sleeps in ``select``.
-* Every event not acknowledged within ``_SAVE_DELAY`` is in the spool (write-behind: one row per burst);
-  at most ``memory_max_events`` are also in memory, the rest are read back from disk when there is room
+  with ``call_soon_threadsafe`` (``emit_many``: one for the whole batch): no polling; an idle worker
+  sleeps in ``select``.
+* Every event not acknowledged within 50 ms is in the spool (write-behind: one row per burst); at most
+  ``memory_max_events`` are also in memory, the rest are read back from disk when there is room
   (spill-to-disk backpressure). The spool is bounded by ``spool_max_bytes``: beyond it the oldest events
   are dropped and counted (``dropped.spool_full``).
 * Core mode is fire-and-forget: while connected its events stay in memory (what does not fit waits in the
   inbox) and never touch the disk; while disconnected, and at shutdown, they are spooled like any other.
 * JetStream: at most ``max_inflight`` publishes await an ack; an ack that does not come within
   ``ack_timeout`` (or a reconnect) sends the event again with the same ``Nats-Msg-Id``, so the stream
-  stores it once; duplicate acks are counted. Publishes yield to the loop every ``_YIELD_EVERY`` so the
-  socket is written and acks are handled while sending (a pipeline); plain acks are settled in batches.
-* The publisher is split by concern; each part is a mixin ``Publisher`` inherits, working on its state:
-  ingest and spool (encode, write-behind, spill and refill) in ``storage.py``; delivery (publish, acks,
-  core flushes, ack timeouts, ``flush`` waiters) in ``delivery.py``; the connection lifecycle (connect,
-  reconnect, stream check, server errors) in ``connection.py``.
+  stores it once; duplicate acks are counted.
 """
 
 from __future__ import annotations
@@ -30,7 +40,6 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -39,11 +48,20 @@ from databricks_nats.errors import ConfigurationError
 from databricks_nats.model.events import Event
 from databricks_nats.settings import Settings
 from databricks_nats.transport.auth import require_nkeys
-from databricks_nats.transport.connection import ConnectionLifecycle
-from databricks_nats.transport.delivery import MAX_CONTROL_LINE, Delivery
-from databricks_nats.transport.spool import Record, Spool
+from databricks_nats.transport.connection import Link
+from databricks_nats.transport.delivery import Sender
+from databricks_nats.transport.ingest import Ingest
+from databricks_nats.transport.spool import Spool, forked
 from databricks_nats.transport.stats import RateLimitedLog, Stats
-from databricks_nats.transport.storage import Storage
+from databricks_nats.transport.storage import Buffer
+
+if TYPE_CHECKING:
+    from databricks_nats.ports import SecretSource
+    from databricks_nats.transport.stream import StreamReport
+
+__all__ = ["FlushResult", "Publisher"]
+
+log = logging.getLogger("databricks_nats")
 
 
 def _preload(settings: Settings) -> None:
@@ -52,6 +70,7 @@ def _preload(settings: Settings) -> None:
     An import in the worker while the caller holds another import-time lock deadlocks both: MLflow's
     ``autolog()`` holds its post-import-hook lock while importing flavours, and its import finder needs
     that lock, so ``configure()`` then ``autolog()`` hung (tests/faults/test_r1_training_outage.py).
+    The injected secret source imports what it needs when it is built, not here.
     """
     import nats.aio.client
     import nats.errors
@@ -59,22 +78,10 @@ def _preload(settings: Settings) -> None:
     import nats.js.errors  # noqa: F401
 
     import databricks_nats.transport.auth
-    import databricks_nats.transport.stream
+    import databricks_nats.transport.stream  # noqa: F401
 
     with contextlib.suppress(ImportError):  # the `nkeys` extra; required (at configure) only for NKey/.creds auth
         import nkeys  # noqa: F401
-
-    if settings.secret_scope:
-        with contextlib.suppress(ImportError):  # reported when the secret is read
-            import databricks_nats.integrations.databricks.sdk  # noqa: F401
-
-
-if TYPE_CHECKING:  # nats-py is imported at configure(), keeping it off ``import databricks_nats``
-    from nats.aio.client import Client as NATS
-
-__all__ = ["FlushResult", "Publisher"]
-
-log = logging.getLogger("databricks_nats")
 
 
 @dataclass(frozen=True)
@@ -88,76 +95,72 @@ class FlushResult:
         return self.ok
 
 
-class Publisher(Storage, Delivery, ConnectionLifecycle):
-    """One process's publisher (see the module docstring); ``emit`` may be called from any thread."""
+class Publisher:
+    """One publisher (see the module docstring); ``emit`` may be called from any thread."""
 
-    def __init__(self, settings: Settings, spool: Spool, encoder: Callable[..., tuple[str, bytes]]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        spool: Spool,
+        encoder: Callable[..., tuple[str, bytes]],
+        *,
+        secrets: SecretSource | None = None,
+    ) -> None:
         try:  # NKey/.creds auth without the `nkeys` extra fails here, at configure, not at every connect
             require_nkeys(settings)
         except ConfigurationError:
             spool.close()
             raise
         self.settings = settings
+        self.secrets = secrets
+        self.stats_ = stats = Stats()
+        say = RateLimitedLog(log)
         self._spool = spool
-        self._encode = encoder
-        self._max_bytes = settings.max_event_bytes
-        self.stats_ = Stats()
-        self._say = RateLimitedLog(log)
-        self._inbox: deque[Event] = deque()
-        self._inbox_max = settings.queue_max_events
-        self._wake_scheduled = False
-        self._ingested = 0
-        self._last_seq = spool.max_seq()  # replayed events count as emitted before any flush
-        self._ready: deque[Record] = deque()
-        self._inflight: OrderedDict[int, tuple[Record, float]] = OrderedDict()
-        self._loaded_upto = 0
-        self._spilled = spool.count() > 0  # events adopted from a dead process: a backlog on disk
-        self._live: set[int] = set()  # live-lane sequences taken into memory while a backlog is on disk
-        self._acked: list[int] = []
-        self._acks: list[str] = []  # reply subjects of plain JetStream acks, settled once per loop iteration
-        self._unflushed: list[int] = []  # core: published since the last flush
-        self._flushing: set[asyncio.Task[None]] = set()  # core: flushes awaiting their PONG
-        self._unsaved: dict[int, Record] = {}  # in memory, not yet on disk (write-behind, _SAVE_DELAY)
-        self._save_timer: asyncio.TimerHandle | None = None
-        self._secured = 0
-        self._flushers: list[tuple[int, asyncio.Future[None]]] = []  # (last sequence to wait for, future)
-        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()  # (events ingested to wait for, future)
-        self._dead: set[int] = set()
-        self._max_payload = 1024 * 1024  # the server's, from its INFO at connect
-        self._max_control = MAX_CONTROL_LINE
-        self._fast_subject = 0  # set at connect, with the reply prefix
-        self._nc: NATS | None = None
-        self._reply_prefix = ""
-        self._connected = False
-        self._stream_checked = False
-        self.stream_report = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._closing = False
-        self._loop = asyncio.new_event_loop()
+        self._loop = loop = asyncio.new_event_loop()
         self._work = asyncio.Event()
+        self._wake_scheduled = False
+        self._closing = False
+        immediate = getattr(settings, "spool_sync", "write-behind") == "immediate" or forked()
+        if immediate and hasattr(spool, "writes_from_callers"):
+            spool.writes_from_callers()  # no checkpoint (fsync) in emit(): the worker does them
+        self._link = Link(settings, stats, say, secrets=secrets)
+        self._ingest = Ingest(
+            encoder, self._link.limits, spool, stats, say, cap=settings.queue_max_events, immediate=immediate
+        )
+        self._buffer = Buffer(settings, spool, self._ingest, stats, say, loop, wake=self._wake, work=self._work.set)
+        self._sender = Sender(settings, self._buffer, self._link, stats, say, loop, work=self._work.set)
+        self._buffer.sender = self._sender
+        self._ingest.on_boundary = self._sender.wait_for
+        self._link.sender, self._link.buffer = self._sender, self._buffer
         self._started = threading.Event()
         _preload(settings)
         self._thread = threading.Thread(target=self._run, name="databricks-nats-publisher", daemon=True)
         self._thread.start()
         self._started.wait()
 
+    @property
+    def stream_report(self) -> StreamReport | None:
+        return self._link.stream_report
+
     # ---- caller side (any thread) -------------------------------------------------------------
 
     def emit(self, event: Event) -> None:
         """Hand an event to the worker; never blocks and never raises."""
-        if len(self._inbox) >= self._inbox_max:
-            self.stats_.dropped["queue_full"] += 1  # the worker is wedged; never grow without bound
-            return
-        if self._immediate:  # spool_sync="immediate" (or a forked child): on disk before returning (storage.py)
-            self._persist(event)
-        else:
-            self._inbox.append(event)
-        if not self._wake_scheduled:
-            self._wake_scheduled = True
-            try:
-                self._loop.call_soon_threadsafe(self._on_wake)
-            except RuntimeError:  # loop closed: publisher shut down
-                self.stats_.dropped["closed"] += 1
+        if self._ingest.put(event) and not self._wake_scheduled:
+            self._wake_threadsafe(1)
+
+    def emit_many(self, events: Iterable[Event]) -> None:
+        """Hand a batch of events to the worker with one wake-up; each counted as ``emit`` counts it."""
+        n = self._ingest.put_many(events)
+        if n and not self._wake_scheduled:
+            self._wake_threadsafe(n)
+
+    def _wake_threadsafe(self, n: int) -> None:
+        self._wake_scheduled = True
+        try:
+            self._loop.call_soon_threadsafe(self._on_wake)
+        except RuntimeError:  # loop closed: publisher shut down
+            self.stats_.dropped["closed"] += n
 
     def flush(self, timeout: float = 10.0) -> FlushResult:
         """Block until every event emitted before this call is acknowledged, or ``timeout`` passes."""
@@ -174,14 +177,14 @@ class Publisher(Storage, Delivery, ConnectionLifecycle):
     def stats(self) -> dict[str, Any]:
         """Counters and gauges (see README "Stats")."""
         return self.stats_.snapshot(
-            emitted=self._ingested + len(self._inbox) + self.stats_.dropped["queue_full"],
-            queue_depth=len(self._inbox),
-            in_memory=len(self._ready),
-            inflight=len(self._inflight),
+            emitted=self._ingest.emitted(),
+            queue_depth=len(self._ingest.inbox),
+            in_memory=len(self._buffer.ready),
+            inflight=len(self._sender),
             pending=self._pending(),
             spool_bytes=self._spool.size_bytes,
-            unsaved=len(self._unsaved),
-            secured=self._secured,
+            unsaved=len(self._buffer.unsaved),
+            secured=self._buffer.secured,
             spool_durable=self._spool.durable,
             spool_path=self._spool.path,
             mode=self.settings.mode,
@@ -193,14 +196,14 @@ class Publisher(Storage, Delivery, ConnectionLifecycle):
         result = self.flush(timeout) if timeout > 0 else FlushResult(self._pending() == 0, self._pending())
         if self._closing:
             return result
-        self._closing = True
+        self._closing = self._ingest.closed = self._link.closing = self._buffer.closing = True
         with contextlib.suppress(Exception):  # best effort: the loop may already be gone at exit
             asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(max(3.0, timeout))
         self._thread.join(max(1.0, timeout))
         return result
 
     def _pending(self) -> int:
-        return len(self._inbox) + self._spool.count() + len(self._unsaved)
+        return len(self._ingest.inbox) + self._buffer.pending()
 
     # ---- worker side (loop thread) --------------------------------------------------------------
 
@@ -208,54 +211,16 @@ class Publisher(Storage, Delivery, ConnectionLifecycle):
         asyncio.set_event_loop(self._loop)
         self._loop.call_soon(self._started.set)
         self._loop.call_soon(self._on_wake)
-        self._connector = self._loop.create_task(self._connect_forever())
-        self._sender = self._loop.create_task(self._send_forever())
+        self._link.start(self._loop)
+        self._sending = self._loop.create_task(self._send_forever())
         try:
             self._loop.run_forever()
         finally:
             self._loop.close()
 
-    # ---- the live lane: a backlog on disk never starves new events ------------------------------------
-
-    def _ingest(self) -> None:
-        """While a backlog waits on disk, new events take the live lane: into memory (when it has room),
-        sent as soon as the backlog batch already read back (at most 1,000 events) is out, instead of
-        behind the whole backlog. The backlog's read cursor (``_loaded_upto``) is kept; the live events
-        that write-behind puts on disk meanwhile are skipped when the cursor reaches them (``_refill``).
-        Immediate mode (events on disk before ``emit`` returns) keeps emit order.
-        """
-        if not self._spilled or self._immediate:
-            Storage._ingest(self)
-            return
-        cursor, first = self._loaded_upto, self._last_seq + 1
-        self._spilled = False  # room for the live lane is what memory has left (the backlog batch included)
-        try:
-            Storage._ingest(self)
-        finally:
-            kept_upto = self._loaded_upto if self._loaded_upto >= first else first - 1
-            self._spilled = True
-            self._loaded_upto = cursor
-        if kept_upto >= first:  # memory-full spills (after these) stay on disk, read back in order
-            self._live.update(range(first, kept_upto + 1))
-
-    def _refill(self) -> None:
-        """Read the backlog back (``Storage._refill``), skipping the live-lane events already in memory."""
-        live = self._live
-        if not live:
-            Storage._refill(self)
-            return
-        ready = self._ready
-        before = len(ready)
-        Storage._refill(self)
-        fresh = [ready.pop() for _ in range(len(ready) - before)]
-        ready.extend(rec for rec in reversed(fresh) if rec.seq not in live)
-        if not self._spilled:  # the backlog is read: no live-lane event is only on disk (each is in memory or done)
-            self._loaded_upto = max(self._loaded_upto, max(live))  # behind the cursor, as Storage expects
-            live.clear()
-
     def _on_wake(self) -> None:
         self._wake_scheduled = False
-        self._ingest()
+        self._fill()
         self._work.set()
 
     def _wake(self) -> None:
@@ -263,22 +228,41 @@ class Publisher(Storage, Delivery, ConnectionLifecycle):
             self._wake_scheduled = True
             self._loop.call_soon(self._on_wake)
 
+    def _fill(self) -> None:
+        """Inbox to memory; core mode while connected keeps its events in memory only (fire-and-forget)."""
+        self._buffer.fill(volatile=self._link.connected and self.settings.mode == "core")
+
+    async def _flush(self) -> bool:
+        """Wait until every event handed over before the call is acknowledged (or flushed, in core mode).
+
+        True when one of those events was dropped (``Buffer.lost_upto``).
+        """
+        fut: asyncio.Future[bool] = self._loop.create_future()
+        self._ingest.wait(fut)
+        self._fill()
+        self._work.set()
+        return await fut
+
+    async def _send_forever(self) -> None:
+        buffer, sender, link = self._buffer, self._sender, self._link
+        while True:
+            await self._work.wait()
+            self._work.clear()
+            if self._ingest.inbox:  # core mode may have left events there until memory had room
+                self._fill()
+            buffer.top_up()
+            if link.connected and buffer.ready and not await sender.send_some():
+                await asyncio.sleep(0.2)  # the connection is failing; its callbacks will say more
+                self._work.set()
+
     async def _shutdown(self) -> None:
         self._closing = True
-        await self._end_tasks([self._connector, self._sender, *self._flushing, *(self._background or ())])
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._acked:
-            self._commit_acks()
-        self._connected = False  # whatever is left in the inbox goes to the spool
-        while self._inbox:
-            self._ingest()
-        if self._save_timer is not None:
-            self._save_timer.cancel()
-        self._save()
-        if self._nc is not None:
-            with contextlib.suppress(Exception):  # closing a broken connection may fail in many ways
-                await asyncio.wait_for(self._nc.close(), 2)
+        await self._end_tasks([*self._link.tasks(), self._sending, *self._sender.stop()])
+        self._link.connected = False  # whatever is left in the inbox goes to the spool
+        while self._ingest.inbox:
+            self._buffer.fill(volatile=False)
+        self._buffer.close()
+        await self._link.close()
         # Whatever nats-py (or a callback) still runs on this loop ends here too, before the loop closes.
         await self._end_tasks(asyncio.all_tasks() - {asyncio.current_task()})
         self._spool.close()

@@ -1,20 +1,26 @@
-"""The publisher's ingest and spool half: encode the inbox into memory, write-behind to the spool, read it back.
+"""The publisher's buffer part: encoded events in memory (the ready queue), write-behind to the spool, read back.
 
-``Publisher`` inherits this; it owns the state (settings, stats, inbox, memory queues, spool) and provides
-``_wake``; ``_update_flushers`` comes from ``delivery.py``. Everything runs on the worker's event loop,
-except ``_persist`` (``spool_sync="immediate"``), which runs in the caller of ``emit``.
+Owns the ready queue the sender takes from, the events in memory not yet on disk (``unsaved``), the read
+cursor of the backlog on disk (``loaded_upto``, ``spilled``), the live lane, the drops a flush must report
+(``lost_upto``) and the spool's maintenance. Neighbours: the ingest part (``encode``), the sender (how many
+are in flight, ``forget``, ``update_flushers``) and the publisher (``wake``: ingest more; ``work``: send).
+Everything runs on the worker's event loop.
 
 Durability modes (``spool_sync``):
 
 * ``write-behind`` (default): an event lives only in memory for up to ``_SAVE_DELAY`` (50 ms); most are
   acknowledged sooner and never touch the disk. A SIGKILL loses at most that window.
 * ``immediate``: ``emit`` encodes the event and commits it to the spool (one row, SQLite WAL with
-  ``synchronous=NORMAL``: a ``write``, no ``fsync``) before it returns, so a killed process (SIGKILL,
-  ``os._exit``) loses nothing; an operating-system crash may still lose the last commits. It costs the
-  caller an encode and an insert per event (see docs/benchmarks.md). A forked child (multiprocessing
-  pools, joblib, Spark's Python workers, which end with ``os._exit``) always uses it.
+  ``synchronous=NORMAL``: a ``write``, no ``fsync``) before it returns (``ingest.py``), so a killed process
+  (SIGKILL, ``os._exit``) loses nothing; an operating-system crash may still lose the last commits. It
+  costs the caller an encode and an insert per event (see docs/benchmarks.md). A forked child
+  (multiprocessing pools, joblib, Spark's Python workers, which end with ``os._exit``) always uses it.
 
-Maintenance (``_maintain``, a timer on the loop): every ``_ADOPT_EVERY`` seconds the spools of dead peers in
+The live lane: while a backlog waits on disk, new events go into memory (when it has room) and are sent
+as soon as the backlog batch already read back is out, instead of behind the whole backlog; the backlog's
+cursor skips them when it reaches them. Immediate mode keeps emit order.
+
+Maintenance (``maintain``, a timer on the loop): every ``_ADOPT_EVERY`` seconds the spools of dead peers in
 the same directory are adopted (a live process, not only a new one, replays them); every ``_RETRY_EVERY``
 seconds while the disk refuses rows they are written again.
 """
@@ -24,17 +30,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
-from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Protocol
 
-from databricks_nats.model.events import Event
 from databricks_nats.settings import Settings
-from databricks_nats.transport.spool import Record, Spool, forked
+from databricks_nats.transport.ingest import Ingest
+from databricks_nats.transport.spool import Record, Spool
 from databricks_nats.transport.stats import RateLimitedLog, Stats
 
-__all__ = ["Storage"]
+__all__ = ["Buffer"]
 
 log = logging.getLogger("databricks_nats")
 
@@ -47,189 +52,202 @@ _LOSSES = frozenset(
     {"spool_full", "spool_unwritable", "spool_corrupt", "spool_error", "permission_denied", "poison_lost"}
 )
 _CHECKPOINT_EVERY = 2000  # immediate mode: events between two WAL checkpoints, run by the worker
-_new = tuple.__new__  # Record(*fields) without the Python-level __new__ of a NamedTuple
 
 
-class Storage:
-    """Moves events from the inbox into memory and the spool, and spilled ones back into memory."""
+class InFlight(Protocol):
+    """What the buffer asks of the sender."""
 
-    settings: Settings
-    stats_: Stats
-    _say: RateLimitedLog
-    _spool: Spool
-    _encode: Callable[..., tuple[str, bytes]]
-    _max_bytes: int
-    _connected: bool
-    _inbox: deque[Event]
-    _ingested: int
-    _last_seq: int
-    _ready: deque[Record]
-    _inflight: OrderedDict[int, tuple[Record, float]]
-    _loaded_upto: int
-    _spilled: bool
-    _unsaved: dict[int, Record]
-    _save_timer: asyncio.TimerHandle | None
-    _secured: int
-    _flushers: list[tuple[int, asyncio.Future[None]]]
-    _waiting: deque[tuple[int, asyncio.Future[None]]]
-    _loop: asyncio.AbstractEventLoop
-    _closing: bool
-    _work: asyncio.Event
-    _maint_timer: asyncio.TimerHandle | None = None  # class defaults: the publisher's __init__ does not set them
-    _maint_started = False
-    _loss_marks: list[int] | None = None  # highest sequence of each drop not yet reported by a flush
-    _checkpoint_due = 0
-    _adopted_at = 0.0
+    def __len__(self) -> int: ...
+    def forget(self, seqs: list[int]) -> None: ...
+    def update_flushers(self) -> None: ...
 
-    @cached_property
-    def _immediate(self) -> bool:
-        """``spool_sync="immediate"``, or a forked child (pool workers end with ``os._exit``)."""
-        immediate = getattr(self.settings, "spool_sync", "write-behind") == "immediate" or forked()
-        if immediate and hasattr(self._spool, "writes_from_callers"):
-            self._spool.writes_from_callers()  # no checkpoint (fsync) in emit(): the worker does them
-        return immediate
 
-    def _persist(self, event: Event) -> None:
-        """Immediate mode, in the caller's thread: encode, commit to the spool, then queue the stored record.
+class Buffer:
+    """Moves events from the ingest part into memory and the spool, and spilled ones back into memory."""
 
-        The spool's lock orders sequences, rows and the inbox alike; nothing raises (fail-open).
-        """
-        if self._closing:
-            self.stats_.dropped["closed"] += 1
-            return
-        try:
-            subject, payload = self._encode(event, max_bytes=self._max_bytes)
-        except Exception as e:  # noqa: BLE001 - a bad event is dropped, counted and logged
-            self.stats_.dropped["invalid"] += 1
-            self.stats_.error("invalid_event", f"{type(e).__name__}: {e}")
-            self._say(logging.WARNING, "invalid", "databricks-nats: dropped invalid event %s: %s", event.type, e)
-            return
-        spool = self._spool
-        with spool.lock:  # type: ignore[attr-defined]
-            rec = _new(Record, (spool.max_seq() + 1, event.id, subject, payload))
-            try:
-                dropped = spool.append([rec])
-            except Exception as e:  # noqa: BLE001 - never raise into emit(); the spool itself does not
-                self.stats_.error("spool", f"{type(e).__name__}: {e}")
-                dropped = [rec.seq]
-            if dropped:
-                spool.note_drops("spool_full", dropped)  # type: ignore[attr-defined]
-                if dropped[-1] == rec.seq:
-                    return
-            self._inbox.append(rec)  # type: ignore[arg-type]
+    def __init__(
+        self,
+        settings: Settings,
+        spool: Spool,
+        ingest: Ingest,
+        stats: Stats,
+        say: RateLimitedLog,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        wake: Callable[[], None],
+        work: Callable[[], None],
+    ) -> None:
+        self.memory_max = settings.memory_max_events
+        self.spool = spool
+        self.ingest = ingest
+        self.immediate = ingest.immediate
+        self.sender: InFlight = _NoSender()  # wired by the publisher
+        self.ready: deque[Record] = deque()  # the sender pops from the left
+        self.unsaved: dict[int, Record] = {}  # in memory, not yet on disk (write-behind, _SAVE_DELAY)
+        self.loaded_upto = 0
+        self.spilled = spool.count() > 0  # events adopted from a dead process: a backlog on disk
+        self.live: set[int] = set()  # live-lane sequences taken into memory while a backlog is on disk
+        self.secured = 0  # events ingested so far that are acked, dropped or on disk
+        self.closing = False
+        self._stats, self._say, self._loop = stats, say, loop
+        self._wake, self._work = wake, work
+        self._save_timer: asyncio.TimerHandle | None = None
+        self._done: list[int] = []  # acknowledged events on disk, deleted once per loop iteration
+        self._loss_marks: list[int] = []  # highest sequence of each drop not yet reported by a flush
+        self._checkpoint_due = 0
+        self._maint_timer: asyncio.TimerHandle | None = None
+        self._maint_started = False
+        self._adopted_at = 0.0
 
-    if TYPE_CHECKING:  # provided by the publisher and delivery.py; a runtime stub would shadow them in the MRO
+    def pending(self) -> int:
+        return self.spool.count() + len(self.unsaved)
 
-        def _wake(self) -> None: ...
-        def _update_flushers(self) -> None: ...
+    # ---- in: from the ingest part ------------------------------------------------------------------
 
-    def _ingest(self) -> None:
+    def fill(self, volatile: bool) -> None:
         """Encode a slice of the inbox into memory (or, when memory is full, straight into the spool).
 
-        Core mode while connected is fire-and-forget: events stay in memory (none spilled, none written
-        behind); what memory cannot hold waits in the inbox. A disconnect saves them (``_save``).
+        ``volatile`` (core mode while connected: fire-and-forget): events stay in memory (none spilled,
+        none written behind); what memory cannot hold waits in the inbox. A disconnect saves them.
+        While a backlog waits on disk, new events take the live lane (the module docstring).
         """
+        if not self.spilled or self.immediate:
+            self._fill(volatile)
+            return
+        cursor, first = self.loaded_upto, self.ingest.last_seq + 1
+        self.spilled = False  # room for the live lane is what memory has left (the backlog batch included)
+        try:
+            self._fill(volatile)
+        finally:
+            kept_upto = self.loaded_upto if self.loaded_upto >= first else first - 1
+            self.spilled = True
+            self.loaded_upto = cursor
+        if kept_upto >= first:  # memory-full spills (after these) stay on disk, read back in order
+            self.live.update(range(first, kept_upto + 1))
+
+    def _fill(self, volatile: bool) -> None:
         if not self._maint_started:
             self._start_maintenance()
-        if getattr(self._spool, "_drops", None) or getattr(self._spool, "_errors", None):
-            self._drain_spool()
-        volatile = self._connected and self.settings.mode == "core"
-        room = 0 if self._spilled else self.settings.memory_max_events - len(self._ready) - len(self._inflight)
-        limit = min(_INGEST_SLICE, len(self._inbox), max(0, room) if volatile else _INGEST_SLICE)
-        if self._waiting:  # stop at the next flush's boundary, to know the last sequence before it
-            limit = min(limit, self._waiting[0][0] - self._ingested)
-        inbox, encode, max_bytes = self._inbox, self._encode, self._max_bytes
-        records: list[Record] = []
-        seq = self._last_seq
-        immediate, loaded = self._immediate, self._loaded_upto
-        for _ in range(limit):
-            event = inbox.popleft()
-            if immediate:  # encoded and on disk already (_persist); skip what _refill read back meanwhile
-                rec: Any = event
-                seq = max(seq, rec.seq)
-                if rec.seq > loaded:
-                    records.append(rec)
-                continue
-            try:
-                subject, payload = encode(event, max_bytes=max_bytes)
-            except Exception as e:  # noqa: BLE001 - a bad event is dropped, counted and logged
-                self.stats_.dropped["invalid"] += 1
-                self.stats_.error("invalid_event", f"{type(e).__name__}: {e}")
-                self._say(logging.WARNING, "invalid", "databricks-nats: dropped invalid event %s: %s", event.type, e)
-                continue
-            seq += 1
-            records.append(_new(Record, (seq, event.id, subject, payload)))
-        self._last_seq = seq
-        self._ingested += limit
-        while self._waiting and self._waiting[0][0] <= self._ingested:
-            self._flushers.append((seq, self._waiting.popleft()[1]))
+        spool = self.spool
+        if getattr(spool, "_drops", None) or getattr(spool, "_errors", None):
+            self.drain_spool()
+        room = 0 if self.spilled else self.memory_max - len(self.ready) - len(self.sender)
+        most = min(_INGEST_SLICE, max(0, room)) if volatile else _INGEST_SLICE
+        taken, records = self.ingest.encode(most, self.loaded_upto)
         keep, spill = records[: max(0, room)], records[max(0, room) :]
         if keep:
-            self._ready.extend(keep)
-            if not immediate:
-                self._unsaved.update({rec.seq: rec for rec in keep})
-            self._loaded_upto = keep[-1].seq
-        if spill and immediate:  # on disk already: read back when memory has room
-            self._spilled = True
+            self.ready.extend(keep)
+            if not self.immediate:
+                self.unsaved.update({rec.seq: rec for rec in keep})
+            self.loaded_upto = keep[-1].seq
+        if spill and self.immediate:  # on disk already: read back when memory has room
+            self.spilled = True
         elif spill:  # memory is full: to disk, after the unsaved ones (the spool's rows stay in order)
-            self._spilled = True
-            spill = [*self._unsaved.values(), *spill]
-            self._unsaved.clear()
+            self.spilled = True
+            spill = [*self.unsaved.values(), *spill]
+            self.unsaved.clear()
             self._write(spill)
-            self._secured = self._ingested  # nothing is left unsaved: every event so far is acked, dropped or on disk
-        if immediate:
-            self._secured = self._ingested
-            self._checkpoint_due += limit
-            if self._checkpoint_due >= _CHECKPOINT_EVERY and hasattr(self._spool, "checkpoint"):
+            self.secured = self.ingest.ingested  # nothing is left unsaved: all acked, dropped or on disk
+        if self.immediate:
+            self.secured = self.ingest.ingested
+            self._checkpoint_due += taken
+            if self._checkpoint_due >= _CHECKPOINT_EVERY and hasattr(spool, "checkpoint"):
                 self._checkpoint_due = 0
-                self._spool.checkpoint()
-        if self._unsaved and self._save_timer is None and not volatile:
-            self._save_timer = self._loop.call_later(_SAVE_DELAY, self._save)
-        if self._inbox and not (volatile and limit >= room):  # a big burst: let sends and acks run in between
+                spool.checkpoint()
+        if self.unsaved and self._save_timer is None and not volatile:
+            self._save_timer = self._loop.call_later(_SAVE_DELAY, self.save)
+        if self.ingest.inbox and not (volatile and taken >= room):  # a big burst: sends and acks run in between
             self._wake()
-        self._update_flushers()
+        self.sender.update_flushers()
 
     def _write(self, records: list[Record]) -> None:
         """Append records to the spool (falling back to memory if the disk fails); drop what exceeds its bound."""
         try:  # a durable spool never raises: rows the disk refuses stay in it, in memory (bounded), retried
-            dropped = self._spool.append(records)
+            dropped = self.spool.append(records)
         except Exception as e:  # noqa: BLE001 - a spool that does: these events are lost, and counted
-            self.stats_.error("spool", f"{type(e).__name__}: {e}")
+            self._stats.error("spool", f"{type(e).__name__}: {e}")
             dropped = []
-            self._forget([rec.seq for rec in records], "spool_error")
-        self.stats_.spooled += len(records)
+            self.forget([rec.seq for rec in records], "spool_error")
+        self._stats.spooled += len(records)
         if dropped:
-            self._forget(dropped, "spool_full")
-        self._drain_spool()
+            self.forget(dropped, "spool_full")
+        self.drain_spool()
 
-    def _save(self) -> None:
+    def save(self) -> None:
         """Write-behind: persist the in-memory events still unacknowledged (acked ones never touch the disk)."""
-        self._save_timer = None
-        if self._unsaved:
-            records = list(self._unsaved.values())
-            self._unsaved.clear()
+        if self._save_timer is not None:
+            self._save_timer.cancel()
+            self._save_timer = None
+        if self.unsaved:
+            records = list(self.unsaved.values())
+            self.unsaved.clear()
             self._write(records)
-        self._secured = self._ingested  # every event ingested so far is now acked, dropped or on disk
-        if self._inbox:  # core mode held them back while connected: now they go to the spool too
+        self.secured = self.ingest.ingested  # every event ingested so far is now acked, dropped or on disk
+        if self.ingest.inbox:  # core mode held them back while connected: now they go to the spool too
             self._wake()
 
-    def _forget(self, seqs: list[int], reason: str) -> None:
-        """Remove dropped events from memory and count them."""
+    # ---- back: from the spool ----------------------------------------------------------------------
+
+    def top_up(self) -> None:
+        """Before sending: read the backlog back when memory runs low."""
+        if self.spilled and len(self.ready) < 100:
+            self.refill()
+
+    def refill(self) -> None:
+        """Read spilled events back from the spool when memory has room, skipping live-lane events."""
+        room = self.memory_max - len(self.ready) - len(self.sender)
+        if room <= 0:
+            return
+        batch = self.spool.load(self.loaded_upto, min(room, 1000))
+        self.drain_spool()
+        live = self.live
+        if batch:
+            self.ready.extend(batch if not live else [rec for rec in batch if rec.seq not in live])
+            self.loaded_upto = batch[-1].seq
+        if len(batch) < min(room, 1000):
+            self.spilled = False
+            if live:  # the backlog is read: every live-lane event is in memory or done
+                self.loaded_upto = max(self.loaded_upto, max(live))
+                live.clear()
+
+    # ---- out: done or dropped ----------------------------------------------------------------------
+
+    def done(self, seqs: list[int]) -> None:
+        """Events that are done: forget the unsaved ones, batch-delete the saved ones from the spool."""
+        unsaved = self.unsaved
+        on_disk = [seq for seq in seqs if unsaved.pop(seq, None) is None]
+        if on_disk:
+            if not self._done:
+                self._loop.call_soon(self.commit)
+            self._done.extend(on_disk)
+        else:
+            self.sender.update_flushers()
+
+    def commit(self) -> None:
+        """Delete the acknowledged events' rows (once per loop iteration)."""
+        seqs, self._done = self._done, []
+        if seqs:
+            try:
+                self.spool.delete(seqs)
+            except Exception as e:  # noqa: BLE001 - re-sent later; JetStream drops the duplicates
+                self._stats.error("spool", f"{type(e).__name__}: {e}")
+        self.sender.update_flushers()
+
+    def forget(self, seqs: list[int], reason: str) -> None:
+        """Dropped events: out of memory (and flight), counted; a flush covering one is not ok."""
         gone = set(seqs)
-        kept = [rec for rec in self._ready if rec.seq not in gone]
-        self._ready.clear()
-        self._ready.extend(kept)
+        kept = [rec for rec in self.ready if rec.seq not in gone]
+        self.ready.clear()
+        self.ready.extend(kept)
+        self.sender.forget(seqs)
         for seq in seqs:
-            self._inflight.pop(seq, None)
-            self._unsaved.pop(seq, None)
-        self.stats_.dropped[reason] += len(seqs)
+            self.unsaved.pop(seq, None)
+        self._stats.dropped[reason] += len(seqs)
         self._say(logging.WARNING, reason, "databricks-nats: dropped %d event(s): %s", len(seqs), reason)
         if seqs and reason in _LOSSES:
-            if self._loss_marks is None:
-                self._loss_marks = []
             self._loss_marks.append(max(seqs))
 
-    def _lost_upto(self, boundary: int) -> bool:
+    def lost_upto(self, boundary: int) -> bool:
         """For a flush up to ``boundary``: was an event at or below it dropped (since an earlier flush said so)?"""
         marks = self._loss_marks
         if not marks:
@@ -237,84 +255,99 @@ class Storage:
         self._loss_marks = [m for m in marks if m > boundary]
         return len(self._loss_marks) < len(marks)
 
-    def _refill(self) -> None:
-        """Read spilled events back from the spool when memory has room."""
-        room = self.settings.memory_max_events - len(self._ready) - len(self._inflight)
-        if room <= 0:
-            return
-        batch = self._spool.load(self._loaded_upto, min(room, 1000))
-        self._drain_spool()
-        if batch:
-            self._ready.extend(batch)
-            self._loaded_upto = batch[-1].seq
-        if len(batch) < min(room, 1000):
-            self._spilled = False
+    def lowest_pending(self) -> int | None:
+        """The lowest sequence not yet acknowledged nor dropped, in memory or on disk (None: none)."""
+        lowest = self.spool.min_seq()
+        if self.unsaved:
+            first = next(iter(self.unsaved))  # inserted in ascending order
+            lowest = first if lowest is None else min(lowest, first)
+        return lowest
+
+    def close(self) -> None:
+        """At shutdown (after the inbox was filled in): stop the timers, delete what was acknowledged, put
+        everything else on disk."""
+        self.closing = True
+        if self._maint_timer is not None:
+            self._maint_timer.cancel()
+        if self._done:
+            self.commit()
+        self.save()
 
     # ---- spool reports and maintenance ------------------------------------------------------------------
 
-    def _drain_spool(self) -> None:
+    def drain_spool(self) -> None:
         """Count what the spool dropped on its own (corrupt rows, refused rows beyond memory) and its errors."""
-        spool = self._spool
+        spool = self.spool
         take = getattr(spool, "take_drops", None)
         if take is None:
             return
         for reason, seqs, n in take():
             if seqs:
-                self._forget(seqs, reason)
+                self.forget(seqs, reason)
             else:  # events of a dead process's damaged file: never ours to send
-                self.stats_.dropped[reason] += n
+                self._stats.dropped[reason] += n
                 self._say(logging.WARNING, reason, "databricks-nats: dropped %d event(s): %s", n, reason)
         errors: list[str] = getattr(spool, "take_errors", list)()
         for text in errors:
-            self.stats_.error("spool", text)
+            self._stats.error("spool", text)
         if errors:
             self._say(logging.WARNING, "spool", "databricks-nats: spool: %s (events are kept in memory)", errors[-1])
-        self._update_flushers()
+        self.sender.update_flushers()
 
     def _start_maintenance(self) -> None:
         self._maint_started = True
         self._adopted_at = time.monotonic()  # the spool adopted at open
-        self._maint_timer = self._loop.call_later(min(_ADOPT_EVERY, _RETRY_EVERY * 5), self._maintain)
+        self._maint_timer = self._loop.call_later(min(_ADOPT_EVERY, _RETRY_EVERY * 5), self.maintain)
 
-    def _maintain(self) -> None:
+    def maintain(self) -> None:
         """Periodic: write rows the disk refused, adopt dead peers' spools, report; reschedules itself."""
-        self._maint_timer = None
-        if self._closing:
+        if self.closing:
             return
-        spool = self._spool
+        spool = self.spool
         try:
             retry = getattr(spool, "retry", None)
             if retry is not None:
                 retry()
-            if self._immediate and hasattr(spool, "checkpoint"):
+            if self.immediate and hasattr(spool, "checkpoint"):
                 spool.checkpoint()
             if time.monotonic() - self._adopted_at >= _ADOPT_EVERY:
                 self._adopted_at = time.monotonic()
-                self._adopt_peers()
-            self._drain_spool()
+                self.adopt_peers()
+            self.drain_spool()
         except Exception as e:  # noqa: BLE001 - the spool contains its errors; this is a last resort
-            self.stats_.error("spool", f"{type(e).__name__}: {e}")
+            self._stats.error("spool", f"{type(e).__name__}: {e}")
         degraded = getattr(spool, "_mem_rows", 0) or getattr(spool, "_stale", None) or getattr(spool, "_held", None)
         until_adopt = max(0.05, self._adopted_at + _ADOPT_EVERY - time.monotonic())
         self._maint_timer = self._loop.call_later(
-            min(until_adopt, _RETRY_EVERY) if degraded else until_adopt, self._maintain
+            min(until_adopt, _RETRY_EVERY) if degraded else until_adopt, self.maintain
         )
 
-    def _adopt_peers(self) -> None:
+    def adopt_peers(self) -> None:
         """Adopt the spools of dead processes in our directory while we run (their lock is free)."""
-        spool = self._spool
+        spool = self.spool
         adopt = getattr(spool, "adopt_orphans", None)
         if adopt is None or not spool.orphans():  # type: ignore[attr-defined]
             return
-        if self._unsaved:  # write-behind: ours go first, so adopted rows come after every sequence given out
-            if self._save_timer is not None:
-                self._save_timer.cancel()
-            self._save()
-        n = adopt(self._last_seq + 1)
+        if self.unsaved:  # write-behind: ours go first, so adopted rows come after every sequence given out
+            self.save()
+        n = adopt(self.ingest.last_seq + 1)
         if n:
-            if not self._immediate:
-                self._last_seq = max(self._last_seq, spool.max_seq())
-            self._spilled = True
-            self.stats_.replayed += n
+            if not self.immediate:
+                self.ingest.advance(spool.max_seq())
+            self.spilled = True
+            self._stats.replayed += n
             log.info("databricks-nats: re-publishing %d event(s) left by a process that died", n)
-            self._work.set()
+            self._work()
+
+
+class _NoSender:
+    """Until the publisher wires the sender: nothing in flight."""
+
+    def __len__(self) -> int:
+        return 0
+
+    def forget(self, seqs: list[int]) -> None:
+        pass
+
+    def update_flushers(self) -> None:
+        pass

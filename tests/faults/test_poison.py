@@ -256,9 +256,9 @@ def test_restarts_after_refusals_back_off_instead_of_spinning(tmp_path, make_set
     former loop reconnected ~200 times a second. A slower machine only lowers the count."""
     import time
 
-    from databricks_nats.transport.connection import ConnectionLifecycle
+    from databricks_nats.transport.connection import Link
 
-    monkeypatch.setattr(ConnectionLifecycle, "_learn_refusal", lambda self, nc: None, raising=False)
+    monkeypatch.setattr(Link, "learn_refusal", lambda self, nc: None)
     with _server(tmp_path, "max_control_line: 512\n") as srv:
         settings = make_settings(srv)
         pub = _api.build_transport(settings)

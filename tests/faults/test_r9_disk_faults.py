@@ -178,7 +178,7 @@ deadline = time.monotonic() + 20
 while dn.stats()["secured"] < 2000 and time.monotonic() < deadline:
     time.sleep(0.05)
 s = dn.stats()
-assert dn._api._transport._spool.unpersisted == 0  # all on disk before the disk fills up
+assert dn._api._current()._spool.unpersisted == 0  # all on disk before the disk fills up
 filler = os.path.join(os.path.dirname(os.path.dirname(s["spool_path"])), "filler")
 with open(filler, "wb") as f:  # take every byte that is left
     try:
