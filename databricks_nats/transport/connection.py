@@ -322,7 +322,7 @@ class Link:
         self.connected = False
         self._stats.connection = "closed"
         if not self.closing:  # the server closed us for good (a refused message, credentials revoked): start over
-            self.learn_refusal(self.nc or self._connecting)
+            self.learn_refusal(str(getattr(self.nc or self._connecting, "last_error", None) or ""))
             self.restart("the server closed the connection")
 
     async def on_error(self, e: Exception) -> None:
@@ -353,13 +353,12 @@ class Link:
         else:
             self._say(logging.WARNING, "nats_error", "databricks-nats: NATS error: %s", type(e).__name__)
 
-    def learn_refusal(self, nc: NATS | None) -> None:
-        """The server closed the connection refusing a message's shape (``-ERR``): learn the limit it has.
+    def learn_refusal(self, text: str) -> None:
+        """The server closed the connection refusing a message's shape (``-ERR`` ``text``): learn its limit.
 
         The server refuses the first message over its limit, so the largest in-flight message exceeds it: the
         limit becomes one below it. That event (and any as large) is dead-lettered at its next attempt.
         """
-        text = str(getattr(nc, "last_error", None) or "")
         lowered = text.lower()
         if "control line" in lowered:
             kind = "control_line"

@@ -258,7 +258,7 @@ def test_restarts_after_refusals_back_off_instead_of_spinning(tmp_path, make_set
 
     from databricks_nats.transport.connection import Link
 
-    monkeypatch.setattr(Link, "learn_refusal", lambda self, nc: None)
+    monkeypatch.setattr(Link, "learn_refusal", lambda self, text: None)
     with _server(tmp_path, "max_control_line: 512\n") as srv:
         settings = make_settings(srv)
         pub = _api.build_transport(settings)
