@@ -8,14 +8,22 @@ Tests inject their own.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from databricks_nats.model.events import Event
     from databricks_nats.settings import Settings
-    from databricks_nats.transport.publisher import FlushResult
 
-__all__ = ["ContextProvider", "MappingSecrets", "NoContext", "SecretSource", "Transport", "plain_context"]
+__all__ = [
+    "ContextProvider",
+    "FlushResult",
+    "MappingSecrets",
+    "NoContext",
+    "SecretSource",
+    "Transport",
+    "plain_context",
+]
 
 
 @runtime_checkable
@@ -40,6 +48,20 @@ class ContextProvider(Protocol):
     """
 
     def detect(self, settings: Settings) -> tuple[Settings, dict[str, Any]]: ...
+
+
+@dataclass(frozen=True)
+class FlushResult:
+    """The outcome of ``flush``: ``ok`` when everything emitted before it is acked; else what is pending.
+
+    Declared with the ``Transport`` contract it belongs to (``transport.publisher`` exports it too).
+    """
+
+    ok: bool
+    pending: int
+
+    def __bool__(self) -> bool:
+        return self.ok
 
 
 class Transport(Protocol):
