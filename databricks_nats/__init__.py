@@ -5,15 +5,18 @@ dn.configure(url="nats://nats.internal:4222", env="prod")
 dn.emit("myteam.features.refreshed", {"table": "main.features.users"}, keys=["users"])
 dn.flush(timeout=5)
 
+Several publishers (two workspaces, a test and the app) are ``dn.Client`` objects; the functions above use
+the default client (``dn.current_client()``).
+
 The public names are imported on first use (PEP 562): MLflow loads our run context provider while
 ``import mlflow`` runs, and that must not pay for the publisher, the event model or asyncio.
 """
 
 from __future__ import annotations
 
-import importlib
 import typing
 
+from databricks_nats._lazy import lazy_exports as _lazy_exports
 from databricks_nats._version import __version__
 from databricks_nats.errors import (
     ConfigurationError,
@@ -29,41 +32,45 @@ from databricks_nats.errors import (
 if typing.TYPE_CHECKING:
     from typing import Any
 
-    from databricks_nats._api import configure, emit, ensure_stream, flush, get_settings, publish, shutdown, stats
+    from databricks_nats._api import (
+        configure,
+        emit,
+        emit_many,
+        ensure_stream,
+        flush,
+        get_settings,
+        publish,
+        shutdown,
+        stats,
+    )
+    from databricks_nats.client import Client, current_client
     from databricks_nats.consumer import subscribe, wait_for
     from databricks_nats.model.events import Event
     from databricks_nats.settings import Secret, Settings
     from databricks_nats.transport.publisher import FlushResult
 
-_LAZY = {
-    "configure": "databricks_nats._api",
-    "emit": "databricks_nats._api",
-    "ensure_stream": "databricks_nats._api",
-    "flush": "databricks_nats._api",
-    "get_settings": "databricks_nats._api",
-    "publish": "databricks_nats._api",
-    "shutdown": "databricks_nats._api",
-    "stats": "databricks_nats._api",
-    "subscribe": "databricks_nats.consumer",
-    "wait_for": "databricks_nats.consumer",
-    "Event": "databricks_nats.model.events",
-    "Secret": "databricks_nats.settings",
-    "Settings": "databricks_nats.settings",
-    "FlushResult": "databricks_nats.transport.publisher",
-}
-
-
-def __getattr__(name: str) -> typing.Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'databricks_nats' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = _lazy_exports(
+    globals(),
+    {
+        "Client": "databricks_nats.client",
+        "current_client": "databricks_nats.client",
+        "configure": "databricks_nats._api",
+        "emit": "databricks_nats._api",
+        "emit_many": "databricks_nats._api",
+        "ensure_stream": "databricks_nats._api",
+        "flush": "databricks_nats._api",
+        "get_settings": "databricks_nats._api",
+        "publish": "databricks_nats._api",
+        "shutdown": "databricks_nats._api",
+        "stats": "databricks_nats._api",
+        "subscribe": "databricks_nats.consumer",
+        "wait_for": "databricks_nats.consumer",
+        "Event": "databricks_nats.model.events",
+        "Secret": "databricks_nats.settings",
+        "Settings": "databricks_nats.settings",
+        "FlushResult": "databricks_nats.transport.publisher",
+    },
+)
 
 
 def autolog(*, disable: bool = False, spark: Any = None, **mlflow_autolog_kwargs: Any) -> None:
@@ -77,6 +84,7 @@ def autolog(*, disable: bool = False, spark: Any = None, **mlflow_autolog_kwargs
 
 
 __all__ = [
+    "Client",
     "ConfigurationError",
     "DatabricksNatsError",
     "Event",
@@ -92,7 +100,9 @@ __all__ = [
     "__version__",
     "autolog",
     "configure",
+    "current_client",
     "emit",
+    "emit_many",
     "ensure_stream",
     "flush",
     "get_settings",

@@ -24,11 +24,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-from databricks_nats import _api
+from databricks_nats.client import Client, make_encoder, set_current_client
 from databricks_nats.model.events import Event
+from databricks_nats.ports import NoContext, plain_context
 from databricks_nats.settings import Settings, resolve_settings
 from databricks_nats.transport import reader
 from databricks_nats.transport.publisher import FlushResult
@@ -63,11 +64,15 @@ class Capture(list[CapturedEvent]):
     def __init__(self, settings: Settings) -> None:
         super().__init__()
         self.settings = settings
-        self._encode = _api.make_encoder(settings, _api.base_context(settings))
+        self._encode = make_encoder(settings, plain_context(settings))
 
     def emit(self, event: Event) -> None:
         subject, payload = self._encode(event, max_bytes=self.settings.max_event_bytes)
         self.append(CapturedEvent(event, subject, payload))
+
+    def emit_many(self, events: Iterable[Event]) -> None:
+        for event in events:
+            self.emit(event)
 
     def flush(self, timeout: float = 10.0) -> FlushResult:
         return FlushResult(True, 0)
@@ -90,26 +95,19 @@ class Capture(list[CapturedEvent]):
 def capture(**settings: Any) -> Iterator[Capture]:
     """Route every event of this process into a list for the duration of the block.
 
-    The settings given here (e.g. ``metrics_mode``, ``deny_keys``) are also those of an installed MLflow
-    hook for the block's duration; afterwards it goes back to the settings in effect before.
+    A client over the list is the default client meanwhile (``current_client()``), so the settings given
+    here (e.g. ``metrics_mode``, ``deny_keys``) are also those of an installed MLflow hook for the block's
+    duration; afterwards the previous default client is back.
     """
     resolved = resolve_settings(environ={}, spark_conf={}, **settings)
     cap = Capture(resolved)
-    previous = _api.set_transport(cap)
-    _reconfigure_mlflow_hook()
+    client = Client(resolved, context=NoContext(), transport=cap)
+    previous = set_current_client(client)
     try:
         yield cap
     finally:
-        _api.set_transport(previous)
-        _reconfigure_mlflow_hook()
-
-
-def _reconfigure_mlflow_hook() -> None:
-    """Let an installed MLflow hook read the settings of the transport now in place (no import if unused)."""
-    module = sys.modules.get("databricks_nats.integrations.mlflow")
-    hook = module.current_hook() if module is not None else None
-    if hook is not None:
-        hook.reconfigure()
+        set_current_client(previous)
+        client.close()
 
 
 def find_nats_server() -> str:

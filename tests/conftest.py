@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import databricks_nats
-from databricks_nats import _api
+from databricks_nats.client import set_current_client
 from databricks_nats.settings import Settings, resolve_settings
 from databricks_nats.testing import NatsServer
 
@@ -110,9 +110,8 @@ def make_settings(tmp_path: Any, namespace: dict[str, str]) -> Any:
 
 @pytest.fixture(autouse=True)
 def _reset_global_publisher() -> Iterator[None]:
-    """Every test starts and ends without a process-wide publisher."""
+    """Every test starts and ends without a default client (the next one is made from the environment)."""
     databricks_nats.shutdown(timeout=0)
     yield
     databricks_nats.shutdown(timeout=0)
-    _api._settings = None
-    _api._overrides = {}
+    set_current_client(None)

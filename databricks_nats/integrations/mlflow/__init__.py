@@ -40,8 +40,11 @@ def _materialize() -> Hook:
         return _hook
     with _lock:
         if _hook is None:
-            _hook = Hook()
-            atexit.register(_hook.metrics.flush_all)  # runs before the publisher's exit flush (atexit is LIFO)
+            from databricks_nats.client import on_reconfigure
+
+            hook = _hook = Hook()
+            atexit.register(hook.metrics.flush_all)  # runs before the publisher's exit flush (atexit is LIFO)
+            on_reconfigure(hook.reconfigure)  # configure(), capture(): the hook takes the new client's settings
         return _hook
 
 
@@ -104,7 +107,7 @@ def installed() -> bool:
 
 
 def current_hook() -> Hook | None:
-    """The installed hook, or None (used by ``testing.capture`` to hand its settings over)."""
+    """The installed hook, or None."""
     return _hook if _active else None
 
 

@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from databricks_nats import _api
+from databricks_nats.client import current_client
 from databricks_nats.integrations.mlflow import _compat
 
 __all__ = ["SAMPLE", "local_flavors", "model_of", "normal_uri", "read_flavors", "run_of", "wrap_repo"]
@@ -136,7 +136,7 @@ def wrap_repo(
                 },
             )
         except Exception as e:  # noqa: BLE001 - never break the upload
-            _api._fail(e, "mlflow artifact hook")
+            current_client().fail(e, "mlflow artifact hook")
 
     @functools.wraps(one)
     def log_artifact(local_file: str, artifact_path: str | None = None, *a: Any, **k: Any) -> Any:
@@ -175,7 +175,7 @@ def _wrap_model_repo(repo: Any, model_id: str, note_flavors: Callable[[str, list
             try:
                 flavors = read_flavors(local_dir)
             except Exception as e:  # noqa: BLE001 - never break the upload
-                _api._fail(e, "mlflow model flavours")
+                current_client().fail(e, "mlflow model flavours")
         result = many(local_dir, artifact_path, *a, **k)
         if flavors:
             note_flavors(model_id, flavors)

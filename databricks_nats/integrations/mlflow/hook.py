@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from databricks_nats import _api
+from databricks_nats.client import Client, current_client
 from databricks_nats.integrations.mlflow import _compat, artifacts, urls
 from databricks_nats.integrations.mlflow.metrics import MetricsCoalescer
 from databricks_nats.integrations.mlflow.names import NameResolver
@@ -46,10 +46,10 @@ class Hook:
         self.metrics = MetricsCoalescer(lambda data: self._emit("mlflow.run.metrics", data), "coalesce", 1.0)
         self.reconfigure()
 
-    def reconfigure(self) -> None:
-        """Apply the settings in effect: those of the transport events go to (``capture()``'s), else configured."""
-        transport = _api._transport
-        self._apply(transport.settings if transport is not None else _api.get_settings())
+    def reconfigure(self, client: Client | None = None) -> None:
+        """Apply the settings of ``client`` (default: the current one, e.g. ``capture()``'s); ``on_reconfigure``
+        calls this with each new default client."""
+        self._apply((client if client is not None else current_client()).settings)
 
     def _apply(self, settings: Any) -> None:
         self._settings = settings
@@ -62,9 +62,8 @@ class Hook:
 
     def _refresh(self) -> None:
         """Pick up settings replaced since the last run began (``configure()`` again): two attribute reads."""
-        transport = _api._transport
-        settings = getattr(transport, "settings", None)
-        if settings is not None and settings is not self._settings:
+        settings = current_client().settings
+        if settings is not self._settings:
             self._apply(settings)
 
     # ---- UI URLs ---------------------------------------------------------------------------------
@@ -76,7 +75,7 @@ class Hook:
             try:
                 from databricks_nats.integrations.databricks.context import detect_context
 
-                settings = self._settings if self._settings is not None else _api.get_settings()
+                settings = self._settings if self._settings is not None else current_client().settings
                 found = detect_context(settings, sdk=True).workspace_url
                 if not found and settings.detect_context:
                     from databricks_nats.integrations.databricks.sdk import identity
@@ -84,7 +83,7 @@ class Hook:
                     known = identity(settings.context_timeout)  # cached per process: the SDK's configured host
                     found = known.workspace_url if known is not None else None
             except Exception as e:  # noqa: BLE001 - a URL is a nicety, never a reason to fail
-                _api._fail(e, "mlflow workspace url")
+                current_client().fail(e, "mlflow workspace url")
             self._workspace_url = urls.databricks_workspace_url(found)
         url: str | None = self._workspace_url
         return url
@@ -120,7 +119,7 @@ class Hook:
 
     def _emit(self, event_type: str, data: dict[str, Any]) -> None:
         if self.enabled:
-            _api.emit(event_type, data)
+            current_client().emit(event_type, data)
 
     def _wrap(self, obj: Any, name: str, describe: Callable[..., None]) -> None:
         original = getattr(obj, name, None)
@@ -140,7 +139,7 @@ class Hook:
                 try:
                     describe(obj, result, *args, **kwargs)
                 except Exception as e:  # noqa: BLE001 - a hook bug must never break training
-                    _api._fail(e, f"mlflow hook {name}")
+                    current_client().fail(e, f"mlflow hook {name}")
             return result
 
         _compat.patch(obj, name, wrapper)

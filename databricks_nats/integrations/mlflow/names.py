@@ -5,7 +5,7 @@ delete calls return nothing that names the model. The resolver learns ``typed ->
 carries a name (registered, version created, get) and, for a name it has not seen, asks the registry once —
 ``store.get_registered_model(typed)``, through the store the call used, after that call succeeded. The answer
 (or, when the lookup fails, the typed name) is cached per registry and name, bounded; a failure is logged at
-WARNING once per configured publisher (then at DEBUG) and counted in ``fallbacks``; it never raises.
+WARNING once per client (then at DEBUG) and counted in ``fallbacks``; it never raises.
 The caller waits at most ``timeout`` seconds (MLflow's own retries could take minutes during an outage): a
 lookup still running then is a fallback for this event, and its answer, when it comes, is learned for the next.
 """
@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from typing import Any
 
-from databricks_nats import _api
+from databricks_nats.client import Client, current_client
 from databricks_nats.integrations.mlflow import _compat
 
 __all__ = ["NameResolver"]
@@ -36,7 +37,7 @@ class NameResolver:
         self._lock = threading.Lock()
         self.lookups = 0  # registry round trips made
         self.fallbacks = 0  # lookups that failed: the typed name was used
-        self._warned: int | None = None  # id of the transport the last warning went out under
+        self._warned: weakref.ref[Client] | None = None  # the client the last warning went out under
 
     @staticmethod
     def _key(store: Any, typed: str) -> tuple[str, str]:
@@ -87,9 +88,9 @@ class NameResolver:
         if isinstance(full, Exception):
             e = full
             self.fallbacks += 1
-            transport = id(_api._transport)
-            level = logging.WARNING if self._warned != transport else logging.DEBUG
-            self._warned = transport
+            client = current_client()
+            level = logging.WARNING if self._warned is None or self._warned() is not client else logging.DEBUG
+            self._warned = weakref.ref(client)
             log.log(
                 level,
                 "databricks-nats: cannot resolve the Unity Catalog name of model %r (%s); its events use the "

@@ -20,7 +20,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from databricks_nats import _api, status
+from databricks_nats import status
+from databricks_nats.client import current_client
 from databricks_nats.integrations.spark import _compat
 from databricks_nats.integrations.spark.eventlog import EVENT_LOG_SCHEMA, read_events
 from databricks_nats.integrations.spark.jobs import ExecutionTracker, JobListener
@@ -80,15 +81,8 @@ def _session(spark: Any) -> Any:
 
 def _event_context(settings: Any) -> dict[str, Any]:
     """The context events carry (workspace, env, compute, notebook, job and run ids), detected here, now."""
-    if not settings.detect_context:
-        return _api.base_context(settings)
-    try:
-        from databricks_nats.integrations.databricks import as_event_context, detect_context
-
-        return as_event_context(detect_context(settings), settings)
-    except Exception as e:  # noqa: BLE001 - context is best effort; the namespace parts always travel
-        log.debug("databricks-nats: context detection for the streaming listener: %s", e)
-        return _api.base_context(settings)
+    context: dict[str, Any] = current_client().context_provider.detect(settings)[1]  # never raises
+    return context
 
 
 def attach(
@@ -109,7 +103,7 @@ def attach(
     """
     global _exit_hook
     spark = _session(spark)
-    settings = _api.get_settings()
+    settings = current_client().settings
     progress_interval = settings.spark_progress_interval if progress_interval is None else progress_interval
     min_execution_ms = settings.spark_min_execution_ms if min_execution_ms is None else min_execution_ms
     summary_interval = settings.spark_summary_interval if summary_interval is None else summary_interval

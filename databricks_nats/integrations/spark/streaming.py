@@ -12,7 +12,7 @@ started (see ``runs``).
 Where it runs, and what it carries:
 
 * Classic sessions and PySpark 4 Spark Connect clients run the listener in the process that attached
-  it: it publishes through the process-wide publisher, like everything else there.
+  it: it publishes through the default client (``current_client()``), like everything else there.
 * A PySpark 3.5 Spark Connect client (Databricks serverless and standard access mode on runtimes up to
   16.4) cloudpickles the listener and the server runs it in a Python process of its own, with none of
   the notebook's variables or environment. So the listener carries what it needs to publish from there,
@@ -22,7 +22,7 @@ Where it runs, and what it carries:
   code and data), as a ``Secret`` object, masked in every repr, log line and error. A secret *scope*
   (``secret_scope``) or a ``{{secrets/<scope>/<key>}}`` reference travels as the name or reference
   only and is read where the listener runs (databricks-sdk, with that process's Databricks auth). On
-  first use there, the listener sets up the process-wide publisher from what it carries (never
+  first use there, the listener sets up the default client from what it carries (never
   replacing one already configured). Its spool directory must be writable there: if the configured one
   cannot be created, a temporary directory is used and a WARNING says so once; anything else missing
   (no settings carried, secrets to read from a scope without databricks-sdk there) is also said once
@@ -46,7 +46,7 @@ from typing import Any
 
 from pyspark.sql.streaming.listener import StreamingQueryListener
 
-from databricks_nats import _api
+from databricks_nats.client import adopt, current_client
 from databricks_nats.integrations.spark import _compat
 from databricks_nats.integrations.spark.jobs import error_class
 from databricks_nats.settings import Settings, redact_url
@@ -90,7 +90,7 @@ class NatsStreamingListener(StreamingQueryListener):
     """Publishes ``spark.stream.started|progress|idle|terminated`` for every query of a session.
 
     ``settings`` and ``context`` are what the listener publishes with when it runs in another process
-    (see the module docstring); in the process that made it, the process-wide publisher is used.
+    (see the module docstring); in the process that made it, the default client is used.
     """
 
     def __init__(
@@ -145,7 +145,7 @@ class NatsStreamingListener(StreamingQueryListener):
     def _emit(self, event_type: str, data: dict[str, Any]) -> None:
         if not self._local():
             publish_here(self.settings, self.context)  # Spark Connect, server side: a fresh process
-        _api.emit(event_type, data)
+        current_client().emit(event_type, data)
 
     def _base(self, qid: Any, run_id: Any, name: Any) -> dict[str, Any]:
         query_id = str(qid)
@@ -319,7 +319,7 @@ def _install(settings: Settings | None, context: dict[str, Any] | None) -> None:
                 "this process (where Spark Connect runs the listener) lacks: pip install databricks-sdk there",
                 remote,
             )
-    if not _api.adopt(settings, context):  # this process already publishes: its configuration stands
+    if not adopt(settings, context):  # this process already publishes: its configuration stands
         return
     log.info(
         "databricks-nats: streaming listener publishing from process %d to %s as %s (spool %s)",

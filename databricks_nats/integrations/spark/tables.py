@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from databricks_nats import _api
+from databricks_nats.client import current_client
 from databricks_nats.integrations.spark import _compat
 from databricks_nats.integrations.spark.runs import current_run_id
 
@@ -68,4 +68,4 @@ def table_updated(
         data["mlflow_run_id"] = _compat.local_run_id(spark) if _compat.has_jvm(spark) else current_run_id()
     except Exception:  # noqa: BLE001 - correlation is best effort
         data["mlflow_run_id"] = None
-    return _api.emit("data.table.updated", {**extra, **data})
+    return current_client().emit("data.table.updated", {**extra, **data})
