@@ -311,10 +311,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     known = ", ".join(f"{k}={getattr(context, k)} ({v})" for k, v in context.sources) or "not on Databricks"
     say("context", known[:300])
     from databricks_nats.status import compute_families
+    from databricks_nats.transport.loop import run_sync
 
     for family, state in compute_families().items():
         say("events", f"{family}: {'live' if state['live'] else 'not available'} ({state['detail']})")
-    asyncio.run(_doctor(settings, args.timeout, say, problem))
+    run_sync(_doctor(settings, args.timeout, say, problem))
     for text in problems:
         print(f"databricks-nats doctor: {text}", file=sys.stderr)
     return 1 if problems else 0

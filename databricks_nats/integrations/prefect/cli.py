@@ -12,7 +12,6 @@ or SIGTERM stops it after the event in hand (which is then acknowledged or hande
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from typing import Any
@@ -100,7 +99,9 @@ def cmd_prefect_bridge(args: argparse.Namespace) -> int:
     what = f"deployment {args.deployment}" if args.deployment else "Prefect events"
     print(f"databricks-nats prefect-bridge: {args.event_type or 'every event'} → {what}", file=sys.stderr, flush=True)
     try:
-        result = asyncio.run(_run(args))
+        from databricks_nats.transport.loop import run_sync
+
+        result = run_sync(_run(args))
     except KeyboardInterrupt:
         return 0
     except Exception as e:
