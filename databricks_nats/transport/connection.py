@@ -162,9 +162,8 @@ class Link:
 
         from databricks_nats.transport.auth import CredentialProvider
 
-        if self._credentials is None:  # the keyword only when given: auth.py may not take it yet
-            extra = {} if self.secrets is None else {"secrets": self.secrets}
-            self._credentials = CredentialProvider(self.settings, **extra)
+        if self._credentials is None:
+            self._credentials = CredentialProvider(self.settings, secrets=self.secrets)
         if wait:  # a restart after a short-lived connection: never a reconnect loop at full speed
             await asyncio.sleep(wait * (0.5 + random.random()))
         delay = 0.1

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 from databricks_nats.errors import ConfigurationError
 from databricks_nats.model.events import Event
 from databricks_nats.settings import Settings
-from databricks_nats.transport.auth import require_nkeys
+from databricks_nats.transport.auth import require_nkeys, require_secret_source
 from databricks_nats.transport.connection import Link
 from databricks_nats.transport.delivery import Sender
 from databricks_nats.transport.ingest import Ingest
@@ -106,8 +106,9 @@ class Publisher:
         *,
         secrets: SecretSource | None = None,
     ) -> None:
-        try:  # NKey/.creds auth without the `nkeys` extra fails here, at configure, not at every connect
+        try:  # NKey/.creds auth without the `nkeys` extra, or secrets without a source: at configure
             require_nkeys(settings)
+            require_secret_source(settings, secrets)
         except ConfigurationError:
             spool.close()
             raise
