@@ -12,7 +12,7 @@ import pytest
 
 import databricks_nats
 from databricks_nats.consumer import subscribe, wait_for
-from databricks_nats.errors import StreamError, SubjectError, WaitTimeout
+from databricks_nats.errors import ConfigurationError, StreamError, SubjectError, WaitTimeout
 from databricks_nats.model.filters import subject_filter
 from databricks_nats.testing import NatsServer
 
@@ -145,3 +145,21 @@ def test_envelope_is_kept(live: Any) -> None:
         event = sub.next(timeout=10)
     assert event.envelope["specversion"] == "1.0"
     assert json.loads(json.dumps(event.envelope))["id"] == event.id
+
+
+@pytest.mark.parametrize(("start", "first"), [("all", 0), ("seq:2", 1), ("last", 3), ("2", 1)])
+def test_every_start_position_reaches_the_server(live: Any, start: str, first: int) -> None:
+    """``start`` takes every StartPosition form; each starts the consumer where it says (stream sequences)."""
+    ids = _versions("m", 4)
+    with subscribe("mlflow.model.version_created", start="all") as sub:
+        seqs = [sub.next(timeout=10).seq for _ in ids]
+    position = f"seq:{seqs[first]}" if start.startswith("seq:") else str(seqs[first]) if start.isdigit() else start
+    with subscribe("mlflow.model.version_created", start=position) as sub:
+        assert sub.next(timeout=10).id == ids[first]
+
+
+def test_a_bad_start_is_a_configuration_error_at_subscribe(live: Any) -> None:
+    with pytest.raises(ConfigurationError, match=r"'start'.*'new', 'all', 'last'"):
+        subscribe("mlflow.model.version_created", start="yesterday")
+    with pytest.raises(ValueError, match="'start'"):  # callers catching ValueError still catch it
+        subscribe("mlflow.model.version_created", start=1.5)  # type: ignore[arg-type]
