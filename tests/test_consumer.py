@@ -96,6 +96,8 @@ def test_duplicates_in_the_stream_are_dropped(live: Any, nats_server: NatsServer
         nc = await nats.connect(nats_server.url)
         js = nc.jetstream()
         stored = await js.get_msg(live.stream_name, 1)
+        assert stored.subject is not None
+        assert stored.data is not None
         await js.publish(stored.subject, stored.data)  # no Nats-Msg-Id: the server stores it again
         await nc.close()
 
