@@ -46,8 +46,8 @@ if typing.TYPE_CHECKING:
     from databricks_nats.client import Client, current_client
     from databricks_nats.consumer import subscribe, wait_for
     from databricks_nats.model.events import Event
+    from databricks_nats.ports import FlushResult
     from databricks_nats.settings import Secret, Settings
-    from databricks_nats.transport.publisher import FlushResult
 
 __getattr__, __dir__ = _lazy_exports(
     globals(),
@@ -68,7 +68,7 @@ __getattr__, __dir__ = _lazy_exports(
         "Event": "databricks_nats.model.events",
         "Secret": "databricks_nats.settings",
         "Settings": "databricks_nats.settings",
-        "FlushResult": "databricks_nats.transport.publisher",
+        "FlushResult": "databricks_nats.ports",
     },
 )
 

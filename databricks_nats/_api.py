@@ -21,9 +21,8 @@ from databricks_nats.client import (
     make_encoder,
 )
 from databricks_nats.model.events import Event
-from databricks_nats.ports import Transport, plain_context
+from databricks_nats.ports import FlushResult, Transport, plain_context
 from databricks_nats.settings import Settings
-from databricks_nats.transport.publisher import FlushResult
 
 if TYPE_CHECKING:
     from databricks_nats.transport.stream import StreamReport

@@ -28,9 +28,9 @@ from databricks_nats._exit import at_exit
 from databricks_nats.errors import DatabricksNatsError, FlushTimeout, PublishError, StreamError
 from databricks_nats.model import catalog, jsonsafe
 from databricks_nats.model.events import Encoder, Event, new_event
-from databricks_nats.ports import ContextProvider, SecretSource, Transport, plain_context
+from databricks_nats.ports import ContextProvider, FlushResult, SecretSource, Transport, plain_context
 from databricks_nats.settings import Settings, redact_url, resolve_settings
-from databricks_nats.transport.publisher import FlushResult, Publisher
+from databricks_nats.transport.publisher import Publisher
 from databricks_nats.transport.spool import open_spool
 
 if TYPE_CHECKING:
@@ -110,20 +110,12 @@ def build_transport(
         return NoopPublisher(settings)
     spool = open_spool(settings.spool_path, settings.spool_max_bytes)
     encoder = make_encoder(settings, context or plain_context(settings))
-    publisher = _publisher(settings, spool, encoder, secrets if secrets is not None else default_secrets())
+    publisher = Publisher(settings, spool, encoder, secrets=secrets if secrets is not None else default_secrets())
     adopted = getattr(spool, "adopted", 0)
     if adopted:
         publisher.stats_.replayed = adopted
         log.info("databricks-nats: re-publishing %d event(s) left by a previous process", adopted)
     return publisher
-
-
-def _publisher(settings: Settings, spool: Any, encoder: Any, secrets: SecretSource) -> Publisher:
-    import inspect  # TEMPORARY until the Publisher takes ``secrets`` (engineer A)
-
-    if "secrets" in inspect.signature(Publisher).parameters:
-        return Publisher(settings, spool, encoder, secrets=secrets)  # type: ignore[call-arg,unused-ignore]
-    return Publisher(settings, spool, encoder)
 
 
 def _clip(text: str, limit: int = 300) -> str:

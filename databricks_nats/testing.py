@@ -29,10 +29,9 @@ from typing import Any
 
 from databricks_nats.client import Client, make_encoder, set_current_client
 from databricks_nats.model.events import Event
-from databricks_nats.ports import NoContext, plain_context
+from databricks_nats.ports import FlushResult, NoContext, plain_context
 from databricks_nats.settings import Settings, resolve_settings
 from databricks_nats.transport import reader
-from databricks_nats.transport.publisher import FlushResult
 
 __all__ = ["Capture", "CapturedEvent", "NatsServer", "capture", "find_nats_server", "read_stream"]
 
