@@ -27,11 +27,11 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
-from databricks_nats.model.events import CE_CONTENT_TYPE
 from databricks_nats.settings import Settings
 from databricks_nats.transport.poison import Limits
 from databricks_nats.transport.spool import Record
 from databricks_nats.transport.stats import RateLimitedLog, Stats
+from databricks_nats.transport.wire import publish, writable, write
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
@@ -47,7 +47,6 @@ _STABLE = 10.0  # seconds a connection must last for the next restart to start a
 _RESTART_MIN, _RESTART_MAX = 0.1, 5.0  # restarts after short-lived connections: capped exponential, jittered
 _PERMISSION = re.compile(r'permissions violation for publish to "([^"]+)"', re.IGNORECASE)
 _AUTH = re.compile(r"authori[sz]ation (violation|failed)|authentication (expired|revoked)", re.IGNORECASE)
-_RAW = ("_pending", "_pending_data_size", "_max_pending_size", "_flush_queue", "_flush_pending")
 
 
 class Flight(Protocol):
@@ -112,35 +111,12 @@ class Link:
     # ---- the sender's side: writing -------------------------------------------------------------------
 
     async def write(self, frames: list[bytes]) -> None:
-        """Append built HPUB frames to nats-py's output buffer, as its ``publish`` does (the fast path)."""
-        from nats import errors
-
-        nc = self.nc
-        if nc is None or nc.is_closed:
-            raise errors.ConnectionClosedError
-        if nc.is_draining_pubs:
-            raise errors.ConnectionDrainingError
-        data = b"".join(frames)
-        size = len(data)
-        limit = nc._max_pending_size
-        if not nc.is_connected and (limit <= 0 or size + nc._pending_data_size > limit):
-            raise errors.OutboundBufferLimitError
-        nc._pending.append(data)
-        nc._pending_data_size += size
-        nc.stats["out_msgs"] += len(frames)
-        nc.stats["out_bytes"] += size
-        if limit > 0 and nc._pending_data_size > limit:
-            await nc._flush_pending(force_flush=True)
-        elif nc._flush_queue is not None and nc._flush_queue.empty():
-            await nc._flush_pending()
+        """Built HPUB frames into nats-py's output buffer (the fast path, ``wire.write``)."""
+        await write(self.nc, frames)
 
     async def publish(self, rec: Record, reply: str) -> None:
         """nats-py's own publish (the slow path: it validates, and refuses what it cannot write)."""
-        from nats import errors
-
-        if self.nc is None:
-            raise errors.ConnectionClosedError
-        await self.nc.publish(rec.subject, rec.payload, reply, {"Nats-Msg-Id": rec.id, "Content-Type": CE_CONTENT_TYPE})
+        await publish(self.nc, rec, reply)
 
     async def flush(self, timeout: float) -> None:
         assert self.nc is not None
@@ -200,7 +176,7 @@ class Link:
                 continue
             self._connecting = None
             self.nc = nc
-            self.fast = all(hasattr(nc, name) for name in _RAW) and isinstance(nc._pending, list)
+            self.fast = writable(nc)
             self._stats.connects += 1
             if self.settings.mode == "jetstream":
                 self.reply_prefix = f"{nc.new_inbox()}."

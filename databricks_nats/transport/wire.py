@@ -1,15 +1,21 @@
-"""The bytes of one publish as nats-py writes them (HPUB with our two headers), and the checks that let the
-sender build them itself for subjects and ids it knows are plain (the fast path; anything else goes through
-nats-py's own ``publish``, which validates it and raises what the poison checks turn into dead letters).
+"""The bytes of one publish as nats-py writes them (HPUB with our two headers), the checks that let the
+sender build them itself for subjects and ids it knows are plain, and their writing into nats-py's output
+buffer (the fast path: what ``Client.publish`` does per message, once per batch). Anything else goes through
+nats-py's own ``publish``, which validates it and raises what the poison checks turn into dead letters.
 """
 
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING, Any
 
 from databricks_nats.model.events import CE_CONTENT_TYPE
+from databricks_nats.transport.spool import Record
 
-__all__ = ["FAST_ID", "HEADER_BYTES", "MAX_CONTROL_LINE", "frame", "plain_id", "plain_subject"]
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NATS
+
+__all__ = ["FAST_ID", "HEADER_BYTES", "MAX_CONTROL_LINE", "frame", "plain_id", "plain_subject", "publish", "write"]
 
 MAX_CONTROL_LINE = 4096  # nats-server's default max_control_line; not in its INFO, so assumed until refused
 _HEAD = "NATS/1.0\r\nNats-Msg-Id: "
@@ -32,3 +38,43 @@ def frame(subject: str, reply: str, msg_id: str, payload: bytes) -> bytes:
     writes it for ``headers={"Nats-Msg-Id": msg_id, "Content-Type": CE_CONTENT_TYPE}`` (a plain id)."""
     hdr = HEADER_BYTES + len(msg_id)
     return f"HPUB {subject} {reply} {hdr} {hdr + len(payload)}\r\n{_HEAD}{msg_id}{_TAIL}".encode() + payload + b"\r\n"
+
+
+_RAW = ("_pending", "_pending_data_size", "_max_pending_size", "_flush_queue", "_flush_pending", "stats")
+
+
+def writable(nc: Any) -> bool:
+    """This nats-py client has the output buffer ``write`` knows (else every event takes ``publish``)."""
+    return all(hasattr(nc, name) for name in _RAW) and isinstance(nc._pending, list)
+
+
+async def write(nc: NATS | None, frames: list[bytes]) -> None:
+    """Append built frames to nats-py's output buffer and wake its flusher, as its ``publish`` does."""
+    from nats import errors
+
+    if nc is None or nc.is_closed:
+        raise errors.ConnectionClosedError
+    if nc.is_draining_pubs:
+        raise errors.ConnectionDrainingError
+    data = b"".join(frames)
+    size = len(data)
+    limit = nc._max_pending_size
+    if not nc.is_connected and (limit <= 0 or size + nc._pending_data_size > limit):
+        raise errors.OutboundBufferLimitError  # reconnecting, and its buffer is full
+    nc._pending.append(data)
+    nc._pending_data_size += size
+    nc.stats["out_msgs"] += len(frames)
+    nc.stats["out_bytes"] += size
+    if limit > 0 and nc._pending_data_size > limit:
+        await nc._flush_pending(force_flush=True)
+    elif nc._flush_queue is not None and nc._flush_queue.empty():
+        await nc._flush_pending()
+
+
+async def publish(nc: NATS | None, rec: Record, reply: str) -> None:
+    """nats-py's own publish of one event (it validates the subject and headers)."""
+    from nats import errors
+
+    if nc is None:
+        raise errors.ConnectionClosedError
+    await nc.publish(rec.subject, rec.payload, reply, {"Nats-Msg-Id": rec.id, "Content-Type": CE_CONTENT_TYPE})
