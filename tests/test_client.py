@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -248,3 +249,37 @@ def test_every_live_client_is_flushed_at_interpreter_exit(nats_server: NatsServe
         [d["by"] for _, d in _stored(nats_server, resolve_settings(environ={}, spark_conf={}, **ns))] for ns in spaces
     ]
     assert found == [[e] for e in expected]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_publishes_through_its_own_publisher_for_every_client(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """After a fork, an explicit client and the default one each start a publisher of the child's own."""
+    spaces = [_ns(), _ns()]
+    script = textwrap.dedent(
+        f"""
+        import os
+        import databricks_nats
+        from databricks_nats.ports import NoContext
+        url, spaces, spool = {nats_server.url!r}, {spaces!r}, {str(tmp_path)!r}
+        databricks_nats.configure(url=url, spool_dir=spool + "/m", detect_context=False, **spaces[0])
+        client = databricks_nats.Client(url=url, spool_dir=spool + "/c", context=NoContext(), **spaces[1])
+        databricks_nats.emit("custom.fork.seen", {{"by": "parent"}}, keys=["k"])
+        client.emit("custom.fork.seen", {{"by": "parent"}}, keys=["k"])
+        pid = os.fork()
+        if pid == 0:
+            databricks_nats.emit("custom.fork.seen", {{"by": "child"}}, keys=["k"])
+            client.emit("custom.fork.seen", {{"by": "child"}}, keys=["k"])
+            ok = databricks_nats.flush(30).ok and client.flush(30).ok
+            os._exit(0 if ok else 3)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, status
+        assert databricks_nats.flush(30).ok and client.flush(30).ok
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for ns in spaces:
+        settings = resolve_settings(environ={}, spark_conf={}, **ns)
+        assert sorted(d["by"] for _, d in _stored(nats_server, settings)) == ["child", "parent"]
