@@ -47,6 +47,35 @@ def test_jetstream_delivers_every_event_once_with_cloudevents_headers(nats_serve
     assert stats["ack_latency_ms"]["p50"] is not None
 
 
+def test_emit_many_delivers_a_batch_in_order_and_counts_it_like_emit(nats_server, make_settings):
+    """A batch handed over at once (one worker wake) is stored once, in order; beyond the inbox cap the rest
+    of the batch is counted ``dropped.queue_full`` event by event, as ``emit`` counts it."""
+    settings = make_settings(nats_server)
+    pub = _api.build_transport(settings)
+    assert isinstance(pub, Publisher)
+    events = [new_event("mlflow.run.metrics", _metric(i)) for i in range(500)]
+    pub.emit_many(iter(events))  # any iterable
+    assert pub.flush(20).ok
+    stats = pub.stats()
+    pub.close()
+    stored = [m["envelope"]["id"] for m in stream_messages(nats_server.url, settings.stream_name)]
+    assert stored == [e.id for e in events]
+    assert (stats["emitted"], stats["acked"], stats["dropped_total"]) == (500, 500, 0)
+
+    capped = _api.build_transport(make_settings("nats://127.0.0.1:1", queue_max_events=10, connect_timeout=0.2))
+    assert isinstance(capped, Publisher)
+    held, release = threading.Event(), threading.Event()
+    capped._loop.call_soon_threadsafe(lambda: (held.set(), release.wait(30)))  # the worker takes nothing meanwhile
+    try:
+        assert held.wait(30)
+        capped.emit_many([new_event("mlflow.run.metrics", _metric(i)) for i in range(25)])
+        stats = capped.stats()
+    finally:
+        release.set()
+        capped.close(0)
+    assert (stats["emitted"], stats["queue_depth"], stats["dropped"].get("queue_full")) == (25, 10, 15)
+
+
 def test_resending_an_event_id_is_stored_once_and_counted_as_duplicate(nats_server, make_settings):
     """An event re-sent with the same id (a retry, a replay) is dropped by JetStream and counted as a duplicate."""
     settings = make_settings(nats_server)
