@@ -41,11 +41,11 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from databricks_nats.errors import ConfigurationError
 from databricks_nats.model.events import Event
+from databricks_nats.ports import FlushResult
 from databricks_nats.settings import Settings
 from databricks_nats.transport.auth import require_nkeys, require_secret_source
 from databricks_nats.transport.connection import Link
@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from databricks_nats.ports import SecretSource
     from databricks_nats.transport.stream import StreamReport
 
-__all__ = ["FlushResult", "Publisher"]
+__all__ = ["FlushResult", "Publisher"]  # FlushResult's home is ports.py (the Transport contract)
 
 log = logging.getLogger("databricks_nats")
 
@@ -82,17 +82,6 @@ def _preload(settings: Settings) -> None:
 
     with contextlib.suppress(ImportError):  # the `nkeys` extra; required (at configure) only for NKey/.creds auth
         import nkeys  # noqa: F401
-
-
-@dataclass(frozen=True)
-class FlushResult:
-    """The outcome of ``flush``: ``ok`` when everything emitted before it is acked; else what is pending."""
-
-    ok: bool
-    pending: int
-
-    def __bool__(self) -> bool:
-        return self.ok
 
 
 class Publisher:
