@@ -1,9 +1,10 @@
-"""Exit ordering: the publisher's exit flush runs after every exit handler that may still emit.
+"""Exit ordering: the clients' exit flush runs after every exit handler that may still emit.
 
 ``atexit`` runs handlers last-registered-first. MLflow registers ``_safe_end_run`` (which ends a run a script
 left open, so the hook emits ``mlflow.run.finished``) while ``import mlflow`` runs; our MLflow entry point
 imports this module earlier in that same import, so the handler below is registered before MLflow's and
-runs after it. Without MLflow it is registered when the publisher is first imported. Standard library only.
+runs after it. Without MLflow it is registered when ``databricks_nats.client`` is first imported; it flushes
+and closes every client whose publisher runs (``client.live_clients()``). Standard library only.
 """
 
 from __future__ import annotations
