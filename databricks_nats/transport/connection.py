@@ -31,7 +31,7 @@ from databricks_nats.settings import Settings
 from databricks_nats.transport.poison import Limits
 from databricks_nats.transport.spool import Record
 from databricks_nats.transport.stats import RateLimitedLog, Stats
-from databricks_nats.transport.wire import publish, writable, write
+from databricks_nats.transport.wire import publish, take_plain_acks, writable, write
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
@@ -53,6 +53,7 @@ class Flight(Protocol):
     """What the link asks of the sender."""
 
     async def on_ack(self, msg: Msg) -> None: ...
+    def plain_ack(self, subject: bytes | str) -> None: ...
     def requeue_all(self) -> None: ...
     def in_flight(self) -> Iterator[tuple[int, Record]]: ...
     def drop_subject(self, subject: str, reason: str) -> None: ...
@@ -180,7 +181,9 @@ class Link:
             self._stats.connects += 1
             if self.settings.mode == "jetstream":
                 self.reply_prefix = f"{nc.new_inbox()}."
-                await nc.subscribe(self.reply_prefix + "*", cb=self.sender.on_ack)
+                sub = await nc.subscribe(self.reply_prefix + "*", cb=self.sender.on_ack)
+                if self.fast:
+                    take_plain_acks(nc, getattr(sub, "_id", None), self.sender.plain_ack)
                 if self.settings.auto_create_stream:
                     await self._ensure_stream(initial=True)
             self.set_connected(True)

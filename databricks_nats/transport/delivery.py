@@ -93,7 +93,7 @@ class Sender:
         self.inflight: OrderedDict[int, tuple[Record, float]] = OrderedDict()
         self.flushing: set[asyncio.Task[None]] = set()  # core: flushes awaiting their PONG
         self._stats, self._say, self._loop, self._work = stats, say, loop, work
-        self._acks: list[str] = []  # reply subjects of plain JetStream acks, settled once per loop iteration
+        self._acks: list[bytes | str] = []  # reply subjects of plain JetStream acks, settled once per iteration
         self._unflushed: list[int] = []  # core: published since the last flush
         self._timer: asyncio.TimerHandle | None = None
         self._flushers: list[tuple[int, asyncio.Future[bool]]] = []  # (last sequence to wait for, future)
@@ -241,9 +241,7 @@ class Sender:
         """A JetStream ack (the reply to ``<reply prefix><sequence>``)."""
         body = msg.data
         if not msg.headers and b'"error"' not in body and b'"duplicate"' not in body:  # the common ack
-            if not self._acks:
-                self._loop.call_soon(self.settle_acks)
-            self._acks.append(msg.subject)
+            self.plain_ack(msg.subject)
             return
         seq = int(msg.subject.rsplit(".", 1)[1])
         entry = self.inflight.pop(seq, None)
@@ -277,6 +275,12 @@ class Sender:
             self._stats.duplicates += 1
         self._stats.ack_latency(time.monotonic() - sent)
         self.ack([seq])
+
+    def plain_ack(self, subject: bytes | str) -> None:
+        """A plain ack (stored, not a duplicate) to ``<reply prefix><sequence>``: settled with its batch."""
+        if not self._acks:
+            self._loop.call_soon(self.settle_acks)
+        self._acks.append(subject)
 
     def settle_acks(self) -> None:
         """Handle the plain acks received since the last loop iteration in one go."""

@@ -2,11 +2,16 @@
 sender build them itself for subjects and ids it knows are plain, and their writing into nats-py's output
 buffer (the fast path: what ``Client.publish`` does per message, once per batch). Anything else goes through
 nats-py's own ``publish``, which validates it and raises what the poison checks turn into dead letters.
+
+The way back (``take_plain_acks``): a plain JetStream ack (no headers, no error, not a duplicate) on our
+reply subscription is handed to the sender as the parser read it, without a ``Msg``, a queue and a task
+per ack; every other message on it takes nats-py's own path to the subscription's callback.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from databricks_nats.model.events import CE_CONTENT_TYPE
@@ -15,7 +20,18 @@ from databricks_nats.transport.spool import Record
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
 
-__all__ = ["FAST_ID", "HEADER_BYTES", "MAX_CONTROL_LINE", "frame", "plain_id", "plain_subject", "publish", "write"]
+__all__ = [
+    "FAST_ID",
+    "HEADER_BYTES",
+    "MAX_CONTROL_LINE",
+    "frame",
+    "plain_id",
+    "plain_subject",
+    "publish",
+    "take_plain_acks",
+    "writable",
+    "write",
+]
 
 MAX_CONTROL_LINE = 4096  # nats-server's default max_control_line; not in its INFO, so assumed until refused
 _HEAD = "NATS/1.0\r\nNats-Msg-Id: "
@@ -78,3 +94,20 @@ async def publish(nc: NATS | None, rec: Record, reply: str) -> None:
     if nc is None:
         raise errors.ConnectionClosedError
     await nc.publish(rec.subject, rec.payload, reply, {"Nats-Msg-Id": rec.id, "Content-Type": CE_CONTENT_TYPE})
+
+
+def take_plain_acks(nc: Any, sid: Any, plain: Callable[[bytes], None]) -> bool:
+    """Hand the plain acks arriving on subscription ``sid`` straight to ``plain`` (their reply subject);
+    False when this nats-py does not dispatch messages the way this knows (then every ack takes its path)."""
+    original = getattr(nc, "_process_msg", None)
+    if original is None or not isinstance(sid, int) or sid not in getattr(nc, "_subs", {}):
+        return False
+
+    async def process(msg_sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        if msg_sid == sid and not headers and b'"error"' not in data and b'"duplicate"' not in data:
+            plain(subject)
+            return
+        await original(msg_sid, subject, reply, data, headers)
+
+    nc._process_msg = process
+    return True

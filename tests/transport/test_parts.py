@@ -29,7 +29,7 @@ SUBJECT = "dbx.ws.dev.custom.thing.happened"
 
 
 def settings(**kw: Any) -> Any:
-    return resolve_settings(environ={}, spark_conf={}, workspace="ws", env="dev", **kw)
+    return resolve_settings(environ={}, spark_conf={}, **{"workspace": "ws", "env": "dev", **kw})
 
 
 def encoder(event: Event, max_bytes: int) -> tuple[str, bytes]:
@@ -414,9 +414,13 @@ class FakeFlight:
         self.requeued = 0
         self.dropped: list[tuple[str, str]] = []
         self.records: list[tuple[int, Record]] = []
+        self.acks: list[tuple[str, Any]] = []  # ("plain", reply subject) or ("msg", body)
 
     async def on_ack(self, msg: Any) -> None:
-        pass
+        self.acks.append(("msg", json.loads(msg.data)))
+
+    def plain_ack(self, subject: bytes | str) -> None:
+        self.acks.append(("plain", subject))
 
     def requeue_all(self) -> None:
         self.requeued += 1
@@ -481,3 +485,33 @@ def test_link_learns_a_refused_size_and_hands_permission_errors_to_the_sender() 
     assert link.limits.max_payload == link.limits.learned_payload  # lower than announced, kept
     asyncio.run(link.on_error(Exception('nats: permissions violation for publish to "a.b"')))
     assert flight.dropped == [("a.b", "permission_denied")]
+
+
+def test_link_hands_plain_jetstream_acks_to_the_sender_and_the_others_as_messages(
+    nats_server: Any, namespace: Any
+) -> None:
+    async def run() -> tuple[Link, FakeFlight]:
+        link = Link(settings(url=nats_server.url, **namespace), Stats(), say())
+        flight = FakeFlight()
+        link.sender, link.buffer = flight, FakeSaver()
+        link.start(asyncio.get_running_loop())
+        while not link.connected:
+            await asyncio.sleep(0.01)
+        subject = f"{link.settings.namespace}.custom.thing.happened"
+        await link.write([frame(subject, f"{link.reply_prefix}1", "id-1", b"{}")])
+        await link.write([frame(subject, f"{link.reply_prefix}2", "id-1", b"{}")])  # the same id again
+        for _ in range(500):
+            if len(flight.acks) == 2:
+                break
+            await asyncio.sleep(0.01)
+        await link.close()
+        for task in link.tasks():
+            task.cancel()
+        return link, flight
+
+    link, flight = asyncio.run(run())
+    assert link.stream_report is not None  # the stream was provisioned at connect (auto_create_stream)
+    (kind, subject), (other, body) = flight.acks
+    assert (kind, subject) == ("plain", f"{link.reply_prefix}1".encode())
+    assert other == "msg"
+    assert body["duplicate"] is True
