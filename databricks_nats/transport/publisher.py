@@ -1,11 +1,12 @@
 """The background publisher: a daemon thread owning an asyncio loop, fed by a non-blocking ``emit``.
 
-Flow of one event (each arrow a method call; the part that owns each step in brackets)::
+Flow of one event (each step a method call, named by the part that owns it)::
 
     emit() ─► Ingest.put ─► inbox ──(one call_soon_threadsafe per burst)──► Publisher._on_wake
       ─► Buffer.fill ─► Ingest.encode ─► record ─► Buffer.ready ──(─► spool after 50 ms: Buffer.save)
       ─► Publisher._send_forever ─► Sender.send_some ─► wire.frame ─► Link.write ─► nats-py ─► socket
-      ─► Sender.on_ack / settle ─► Buffer.done ─► (spool row deleted) ─► Sender.update_flushers ─► flush()
+      ─► ack: nats-py's parser ─► Sender.plain_ack (wire.take_plain_acks; others: Sender.on_ack)
+      ─► Sender.settle ─► Buffer.done ─► (spool row deleted) ─► Sender.update_flushers ─► flush() returns
 
 The parts, each owning its state and tested alone (tests/transport/test_parts.py):
 
