@@ -2,7 +2,8 @@
 
 The job listener hands finished executions to the publisher in batches (``jobs.LINGER``, ``jobs.BATCH_MAX``).
 These tests hold a batch back with a long linger and check that settle, detach and interpreter exit each
-deliver it, through a real nats-server.
+deliver it, through a real nats-server. The JVM-side filter (one line per event we need) and the Python
+read path behind it publish the same events.
 """
 
 from __future__ import annotations
@@ -167,3 +168,91 @@ def test_a_pending_batch_is_published_at_process_exit(
     stream = proc.stdout.split("stream ", 1)[1].split()[0]
     events = [m["envelope"] for m in read_stream(nats_server.url, stream)]
     _in_order([e for e in events if e["type"].startswith("databricks.spark.execution")], "exit")
+
+
+def _record_lines(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every line the JVM filter sends to listeners attached from now on."""
+    lines: list[str] = []
+    on_line = jobs.JobListener.onLine
+
+    def record(self: jobs.JobListener, line: str) -> None:
+        lines.append(line)
+        on_line(self, line)
+
+    monkeypatch.setattr(jobs.JobListener, "onLine", record)
+    return lines
+
+
+def _comparable(event: dict[str, Any]) -> tuple[Any, ...]:
+    d = event["data"]
+    return (event["type"], d["kind"], d["description"], d["job_group"], d["jobs"], d["stages"], d["error_class"])
+
+
+def _workload(spark: Any) -> None:
+    spark.sparkContext.setJobGroup("group-a", "grouped")
+    try:
+        spark.range(100).selectExpr("id % 3 AS k").groupBy("k").count().collect()
+    finally:
+        spark.sparkContext.setJobGroup("", "")
+    assert spark.sparkContext.parallelize(range(10), 2).sum() == 45
+    spark.sparkContext.setJobDescription("described")
+    try:
+        spark.range(5).collect()
+    finally:
+        spark.sparkContext.setJobDescription(None)
+    spark.conf.set("spark.sql.ansi.enabled", "true")
+    try:
+        with pytest.raises(Exception, match="DIVIDE_BY_ZERO"):
+            spark.range(3).selectExpr("1 DIV (id - id)").collect()
+    finally:
+        spark.conf.unset("spark.sql.ansi.enabled")
+
+
+def test_the_jvm_filter_and_the_python_reads_publish_the_same(
+    spark: Any, published: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same actions give the same execution events whether the JVM filter or Python reads the fields."""
+    lines = _record_lines(monkeypatch)
+    runs = []
+    for filtered in (True, False):
+        if not filtered:
+            monkeypatch.setattr(_compat, "_jvm_filter", lambda gateway, out: None)
+        before = len(published("spark.execution"))
+        nats_spark.attach(spark, min_execution_ms=0)
+        try:
+            _workload(spark)
+            nats_spark.settle(spark)
+        finally:
+            nats_spark.detach(spark)
+        runs.append([_comparable(e) for e in published("spark.execution")[before:]])
+        if filtered:
+            assert lines, "the JVM filter was not used"
+            heard = len(lines)
+    assert len(lines) == heard  # the second run read the events in Python
+    assert len(runs[0]) == 4
+    assert runs[0] == runs[1]
+    assert [r[2] for r in runs[0]][2] == "described"
+    assert {r[0] for r in runs[0]} == {"databricks.spark.execution.succeeded", "databricks.spark.execution.failed"}
+
+
+def test_the_jvm_filter_sends_only_what_is_published(
+    spark: Any, published: Any, attached: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per SQL execution Python hears its start, its end and its jobs' starts; job ends only of RDD actions."""
+    lines = _record_lines(monkeypatch)
+    attached(min_execution_ms=0)
+    spark.range(1000, numPartitions=4).selectExpr("id % 7 AS k").groupBy("k").count().collect()
+    nats_spark.settle(spark)
+    kinds = [line[0] for line in lines]
+    assert kinds[0] == "S"
+    assert kinds[-1] == "F"
+    assert set(kinds[1:-1]) == {"J"}  # no AQE or metric updates, no job ends
+    lines.clear()
+    spark.sparkContext.parallelize(range(10), 2).count()
+    nats_spark.settle(spark)
+    assert [line[0] for line in lines] == ["J", "E"]
+    assert len(wait_until(lambda: _executions_of(published), spark)) == 2
+
+
+def _executions_of(published: Any) -> list[dict[str, Any]]:
+    return list(published("spark.execution"))

@@ -8,6 +8,11 @@ Facts this module relies on (PySpark 3.5 to 4.x, classic sessions only):
 * every callback into Python (and the release of the event reference it brings) is a socket round trip
   costing 100-200 us of Python CPU, so the JVM filters for us: ``java.beans.EventHandler`` (JDK) proxies
   forward only ``onJobStart``, ``onJobEnd`` and ``onOtherEvent``, each to a ``Consumer`` of ours;
+* so does every read of an event's field from Python (26 calls and ~16 releases per aggregation), so the
+  proxies hand the events to a small Java class compiled at attach with Janino (which Spark SQL ships for
+  its code generation): it drops what we never publish (AQE and metric updates, job ends inside SQL
+  executions) and sends one line of text per event we need, fields included. Without Janino (or if
+  compiling fails) the proxies call Python, which reads the fields itself;
 * ``mlflow.autolog(disable=True)`` shuts the callback server down and py4j keeps the dead object, which
   ``ensure_callback_server_started`` takes for a live one: ``add_listener`` starts a fresh one then;
 * that shutdown (MLflow's Spark autologging also does it in ``SparkSession.stop``) hangs in py4j 0.10.9.x
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import socket
 import threading
 from typing import Any, NamedTuple
@@ -60,6 +66,7 @@ __all__ = [
     "started_run_id",
 ]
 
+log = logging.getLogger("databricks_nats.spark")
 QUEUE = "databricksNats"
 _SQL_START = "SparkListenerSQLExecutionStart"
 _SQL_END = "SparkListenerSQLExecutionEnd"
@@ -101,16 +108,23 @@ def add_listener(spark: Any, listener: Any) -> list[Any]:
     ``listener`` implements ``SparkListenerInterface`` and offers ``taps()``: a py4j ``Consumer`` per listener
     method it wants. Each tap is registered behind a JDK ``java.beans.EventHandler`` proxy, which implements
     the interface in the JVM and calls Python only for its one method: every task, stage and block event
-    stays in the JVM (each py4j callback costs 100-200 us of Python CPU). Without
-    ``java.desktop`` (a trimmed JVM), the listener itself is registered and sees every event.
+    stays in the JVM (each py4j callback costs 100-200 us of Python CPU). The proxies call the compiled
+    filter when there is one (``_jvm_filter``: one line per event we publish, to ``listener.line_tap()``),
+    else the taps. Without ``java.desktop`` (a trimmed JVM), the listener itself is registered and sees
+    every event.
     """
     sc = spark.sparkContext
     gateway = sc._gateway
     ensure_callback_server(spark)
     try:
+        taps = listener.taps()
         interface = gateway.jvm.org.apache.spark.scheduler.SparkListenerInterface._java_lang_class
         create = gateway.jvm.java.beans.EventHandler.create
-        proxies = [create(interface, tap, "accept", "", method) for method, tap in listener.taps().items()]
+        jfilter = _jvm_filter(gateway, listener.line_tap())
+        targets = {
+            m: (jfilter, _FILTER_METHODS[m]) if jfilter is not None else (tap, "accept") for m, tap in taps.items()
+        }
+        proxies = [create(interface, target, action, "", method) for method, (target, action) in targets.items()]
     except Exception:  # noqa: BLE001 - no java.beans here: one proxy that hears everything
         holder = gateway.jvm.java.util.ArrayList()
         holder.add(listener)
@@ -122,6 +136,88 @@ def add_listener(spark: Any, listener: Any) -> list[Any]:
         except Exception:  # noqa: BLE001 - a Spark without addToQueue: the shared queue works too
             sc._jsc.sc().addSparkListener(proxy)
     return proxies
+
+
+_FILTER_METHODS = {"onJobStart": "jobStart", "onJobEnd": "jobEnd", "onOtherEvent": "other"}
+_FILTER_CLASS = "DatabricksNatsListenerFilter"
+_PROP_KEYS = (
+    "spark.sql.execution.id",
+    "spark.jobGroup.id",
+    RUN_PROPERTY,
+    "spark.job.description",
+    "sql.streaming.queryId",
+)
+_SEP = "\u0001"  # between a line's fields (removed from values); a value is "=" + text, or empty for null
+_FILTER_SOURCE = r"""
+public class DatabricksNatsListenerFilter {
+    private volatile java.util.function.Consumer out;
+    private final java.util.HashMap actions = new java.util.HashMap();  // RDD actions open (the bus thread only)
+    private static final String[] KEYS = {@KEYS@};
+
+    public void setOut(java.util.function.Consumer out) { this.out = out; }
+
+    private static String v(Object o) { return o == null ? "" : "=" + o.toString().replace('\u0001', ' '); }
+
+    private void send(String line) {
+        java.util.function.Consumer c = out;
+        if (c != null) c.accept(line);
+    }
+
+    public void jobStart(Object o) {
+        org.apache.spark.scheduler.SparkListenerJobStart e = (org.apache.spark.scheduler.SparkListenerJobStart) o;
+        java.util.Properties p = e.properties();
+        if (p == null || p.getProperty(KEYS[0]) == null) actions.put(Integer.valueOf(e.jobId()), Boolean.TRUE);
+        StringBuilder b = new StringBuilder("J");
+        b.append('\u0001').append(e.jobId()).append('\u0001').append(e.time());
+        b.append('\u0001').append(e.stageInfos().size());
+        for (int i = 0; i < KEYS.length; i++) b.append('\u0001').append(v(p == null ? null : p.getProperty(KEYS[i])));
+        send(b.toString());
+    }
+
+    public void jobEnd(Object o) {
+        org.apache.spark.scheduler.SparkListenerJobEnd e = (org.apache.spark.scheduler.SparkListenerJobEnd) o;
+        if (actions.remove(Integer.valueOf(e.jobId())) == null) return;  // inside a SQL execution: its end says it
+        send("E\u0001" + e.jobId() + "\u0001" + e.time() + "\u0001" + v(e.jobResult()));
+    }
+
+    public void other(Object o) {
+        if (o instanceof org.apache.spark.sql.execution.ui.SparkListenerSQLExecutionStart) {
+            org.apache.spark.sql.execution.ui.SparkListenerSQLExecutionStart e =
+                (org.apache.spark.sql.execution.ui.SparkListenerSQLExecutionStart) o;
+            send("S\u0001" + e.executionId() + "\u0001" + e.time() + "\u0001" + v(e.description()));
+        } else if (o instanceof org.apache.spark.sql.execution.ui.SparkListenerSQLExecutionEnd) {
+            org.apache.spark.sql.execution.ui.SparkListenerSQLExecutionEnd e =
+                (org.apache.spark.sql.execution.ui.SparkListenerSQLExecutionEnd) o;
+            scala.Option m = e.errorMessage();
+            send("F\u0001" + e.executionId() + "\u0001" + e.time() + "\u0001" + v(m.isDefined() ? m.get() : null));
+        }
+    }
+}
+""".replace("@KEYS@", ", ".join(f'"{key}"' for key in _PROP_KEYS))
+_filters: tuple[Any, Any] | None = None  # (gateway, the compiled class or None when it cannot be)
+
+
+def _jvm_filter(gateway: Any, out: Any) -> Any:
+    """A new filter (the class compiled once per gateway) sending its lines to ``out``; None without one."""
+    global _filters
+    try:
+        if _filters is None or _filters[0] is not gateway:
+            _filters = (gateway, None)  # one try per gateway: a failure is not retried at every attach
+            jvm = gateway.jvm
+            compiler = jvm.org.codehaus.janino.SimpleCompiler()
+            compiler.setParentClassLoader(jvm.org.apache.spark.util.Utils.getContextOrSparkClassLoader())
+            compiler.cook(_FILTER_SOURCE)
+            _filters = (gateway, compiler.getClassLoader().loadClass(_FILTER_CLASS))
+        cls = _filters[1]
+        if cls is None:
+            return None
+        none = gateway.new_array(gateway.jvm.java.lang.Class, 0)
+        instance = cls.getConstructor(none).newInstance(gateway.new_array(gateway.jvm.java.lang.Object, 0))
+        instance.setOut(out)
+        return instance
+    except Exception as e:  # noqa: BLE001 - no Janino, or a Spark it cannot compile against: Python reads the events
+        log.debug("databricks-nats: no JVM-side filter for the job listener (%s); Python reads the events", e)
+        return None
 
 
 def _unblock_close() -> None:
@@ -242,9 +338,9 @@ class SqlEnd(NamedTuple):
 class Props:
     """A job's local properties, read from the JVM one key at a time, only when asked (each read is a py4j call)."""
 
-    def __init__(self, jprops: Any) -> None:
+    def __init__(self, jprops: Any, known: dict[str, str | None] | None = None) -> None:
         self._jprops = jprops
-        self._seen: dict[str, str | None] = {}
+        self._seen: dict[str, str | None] = known or {}
 
     def get(self, key: str) -> str | None:
         if key not in self._seen:
@@ -254,10 +350,12 @@ class Props:
 
 
 class _JobEvent:
-    """A job's start or end whose fields are read from the JVM only when asked (each read is a py4j call)."""
+    """A job's start or end whose fields are read from the JVM only when asked (each read is a py4j call);
+    ``known`` fields (from the JVM filter's line) are never read."""
 
-    def __init__(self, jevent: Any) -> None:
+    def __init__(self, jevent: Any, **known: Any) -> None:
         self._j = jevent
+        self.__dict__.update(known)  # cached_property values: the reads below never happen for them
 
     @functools.cached_property
     def job_id(self) -> int:
@@ -283,8 +381,11 @@ class JobEnd(_JobEvent):
 
     @functools.cached_property
     def error(self) -> str | None:
-        result = str(self._j.jobResult().toString())
-        return None if result.startswith("JobSucceeded") else result.removeprefix("JobFailed(").removesuffix(")")
+        return _job_error(str(self._j.jobResult().toString()))
+
+
+def _job_error(result: str) -> str | None:
+    return None if result.startswith("JobSucceeded") else result.removeprefix("JobFailed(").removesuffix(")")
 
 
 def _class_name(jevent: Any) -> str:
@@ -307,8 +408,29 @@ def _class_name(jevent: Any) -> str:
 _short_name: tuple[Any, Any] | None = None  # (gateway client, ClassUtils.getShortClassName)
 
 
+def _value(field: str) -> str | None:
+    return field[1:] if field else None
+
+
+def read_line(line: str) -> SqlStart | SqlEnd | JobStart | JobEnd | None:
+    """The record one line of the JVM filter describes (no py4j call)."""
+    kind, *f = line.split(_SEP)
+    if kind == "J":
+        props = Props(None, dict(zip(_PROP_KEYS, map(_value, f[3:]), strict=True)))
+        return JobStart(None, job_id=int(f[0]), time_ms=int(f[1]), stages=int(f[2]), props=props)
+    if kind == "E":
+        return JobEnd(None, job_id=int(f[0]), time_ms=int(f[1]), error=_job_error(_value(f[2]) or ""))
+    if kind == "S":
+        return SqlStart(int(f[0]), _value(f[2]) or "", int(f[1]))
+    if kind == "F":
+        return SqlEnd(int(f[0]), int(f[1]), _value(f[2]))
+    return None
+
+
 def read_event(kind: str, jevent: Any) -> SqlStart | SqlEnd | JobStart | JobEnd | None:
     """Copy what we publish out of a JVM listener event (py4j calls: never on the listener bus thread)."""
+    if kind == "line":
+        return read_line(jevent)
     if kind == "job_start":
         return JobStart(jevent)
     if kind == "job_end":

@@ -225,7 +225,7 @@ _live: weakref.WeakSet[ExecutionTracker] = weakref.WeakSet()
 
 def _publish_all() -> None:
     """At interpreter exit: every pending batch reaches the publisher before its exit flush (registered after
-    ``_api``'s, so ``_exit`` runs it first)."""
+    the client module's, so ``_exit`` runs it first)."""
     for tracker in list(_live):
         try:
             tracker.flush_summary()
@@ -271,6 +271,13 @@ class JobListener(_JavaIdentity):
     def taps(self) -> dict[str, Any]:
         """The listener methods we need, each as a py4j ``Consumer`` (the JVM filters out every other event)."""
         return {name: _Tap(getattr(self, name)) for name in ("onJobStart", "onJobEnd", "onOtherEvent")}
+
+    def line_tap(self) -> _Tap:
+        """A ``Consumer`` of the JVM-side filter's lines (one per event we need, its fields included)."""
+        return _Tap(self.onLine)
+
+    def onLine(self, line: str) -> None:
+        self._put("line", line)
 
     def onJobStart(self, jevent: Any) -> None:
         self._put("job_start", jevent)
