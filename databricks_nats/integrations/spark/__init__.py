@@ -22,7 +22,7 @@ from typing import Any
 
 from databricks_nats import status
 from databricks_nats.client import current_client
-from databricks_nats.integrations.spark import _compat
+from databricks_nats.integrations.spark import _compat, runs
 from databricks_nats.integrations.spark.eventlog import EVENT_LOG_SCHEMA, read_events
 from databricks_nats.integrations.spark.jobs import ExecutionTracker, JobListener
 from databricks_nats.integrations.spark.streaming import NatsStreamingListener
@@ -121,6 +121,7 @@ def attach(
         if job is not None:
             job.sessions.add(id(spark))
         found = _sessions[id(spark)] = Attachment(spark, app, streaming, job.listener if job else None)
+        runs.watch(spark)
         if not _exit_hook:
             atexit.register(detach_all)
             _exit_hook = True
@@ -179,6 +180,7 @@ def detach(spark: Any = None, timeout: float = 5.0) -> None:
         found = _sessions.pop(id(spark), None)
         if found is None:
             return
+        runs.unwatch(spark)
         _compat.drain_bus(spark, timeout)
         try:
             spark.streams.removeListener(found.streaming)

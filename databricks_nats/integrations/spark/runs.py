@@ -20,10 +20,12 @@ from typing import Any
 
 from databricks_nats.integrations.spark import _compat
 
-__all__ = ["current_run_id", "set_active_run"]
+__all__ = ["current_run_id", "set_active_run", "unwatch", "watch"]
 
 log = logging.getLogger("databricks_nats.spark")
 _local = threading.local()
+_lock = threading.Lock()
+_attached: dict[int, Any] = {}  # id -> every session with listeners attached (a Connect one may not be active)
 
 
 def current_run_id() -> str | None:
@@ -43,12 +45,24 @@ def _sessions() -> list[Any]:
             found.append(active)
     except Exception as e:  # noqa: BLE001 - a stopped or half-built session
         log.debug("databricks-nats: no active Spark session for the run id: %s", e)
-    from databricks_nats.integrations import spark as integration
-
-    for session in integration.attached_sessions():
+    with _lock:
+        attached = list(_attached.values())
+    for session in attached:
         if all(session is not s for s in found):
             found.append(session)
     return found
+
+
+def watch(spark: Any) -> None:
+    """Tell this session about the active run too, even when it is not the active one (``attach`` calls this)."""
+    with _lock:
+        _attached[id(spark)] = spark
+
+
+def unwatch(spark: Any) -> None:
+    """Stop telling this session (``detach`` calls this)."""
+    with _lock:
+        _attached.pop(id(spark), None)
 
 
 def set_active_run(run_id: str | None) -> None:
