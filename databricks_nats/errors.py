@@ -8,13 +8,11 @@ tests/test_error_tree.py, imports every module of the package and checks it)::
     ├── SubjectError             a subject or subject token cannot be built from the given parts (also a ValueError)
     ├── PublishError             publishing failed; raised only when ``strict=True``
     │   └── FlushTimeout         flush() ran out of time with events still pending (also a TimeoutError)
-    ├── StreamError              the stream cannot be read, provisioned or consumed (transport.errors maps
-    │   │                        nats-py's failures onto it)
+    ├── StreamError              the stream cannot be read, provisioned or consumed (nats-py's failures, mapped)
     │   └── StreamMismatch       the existing stream differs from the wanted configuration
     ├── WaitTimeout              wait_for() / Subscription.next() saw no matching event in time (also a TimeoutError)
-    ├── MlflowCompatError        this MLflow version lacks what the hook needs (integrations.mlflow._compat)
-    └── ParameterError           a Prefect parameter mapping names a missing event field (also a KeyError;
-                                 integrations.prefect.deployments)
+    ├── MlflowCompatError        this MLflow version lacks what the hook needs (integrations.mlflow)
+    └── ParameterError           a Prefect parameter mapping names a missing event field (also a KeyError)
 
 Outside ``strict`` mode nothing under ``PublishError`` ever reaches the caller: failures are logged,
 counted and shown by ``stats()``.

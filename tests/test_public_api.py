@@ -145,10 +145,14 @@ def _error_tree() -> dict[str, str | None]:
 
 
 def test_errors_docstring_draws_the_actual_class_tree() -> None:
-    """The tree in the errors module docstring names every exported error with its real parent class."""
+    """The tree in the errors module docstring names every exported error with its real parent class (the errors
+    defined next to their integration, drawn too, are checked by tests/test_error_tree.py)."""
     tree = _error_tree()
-    assert set(tree) == set(errors.__all__)
+    assert set(errors.__all__) <= set(tree)
     for name, parent in tree.items():
+        if name not in errors.__all__:
+            assert parent == "DatabricksNatsError", name
+            continue
         cls = getattr(errors, name)
         if parent is None:
             assert cls is DatabricksNatsError

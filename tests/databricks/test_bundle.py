@@ -156,6 +156,7 @@ def test_every_task_reads_the_targets_settings_file_and_nothing_else_holds_nats_
 def test_secret_keys_follow_the_auth_mode(databricks_stub: Any, monkeypatch: pytest.MonkeyPatch):
     """The target's settings name a secret scope, not a key: whatever auth mode the scope holds (README
     layout) is what the publisher uses. The examples in the files name each mode's README key."""
+    from databricks_nats.integrations.databricks import DatabricksSecrets
     from databricks_nats.settings import resolve_settings
     from databricks_nats.transport.auth import resolve_credentials
 
@@ -183,7 +184,7 @@ def test_secret_keys_follow_the_auth_mode(databricks_stub: Any, monkeypatch: pyt
         settings = resolve_settings(spark_conf={})
         assert settings.env == "prod"
         assert settings.secret_scope == "nats"
-        assert resolve_credentials(settings).kinds == kinds
+        assert resolve_credentials(settings, secrets=DatabricksSecrets()).kinds == kinds
 
 
 def test_job_parameters_are_the_names_context_detection_and_the_settings_file_read():
