@@ -39,6 +39,7 @@ def main() -> None:
 
     import databricks_nats
     from databricks_nats import spark as nats_spark
+    from databricks_nats.integrations.spark import _compat
     from databricks_nats.integrations.spark import jobs as spark_jobs
     from databricks_nats.testing import NatsServer
 
@@ -60,14 +61,15 @@ def main() -> None:
 
     jobs: dict[str, Callable[[], None]] = {"aggregation 1e6 rows": aggregation, "tiny job": tiny}
     linger = spark_jobs.LINGER
-    policies: dict[str, tuple[dict[str, Any], float]] = {
-        "default policy": ({}, linger),
-        "every execution": ({"min_execution_ms": 0}, linger),
-        "every execution, unbatched": ({"min_execution_ms": 0}, 0.0),
+    jvm_filter = _compat._jvm_filter
+    policies: dict[str, tuple[dict[str, Any], float, bool]] = {  # attach options, linger, JVM-side filter
+        "default policy": ({}, linger, True),
+        "every execution": ({"min_execution_ms": 0}, linger, True),
+        "every execution, as before": ({"min_execution_ms": 0}, 0.0, False),
     }
     calls: dict[str, int] = {}
     times: dict[str, dict[str, list[float]]] = {
-        f"{job} / {policy}": {"off": [], "on": []} for job in jobs for policy in policies
+        f"{job} / {policy}": {"off": [], "on": [], "cpu_off": [], "cpu_on": []} for job in jobs for policy in policies
     }
     with NatsServer() as srv:
         databricks_nats.configure(url=srv.url, spool_dir=os.path.join(tmp, "spool"), workspace="bench", env="spark")
@@ -88,21 +90,25 @@ def main() -> None:
                 once.append(time.perf_counter() - t0)
             calls[job] = max(5, round(BLOCK_S / median(once)))
         for rep in range(reps):
-            for policy, (options, policy_linger) in policies.items():
+            for policy, (options, policy_linger, filtered) in policies.items():
                 spark_jobs.LINGER = policy_linger  # read by the listener attach() creates
+                _compat._jvm_filter = jvm_filter if filtered else (lambda gateway, out: None)
                 for job, fn in jobs.items():
                     key = f"{job} / {policy}"
                     for attached in (False, True) if rep % 2 == 0 else (True, False):
                         if attached:
                             nats_spark.attach(spark, **options)
                         fn()  # steady state: the listener's first calls open py4j connections
-                        t0 = time.perf_counter()
+                        t0, c0 = time.perf_counter(), time.process_time()
                         for _ in range(calls[job]):
                             fn()
-                        times[key]["on" if attached else "off"].append((time.perf_counter() - t0) / calls[job])
+                        state = "on" if attached else "off"
+                        times[key][state].append((time.perf_counter() - t0) / calls[job])
+                        times[key]["cpu_" + state].append((time.process_time() - c0) / calls[job])
                         if attached:
                             nats_spark.detach(spark)
         spark_jobs.LINGER = linger
+        _compat._jvm_filter = jvm_filter
         databricks_nats.flush(30)
         stats: dict[str, Any] = databricks_nats.stats()
         databricks_nats.shutdown()
@@ -114,13 +120,15 @@ def main() -> None:
     for key, t in times.items():
         off, on = median(t["off"]) * 1e3, median(t["on"]) * 1e3
         r = median(ratio(a, b) for a, b in zip(t["on"], t["off"], strict=True))
-        gated = key.startswith("aggregation") and not key.endswith("unbatched")
+        cpu = median(a - b for a, b in zip(t["cpu_on"], t["cpu_off"], strict=True)) * 1e3
+        gated = key.startswith("aggregation") and not key.endswith("as before")
         rows.append(
             [
                 key,
                 f"{off:.1f} ms",
                 f"{on:.1f} ms",
                 f"{r:.3f}",
+                f"{cpu:+.2f} ms",
                 f"<= {TARGET}" if gated else "-",
                 verdict(r <= TARGET) if gated else "-",
             ]
@@ -129,12 +137,13 @@ def main() -> None:
             "without_ms": off,
             "with_ms": on,
             "ratio": r,
+            "python_cpu_ms": cpu,
             "target": TARGET if gated else None,
             "met": r <= TARGET if gated else None,
             "raw": t,
         }
     print_table(
-        ["job", "detached", "attached", "ratio", "target", "result"],
+        ["job", "detached", "attached", "ratio", "driver CPU/call", "target", "result"],
         rows,
         title=f"bench_spark (reps={reps}, linger {linger} s, blocks of {calls}; medians; {stats['acked']} events acked;"
         f" load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f})",

@@ -171,7 +171,7 @@ def test_a_pending_batch_is_published_at_process_exit(
 
 
 def _record_lines(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every line the JVM filter sends to listeners attached from now on."""
+    """What the JVM filter sends to listeners attached from now on, one string per callback."""
     lines: list[str] = []
     on_line = jobs.JobListener.onLine
 
@@ -238,19 +238,21 @@ def test_the_jvm_filter_and_the_python_reads_publish_the_same(
 def test_the_jvm_filter_sends_only_what_is_published(
     spark: Any, published: Any, attached: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Per SQL execution Python hears its start, its end and its jobs' starts; job ends only of RDD actions."""
-    lines = _record_lines(monkeypatch)
+    """An execution reaches Python as one callback at its end: its start, its jobs' starts and its end; no AQE or
+    metric updates, no job ends (only an RDD action's)."""
+    callbacks = _record_lines(monkeypatch)
     attached(min_execution_ms=0)
     spark.range(1000, numPartitions=4).selectExpr("id % 7 AS k").groupBy("k").count().collect()
     nats_spark.settle(spark)
-    kinds = [line[0] for line in lines]
+    assert len(callbacks) == 1
+    kinds = [line[0] for line in callbacks[0].split("\u0002")]
     assert kinds[0] == "S"
     assert kinds[-1] == "F"
-    assert set(kinds[1:-1]) == {"J"}  # no AQE or metric updates, no job ends
-    lines.clear()
+    assert set(kinds[1:-1]) == {"J"}
+    callbacks.clear()
     spark.sparkContext.parallelize(range(10), 2).count()
     nats_spark.settle(spark)
-    assert [line[0] for line in lines] == ["J", "E"]
+    assert [[line[0] for line in text.split("\u0002")] for text in callbacks] == [["J", "E"]]
     assert len(wait_until(lambda: _executions_of(published), spark)) == 2
 
 

@@ -11,8 +11,9 @@ Facts this module relies on (PySpark 3.5 to 4.x, classic sessions only):
 * so does every read of an event's field from Python (26 calls and ~16 releases per aggregation), so the
   proxies hand the events to a small Java class compiled at attach with Janino (which Spark SQL ships for
   its code generation): it drops what we never publish (AQE and metric updates, job ends inside SQL
-  executions) and sends one line of text per event we need, fields included. Without Janino (or if
-  compiling fails) the proxies call Python, which reads the fields itself;
+  executions) and describes each event we need in one line of text, fields included; an execution's
+  lines reach Python in one callback, at its end. Without Janino (or if compiling fails) the proxies
+  call Python, which reads the fields itself;
 * ``mlflow.autolog(disable=True)`` shuts the callback server down and py4j keeps the dead object, which
   ``ensure_callback_server_started`` takes for a live one: ``add_listener`` starts a fresh one then;
 * that shutdown (MLflow's Spark autologging also does it in ``SparkSession.stop``) hangs in py4j 0.10.9.x
@@ -59,6 +60,7 @@ __all__ = [
     "has_jvm",
     "local_run_id",
     "read_event",
+    "read_lines",
     "remove_listener",
     "run_id_from_tags",
     "set_run_conf",
@@ -148,19 +150,31 @@ _PROP_KEYS = (
     "sql.streaming.queryId",
 )
 _SEP = "\u0001"  # between a line's fields (removed from values); a value is "=" + text, or empty for null
+_LINES = "\u0002"  # between the lines of one callback
 _FILTER_SOURCE = r"""
 public class DatabricksNatsListenerFilter {
     private volatile java.util.function.Consumer out;
-    private final java.util.HashMap actions = new java.util.HashMap();  // RDD actions open (the bus thread only)
+    private final java.util.HashMap actions = new java.util.HashMap();  // RDD actions open
+    private final StringBuilder held = new StringBuilder();  // lines not sent yet
+    private int count = 0;
     private static final String[] KEYS = {@KEYS@};
 
     public void setOut(java.util.function.Consumer out) { this.out = out; }
 
-    private static String v(Object o) { return o == null ? "" : "=" + o.toString().replace('\u0001', ' '); }
+    private static String v(Object o) {
+        return o == null ? "" : "=" + o.toString().replace('\u0001', ' ').replace('\u0002', ' ');
+    }
 
-    private void send(String line) {
+    // An execution's lines go to Python in one callback, when it ends (each callback costs ~250 us there).
+    private synchronized void send(String line, boolean end) {
+        if (count++ > 0) held.append('\u0002');
+        held.append(line);
+        if (!end && count < 64) return;
+        String text = held.toString();
+        held.setLength(0);
+        count = 0;
         java.util.function.Consumer c = out;
-        if (c != null) c.accept(line);
+        if (c != null) c.accept(text);
     }
 
     public void jobStart(Object o) {
@@ -171,25 +185,26 @@ public class DatabricksNatsListenerFilter {
         b.append('\u0001').append(e.jobId()).append('\u0001').append(e.time());
         b.append('\u0001').append(e.stageInfos().size());
         for (int i = 0; i < KEYS.length; i++) b.append('\u0001').append(v(p == null ? null : p.getProperty(KEYS[i])));
-        send(b.toString());
+        send(b.toString(), false);
     }
 
     public void jobEnd(Object o) {
         org.apache.spark.scheduler.SparkListenerJobEnd e = (org.apache.spark.scheduler.SparkListenerJobEnd) o;
         if (actions.remove(Integer.valueOf(e.jobId())) == null) return;  // inside a SQL execution: its end says it
-        send("E\u0001" + e.jobId() + "\u0001" + e.time() + "\u0001" + v(e.jobResult()));
+        send("E\u0001" + e.jobId() + "\u0001" + e.time() + "\u0001" + v(e.jobResult()), true);
     }
 
     public void other(Object o) {
         if (o instanceof org.apache.spark.sql.execution.ui.SparkListenerSQLExecutionStart) {
             org.apache.spark.sql.execution.ui.SparkListenerSQLExecutionStart e =
                 (org.apache.spark.sql.execution.ui.SparkListenerSQLExecutionStart) o;
-            send("S\u0001" + e.executionId() + "\u0001" + e.time() + "\u0001" + v(e.description()));
+            send("S\u0001" + e.executionId() + "\u0001" + e.time() + "\u0001" + v(e.description()), false);
         } else if (o instanceof org.apache.spark.sql.execution.ui.SparkListenerSQLExecutionEnd) {
             org.apache.spark.sql.execution.ui.SparkListenerSQLExecutionEnd e =
                 (org.apache.spark.sql.execution.ui.SparkListenerSQLExecutionEnd) o;
             scala.Option m = e.errorMessage();
-            send("F\u0001" + e.executionId() + "\u0001" + e.time() + "\u0001" + v(m.isDefined() ? m.get() : null));
+            String error = v(m.isDefined() ? m.get() : null);
+            send("F\u0001" + e.executionId() + "\u0001" + e.time() + "\u0001" + error, true);
         }
     }
 }
@@ -412,8 +427,13 @@ def _value(field: str) -> str | None:
     return field[1:] if field else None
 
 
+def read_lines(text: str) -> list[SqlStart | SqlEnd | JobStart | JobEnd | None]:
+    """The records the lines of one of the JVM filter's callbacks describe, in order (no py4j call)."""
+    return [read_line(line) for line in text.split(_LINES)]
+
+
 def read_line(line: str) -> SqlStart | SqlEnd | JobStart | JobEnd | None:
-    """The record one line of the JVM filter describes (no py4j call)."""
+    """The record one line of the JVM filter describes."""
     kind, *f = line.split(_SEP)
     if kind == "J":
         props = Props(None, dict(zip(_PROP_KEYS, map(_value, f[3:]), strict=True)))
@@ -429,8 +449,6 @@ def read_line(line: str) -> SqlStart | SqlEnd | JobStart | JobEnd | None:
 
 def read_event(kind: str, jevent: Any) -> SqlStart | SqlEnd | JobStart | JobEnd | None:
     """Copy what we publish out of a JVM listener event (py4j calls: never on the listener bus thread)."""
-    if kind == "line":
-        return read_line(jevent)
     if kind == "job_start":
         return JobStart(jevent)
     if kind == "job_end":

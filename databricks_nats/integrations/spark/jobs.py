@@ -273,7 +273,8 @@ class JobListener(_JavaIdentity):
         return {name: _Tap(getattr(self, name)) for name in ("onJobStart", "onJobEnd", "onOtherEvent")}
 
     def line_tap(self) -> _Tap:
-        """A ``Consumer`` of the JVM-side filter's lines (one per event we need, its fields included)."""
+        """A ``Consumer`` of the JVM-side filter's lines (one per event we need, its fields included; an
+        execution's lines arrive together)."""
         return _Tap(self.onLine)
 
     def onLine(self, line: str) -> None:
@@ -314,9 +315,10 @@ class JobListener(_JavaIdentity):
                 self._queue.task_done()
                 return
             try:
-                record = _compat.read_event(*item)
-                if record is not None:
-                    tracker.handle(record)
+                kind, payload = item
+                for record in _compat.read_lines(payload) if kind == "line" else [_compat.read_event(kind, payload)]:
+                    if record is not None:
+                        tracker.handle(record)
             except Exception as e:  # noqa: BLE001 - a listener never breaks the driver
                 log.debug("databricks-nats: could not read a Spark listener event: %s", e)
             finally:
