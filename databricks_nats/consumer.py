@@ -19,9 +19,11 @@ from typing import Any
 
 from databricks_nats import _api
 from databricks_nats.errors import StreamError, WaitTimeout
+from databricks_nats.integrations.databricks import DatabricksSecrets
 from databricks_nats.model.events import Event
 from databricks_nats.model.filters import matches, subject_filter
 from databricks_nats.model.position import Start, StartPosition
+from databricks_nats.ports import SecretSource
 from databricks_nats.settings import Settings, resolve_settings
 from databricks_nats.transport import reader
 from databricks_nats.transport.errors import nats_errors, stream_error
@@ -97,9 +99,17 @@ class Subscription:
     """Events matching a filter, in stream order; iterate with ``for`` or ``async for``; close when done."""
 
     def __init__(
-        self, settings: Settings, filters: list[str], durable: str | None, start: Start, match: Match, dedupe: bool
+        self,
+        settings: Settings,
+        filters: list[str],
+        durable: str | None,
+        start: Start,
+        match: Match,
+        dedupe: bool,
+        secrets: SecretSource | None = None,
     ) -> None:
         self.settings = settings
+        self.secrets = secrets if secrets is not None else DatabricksSecrets()
         self.filters = filters
         self.durable = durable
         self.start = StartPosition.parse(start)
@@ -113,7 +123,7 @@ class Subscription:
     async def _open(self) -> None:
         from nats.js.api import AckPolicy, ConsumerConfig
 
-        self._nc = await reader.connect(self.settings, "consumer")
+        self._nc = await reader.connect(self.settings, "consumer", self.secrets)
         js = self._nc.jetstream()
         stream = self.settings.stream_name
         config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=60, max_ack_pending=1000)
@@ -229,6 +239,7 @@ def subscribe(
     keys: Any = None,
     subjects: list[str] | None = None,
     dedupe: bool = True,
+    secrets: SecretSource | None = None,
     **settings: Any,
 ) -> Subscription:
     """Subscribe to the events of ``event_type`` (default: every event of this workspace/env).
@@ -238,11 +249,12 @@ def subscribe(
     ``durable`` names a consumer that survives restarts and resumes after the last acknowledged event;
     ``start`` (for a new consumer) is ``"new"`` (default), ``"all"``, ``"last"``, a stream sequence, a time or
     a duration ago such as ``"10m"`` (``StartPosition``); an invalid one raises ``ConfigurationError``.
+    ``secrets`` reads a ``secret_scope`` or ``{{secrets/…}}`` references (default: Databricks secret scopes).
     """
     resolved = _settings(settings)
     fields = dict(match) if isinstance(match, Mapping) else {}
     filters = list(subjects or [subject_filter(resolved.namespace, event_type, keys, **fields)])
-    return Subscription(resolved, filters, durable, start, match, dedupe)
+    return Subscription(resolved, filters, durable, start, match, dedupe, secrets)
 
 
 def wait_for(

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from databricks_nats.model.position import StartPosition
+from databricks_nats.ports import SecretSource
 from databricks_nats.settings import Settings
 from databricks_nats.transport.errors import nats_errors
 from databricks_nats.transport.loop import run_sync  # re-exported for callers of reader.run_sync
@@ -23,8 +24,8 @@ FETCH = 500
 _IDLE = 30.0  # seconds before the server deletes an abandoned reader's consumer
 
 
-async def connect(settings: Settings, name: str = "reader") -> Any:
-    """A plain connection (no reconnect loop) with the configured credentials."""
+async def connect(settings: Settings, name: str = "reader", secrets: SecretSource | None = None) -> Any:
+    """A plain connection (no reconnect loop) with the configured credentials; ``secrets`` reads secret scopes."""
     import nats
 
     from databricks_nats.transport.auth import auth_options
@@ -38,7 +39,7 @@ async def connect(settings: Settings, name: str = "reader") -> Any:
             max_reconnect_attempts=1,  # without it nats-py retries an unreachable server for minutes
             reconnect_time_wait=0,
             error_cb=_quiet,  # failures surface as StreamError to the caller, not as nats-py's logged tracebacks
-            **auth_options(settings),
+            **auth_options(settings, secrets=secrets),
         )
 
 
