@@ -229,7 +229,7 @@ def test_an_injected_secret_source_supplies_the_secret_scopes_credentials(tmp_pa
         with databricks_nats.subscribe(
             "custom.auth.scope", keys=["k"], start="all", secrets=secrets, url=server.url, secret_scope="nats", **ns
         ) as sub:
-            assert sub.next(30).data == {"n": 1}
+            assert sub.next(30).data["n"] == 1
 
 
 def test_every_live_client_is_flushed_at_interpreter_exit(nats_server: NatsServer, tmp_path: Path) -> None:
