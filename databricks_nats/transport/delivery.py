@@ -177,8 +177,10 @@ class Sender:
                     ready.appendleft(rec)
                     self._stats.error("publish", f"{type(e).__name__}: {e}")
                     ok = False
-            if batch:  # built, never written: sent again, in order (before ``rec``)
+            if batch:  # built, never written: sent again, in order (before ``rec``), never flushed as sent
                 self.requeue(batch)
+                unsent = set(batch)
+                self._unflushed = [seq for seq in self._unflushed if seq not in unsent]
             return ok
         finally:
             self._stats.published += sent
