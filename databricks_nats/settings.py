@@ -4,27 +4,48 @@ Each field knows its environment variable (``DATABRICKS_NATS_<NAME>``), its Spar
 (``spark.databricks_nats.<name>``) and whether it is a secret. Secrets are held as ``Secret``, whose
 repr and str are masked, so no repr, log line or error message can show them.
 
+``Settings`` holds what the core needs (server, credentials, namespace, spool, stream). An integration
+declares its own knobs in a *section*: a frozen dataclass of ``setting(...)`` fields, registered here with
+``@register_section`` when its module is imported (``integrations/sections.py`` imports them all; this
+module imports no integration). A section's fields are settings like any other — same flat names,
+variables, file keys and Spark conf keys — and every ``Settings`` carries one instance of each registered
+section: read ``settings.section(MlflowSettings).metrics_mode`` (typed) or ``settings.metrics_mode``.
+
 The settings file (TOML, flat keys named like the settings) is where serverless compute, which has no
 cluster environment variables, gets its settings: see ``settings_file``. A secret's value may be a
-``{{secrets/<scope>/<key>}}`` reference, read from the Databricks secret scope at every (re)connect.
+``{{secrets/<scope>/<key>}}`` reference, read at every (re)connect through the client's secret source
+(``ports.SecretSource``; Databricks secret scopes by default).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from databricks_nats import config_file
 from databricks_nats.errors import ConfigurationError, SubjectError
 from databricks_nats.model.subjects import validate_name, validate_prefix
 
-__all__ = ["Secret", "ServerUrls", "Settings", "explain_settings", "resolve_settings", "settings_file"]
+__all__ = [
+    "Secret",
+    "ServerUrls",
+    "Settings",
+    "boolean",
+    "choice",
+    "explain_settings",
+    "non_negative",
+    "patterns",
+    "positive",
+    "register_section",
+    "resolve_settings",
+    "setting",
+    "settings_file",
+]
 
 ENV_PREFIX = "DATABRICKS_NATS_"
 SPARK_PREFIX = "spark.databricks_nats."
@@ -54,7 +75,7 @@ class Secret:
         return hash(self._value)
 
 
-def _bool(v: str | bool) -> bool:
+def boolean(v: str | bool) -> bool:
     if isinstance(v, bool):
         return v
     low = str(v).strip().lower()
@@ -111,7 +132,7 @@ class ServerUrls(tuple[str, ...]):
         return ServerUrls(item) if isinstance(index, slice) else item
 
 
-def _positive(kind: Callable[[Any], Any]) -> Callable[[Any], Any]:
+def positive(kind: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def parse(v: Any) -> Any:
         x = kind(v)
         if not x > 0 or x == float("inf"):  # also rejects NaN
@@ -121,7 +142,7 @@ def _positive(kind: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return parse
 
 
-def _non_negative(kind: Callable[[Any], Any]) -> Callable[[Any], Any]:
+def non_negative(kind: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def parse(v: Any) -> Any:
         x = kind(v)
         if not x >= 0 or x == float("inf"):  # also rejects NaN
@@ -131,7 +152,7 @@ def _non_negative(kind: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return parse
 
 
-def _choice(*options: str) -> Callable[[Any], str]:
+def choice(*options: str) -> Callable[[Any], str]:
     def parse(v: Any) -> str:
         s = str(v).strip().lower()
         if s not in options:
@@ -141,7 +162,8 @@ def _choice(*options: str) -> Callable[[Any], str]:
     return parse
 
 
-def _patterns(v: Any) -> tuple[str, ...]:
+def patterns(v: Any) -> tuple[str, ...]:
+    """Comma-separated (or a list of) glob patterns, lower-cased."""
     items = v.split(",") if isinstance(v, str) else list(v)
     return tuple(p.strip().lower() for p in items if p.strip())
 
@@ -184,82 +206,109 @@ def _default_spool_dir() -> str:
     return os.path.join(base, "databricks-nats", "spool")
 
 
-def _f(default: Any, parse: Callable[[Any], Any], secret: bool = False, doc: str = "") -> Any:
+def setting(default: Any, parse: Callable[[Any], Any], secret: bool = False, doc: str = "") -> Any:
+    """A settings field (of ``Settings`` or of a section): its default, parser, secrecy and one-line doc."""
     return field(default=default, metadata={"parse": parse, "secret": secret, "doc": doc})
+
+
+S = TypeVar("S")
+
+# Registered sections by qualified class name, in registration order (the order ``describe`` lists them);
+# a Settings holds its section instances sorted by that name, so equal settings compare and hash alike.
+_SECTIONS: dict[str, type[Any]] = {}
+_CONTAINER = "sections"  # the field of Settings that holds the section instances (not a setting)
+
+
+def _key(kind: type[Any]) -> str:
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def register_section(kind: type[S]) -> type[S]:
+    """Class decorator: make this frozen dataclass of ``setting(...)`` fields a section of ``Settings``.
+
+    Its fields become settings with flat names (``DATABRICKS_NATS_<NAME>``, file key, Spark conf key); a name
+    taken by the core or another section is refused. Registering the same class again (a reload) replaces it.
+    """
+    if not dataclasses.is_dataclass(kind) or not kind.__dataclass_params__.frozen:  # type: ignore[attr-defined]
+        raise TypeError(f"{kind.__qualname__}: a section is a frozen dataclass")
+    taken = {f.name for f in dataclasses.fields(Settings)} | {
+        f.name for k, other in _SECTIONS.items() if k != _key(kind) for f in dataclasses.fields(other)
+    }
+    for f in dataclasses.fields(kind):
+        if f.name in taken or f.name.startswith("_") or hasattr(Settings, f.name):
+            raise TypeError(f"{kind.__qualname__}.{f.name}: the setting name is already taken")
+        if "parse" not in f.metadata:
+            raise TypeError(f"{kind.__qualname__}.{f.name}: declare it with setting(default, parse, ...)")
+    _SECTIONS[_key(kind)] = kind
+    return kind
 
 
 @dataclass(frozen=True)
 class Settings:
     """Everything the publisher needs; build with ``resolve_settings`` (or ``configure``)."""
 
-    url: ServerUrls = _f(ServerUrls(("nats://127.0.0.1:4222",)), _urls, doc="NATS server URLs, comma-separated")
-    env: str = _f("dev", str, doc="environment name; a subject token (dev, staging, prod…)")
-    workspace: str = _f("local", str, doc="workspace token in subjects; the numeric workspace id on Databricks")
-    subject_prefix: str = _f("dbx", str, doc="first token(s) of every subject")
-    mode: str = _f("jetstream", _choice("jetstream", "core"), doc="jetstream (acked, durable) or core")
-    creds: Secret | None = _f(None, _secret, True, "NATS .creds: a file path or the content")
-    token: Secret | None = _f(None, _secret, True, "NATS token")
-    user: str | None = _f(None, _opt_str, doc="NATS user name")
-    password: Secret | None = _f(None, _secret, True, "NATS password")
-    nkey_seed: Secret | None = _f(None, _secret, True, "NKey seed: a file path or the seed")
-    tls_ca: str | None = _f(None, _opt_str, doc="CA certificate(s) that verify the server: a PEM file path or PEM")
-    tls_cert: str | None = _f(None, _opt_str, doc="client certificate (mutual TLS): a PEM file path or PEM")
-    tls_key: Secret | None = _f(None, _secret, True, "client certificate's private key: a PEM file path or PEM")
-    tls_hostname: str | None = _f(None, _opt_str, doc="server name expected in its certificate, if not the URL's")
-    secret_scope: str | None = _f(None, _opt_str, doc="Databricks secret scope holding the NATS credentials")
-    secret_keys: tuple[tuple[str, str], ...] = _f(
+    url: ServerUrls = setting(ServerUrls(("nats://127.0.0.1:4222",)), _urls, doc="NATS server URLs, comma-separated")
+    env: str = setting("dev", str, doc="environment name; a subject token (dev, staging, prod…)")
+    workspace: str = setting("local", str, doc="workspace token in subjects; the numeric workspace id on Databricks")
+    subject_prefix: str = setting("dbx", str, doc="first token(s) of every subject")
+    mode: str = setting("jetstream", choice("jetstream", "core"), doc="jetstream (acked, durable) or core")
+    creds: Secret | None = setting(None, _secret, True, "NATS .creds: a file path or the content")
+    token: Secret | None = setting(None, _secret, True, "NATS token")
+    user: str | None = setting(None, _opt_str, doc="NATS user name")
+    password: Secret | None = setting(None, _secret, True, "NATS password")
+    nkey_seed: Secret | None = setting(None, _secret, True, "NKey seed: a file path or the seed")
+    tls_ca: str | None = setting(None, _opt_str, doc="CA certificate(s) that verify the server: a PEM file path or PEM")
+    tls_cert: str | None = setting(None, _opt_str, doc="client certificate (mutual TLS): a PEM file path or PEM")
+    tls_key: Secret | None = setting(None, _secret, True, "client certificate's private key: a PEM file path or PEM")
+    tls_hostname: str | None = setting(None, _opt_str, doc="server name expected in its certificate, if not the URL's")
+    secret_scope: str | None = setting(None, _opt_str, doc="Databricks secret scope holding the NATS credentials")
+    secret_keys: tuple[tuple[str, str], ...] = setting(
         DEFAULT_SECRET_KEYS, _secret_keys, doc="credential=key pairs read from the secret scope (comma-separated)"
     )
-    credentials_ttl: float = _f(5.0, _positive(float), doc="seconds resolved credentials are reused by reconnects")
-    detect_context: bool = _f(True, _bool, doc="detect the Databricks workspace, cluster, notebook and job")
-    context_timeout: float = _f(2.0, _positive(float), doc="seconds the Databricks SDK may take to name the workspace")
-    disabled: bool = _f(False, _bool, doc="true gives a no-op publisher")
-    strict: bool = _f(False, _bool, doc="raise publishing errors instead of logging them (tests)")
-    spool_dir: str = _f("", str, doc="directory of the durable spool; empty for the default cache dir")
-    spool_max_bytes: int = _f(512 * 1024 * 1024, _positive(int), doc="disk bound of the spool; oldest dropped beyond")
-    spool_sync: str = _f(
+    credentials_ttl: float = setting(5.0, positive(float), doc="seconds resolved credentials are reused by reconnects")
+    detect_context: bool = setting(True, boolean, doc="detect the Databricks workspace, cluster, notebook and job")
+    context_timeout: float = setting(
+        2.0, positive(float), doc="seconds the Databricks SDK may take to name the workspace"
+    )
+    disabled: bool = setting(False, boolean, doc="true gives a no-op publisher")
+    strict: bool = setting(False, boolean, doc="raise publishing errors instead of logging them (tests)")
+    spool_dir: str = setting("", str, doc="directory of the durable spool; empty for the default cache dir")
+    spool_max_bytes: int = setting(
+        512 * 1024 * 1024, positive(int), doc="disk bound of the spool; oldest dropped beyond"
+    )
+    spool_sync: str = setting(
         "write-behind",
-        _choice("write-behind", "immediate"),
+        choice("write-behind", "immediate"),
         doc="write-behind (an event may live only in memory for 50 ms) or immediate (on disk before emit returns)",
     )
-    memory_max_events: int = _f(
-        10_000, _positive(int), doc="encoded events held in memory before spilling to disk only"
+    memory_max_events: int = setting(
+        10_000, positive(int), doc="encoded events held in memory before spilling to disk only"
     )
-    queue_max_events: int = _f(
-        100_000, _positive(int), doc="emitted events awaiting the worker; beyond it new ones are dropped"
+    queue_max_events: int = setting(
+        100_000, positive(int), doc="emitted events awaiting the worker; beyond it new ones are dropped"
     )
-    max_event_bytes: int = _f(8192, _positive(int), doc="size cap of one event; data is trimmed to fit")
-    max_inflight: int = _f(1024, _positive(int), doc="JetStream publishes awaiting their ack")
-    ack_timeout: float = _f(5.0, _positive(float), doc="seconds before an unacked publish is retried")
-    exit_flush_timeout: float = _f(5.0, _positive(float), doc="seconds the atexit flush waits")
-    connect_timeout: float = _f(2.0, _positive(float), doc="seconds per connection attempt")
-    stream: str = _f("", str, doc="JetStream stream name; empty for DBX_<WORKSPACE>_<ENV>")
-    auto_create_stream: bool = _f(True, _bool, doc="create the stream at first connect when it is missing")
-    stream_max_age: float = _f(7 * 86400.0, _positive(float), doc="stream retention in seconds")
-    stream_max_bytes: int = _f(-1, int, doc="stream size bound in bytes (-1: unlimited)")
-    stream_duplicate_window: float = _f(3600.0, _positive(float), doc="JetStream de-duplication window in seconds")
-    stream_replicas: int = _f(1, _positive(int), doc="stream replicas (3 on a cluster)")
-    stream_storage: str = _f("file", _choice("file", "memory"), doc="stream storage")
-    client_name: str = _f("databricks-nats", str, doc="connection name shown in NATS monitoring")
-    metrics_mode: str = _f("coalesce", _choice("coalesce", "every", "off"), doc="MLflow metric events per run")
-    metrics_interval: float = _f(1.0, _positive(float), doc="seconds between coalesced metric events of one run")
-    spark_progress_interval: float = _f(
-        10.0, _non_negative(float), doc="seconds between published progress events of one streaming query"
-    )
-    spark_min_execution_ms: int = _f(
-        1000, _non_negative(int), doc="Spark executions this long are published one by one; shorter ones are counted"
-    )
-    spark_summary_interval: float = _f(30.0, _positive(float), doc="seconds between summaries of short executions")
-    deny_keys: tuple[str, ...] = _f(
-        ("*password*", "*secret*", "*token*", "*credential*", "*api_key*", "*apikey*", "*private_key*"),
-        _patterns,
-        doc="glob patterns of param/tag keys never published (comma-separated)",
-    )
-    allow_keys: tuple[str, ...] = _f(
-        (), _patterns, doc="when set, only param/tag keys matching these globs are published"
-    )
+    max_event_bytes: int = setting(8192, positive(int), doc="size cap of one event; data is trimmed to fit")
+    max_inflight: int = setting(1024, positive(int), doc="JetStream publishes awaiting their ack")
+    ack_timeout: float = setting(5.0, positive(float), doc="seconds before an unacked publish is retried")
+    exit_flush_timeout: float = setting(5.0, positive(float), doc="seconds the atexit flush waits")
+    connect_timeout: float = setting(2.0, positive(float), doc="seconds per connection attempt")
+    stream: str = setting("", str, doc="JetStream stream name; empty for DBX_<WORKSPACE>_<ENV>")
+    auto_create_stream: bool = setting(True, boolean, doc="create the stream at first connect when it is missing")
+    stream_max_age: float = setting(7 * 86400.0, positive(float), doc="stream retention in seconds")
+    stream_max_bytes: int = setting(-1, int, doc="stream size bound in bytes (-1: unlimited)")
+    stream_duplicate_window: float = setting(3600.0, positive(float), doc="JetStream de-duplication window in seconds")
+    stream_replicas: int = setting(1, positive(int), doc="stream replicas (3 on a cluster)")
+    stream_storage: str = setting("file", choice("file", "memory"), doc="stream storage")
+    client_name: str = setting("databricks-nats", str, doc="connection name shown in NATS monitoring")
+    # One instance of each registered section (the defaults for those not given), in a canonical order.
+    sections: tuple[Any, ...] = field(default=(), repr=False)
+
+    if TYPE_CHECKING:  # a section's settings read as attributes (``settings.metrics_mode``) are copies, typed Any
+
+        def __getattr__(self, name: str) -> Any: ...
 
     def __post_init__(self) -> None:
+        self._fill_sections()
         if not isinstance(self.url, ServerUrls):  # built directly (not resolved): masked all the same
             object.__setattr__(self, "url", ServerUrls((self.url,) if isinstance(self.url, str) else self.url))
         try:
@@ -278,6 +327,24 @@ class Settings:
         if self.max_event_bytes < 1024:
             raise ConfigurationError("max_event_bytes", "must be at least 1024")
 
+    def _fill_sections(self) -> None:
+        given = {_key(type(s)): s for s in self.sections}
+        unknown = [k for k, s in given.items() if not dataclasses.is_dataclass(s) or k not in _SECTIONS]
+        if unknown:
+            raise ConfigurationError(_CONTAINER, f"not a registered settings section: {unknown[0]}")
+        full = tuple(given[k] if k in given else _SECTIONS[k]() for k in sorted(_SECTIONS))
+        object.__setattr__(self, _CONTAINER, full)
+        for section in full:  # the flat names: plain attributes, so reads cost nothing and survive pickling
+            for f in dataclasses.fields(section):
+                object.__setattr__(self, f.name, getattr(section, f.name))
+
+    def section(self, kind: type[S]) -> S:
+        """This settings' instance of the section ``kind`` (its defaults if it was registered after they were built)."""
+        for found in self.sections:
+            if type(found) is kind:
+                return found
+        return kind()
+
     @property
     def namespace(self) -> str:
         """``prefix.workspace.env``: the subject namespace this process publishes under."""
@@ -290,6 +357,8 @@ class Settings:
         parts = [*self.subject_prefix.upper().split("."), self.workspace, self.env]
         name = "_".join(parts)
         if any("_" in p for p in parts):  # "a_b"+"c" and "a"+"b_c" must not share a stream
+            import hashlib  # here: ``import databricks_nats`` resolves no stream name
+
             name += "_" + hashlib.sha256(self.namespace.encode()).hexdigest()[:8]
         return name
 
@@ -300,14 +369,22 @@ class Settings:
 
     def __repr__(self) -> str:
         shown = ", ".join(
-            f"{f.name}={getattr(self, f.name)!r}"  # secrets and the URLs' passwords mask themselves
-            for f in dataclasses.fields(self)
-            if getattr(self, f.name) != f.default
+            f"{f.name}={getattr(owner, f.name)!r}"  # secrets and the URLs' passwords mask themselves
+            for owner in (self, *self.sections)
+            for f in dataclasses.fields(owner)
+            if f.name != _CONTAINER and getattr(owner, f.name) != f.default
         )
         return f"Settings({shown})"
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+def _fields() -> dict[str, tuple[type[Any] | None, dataclasses.Field[Any]]]:
+    """Every setting by name: (its section class, or None for the core; its field), core first."""
+    out: dict[str, tuple[type[Any] | None, dataclasses.Field[Any]]] = {
+        f.name: (None, f) for f in dataclasses.fields(Settings) if f.name != _CONTAINER
+    }
+    for kind in _SECTIONS.values():
+        out.update((f.name, (kind, f)) for f in dataclasses.fields(kind))
+    return out
 
 
 def _spark_conf() -> Mapping[str, str]:
@@ -321,7 +398,7 @@ def _spark_conf() -> Mapping[str, str]:
         if spark is None:
             return {}
         out = {}
-        for name in _FIELDS:
+        for name in _fields():
             value = spark.conf.get(SPARK_PREFIX + name, None)
             if value is not None:
                 out[name] = value
@@ -338,9 +415,10 @@ def settings_file(environ: Mapping[str, str] | None = None) -> tuple[str, str] |
 def _file_values(path: str) -> dict[str, Any]:
     """The settings of a settings file; unknown keys and unreadable files are ConfigurationErrors."""
     values = config_file.load(path)
-    unknown = sorted(set(values) - set(_FIELDS))
+    known = _fields()
+    unknown = sorted(set(values) - set(known))
     if unknown:
-        raise ConfigurationError("config", f"{path}: unknown setting {unknown[0]!r}; known: {', '.join(_FIELDS)}")
+        raise ConfigurationError("config", f"{path}: unknown setting {unknown[0]!r}; known: {', '.join(known)}")
     return values
 
 
@@ -349,9 +427,10 @@ def _sources(
 ) -> list[tuple[str, Callable[[str], Any]]]:
     """The raw value of each setting from each source, highest precedence first: (origin, lookup)."""
     environ = os.environ if environ is None else environ
-    unknown = set(kwargs) - set(_FIELDS)
+    known = _fields()
+    unknown = set(kwargs) - set(known)
     if unknown:
-        raise ConfigurationError(sorted(unknown)[0], f"unknown setting; known: {', '.join(sorted(_FIELDS))}")
+        raise ConfigurationError(sorted(unknown)[0], f"unknown setting; known: {', '.join(sorted(known))}")
     found = settings_file(environ)
     file_values = _file_values(found[0]) if found else {}
     conf = _spark_conf() if spark_conf is None else spark_conf
@@ -373,19 +452,20 @@ def _resolve(
     environ: Mapping[str, str] | None, spark_conf: Mapping[str, str] | None, kwargs: Mapping[str, Any]
 ) -> tuple[Settings, dict[str, str]]:
     sources = _sources(environ, spark_conf, kwargs)
-    values: dict[str, Any] = {}
+    values: dict[type[Any] | None, dict[str, Any]] = {None: {}, **{kind: {} for kind in _SECTIONS.values()}}
     origins: dict[str, str] = {}
-    for name, f in _FIELDS.items():
+    for name, (owner, f) in _fields().items():
         origin, raw = next(((o, v) for o, lookup in sources if (v := lookup(name)) is not None), ("", None))
         if raw is None:
             continue
         try:
-            values[name] = f.metadata["parse"](raw)
+            values[owner][name] = f.metadata["parse"](raw)
         except (TypeError, ValueError) as e:
             shown = "****" if f.metadata["secret"] else (redact_url(repr(raw)) if name == "url" else repr(raw))[:80]
             raise ConfigurationError(name, f"{e} (from {_origin_name(origin, name)}, value {shown})") from None
         origins[name] = origin
-    return Settings(**values), origins
+    sections = tuple(kind(**given) for kind, given in values.items() if kind is not None)
+    return Settings(**values[None], sections=sections), origins
 
 
 def resolve_settings(
@@ -404,4 +484,4 @@ def explain_settings(
 
 def describe() -> list[tuple[str, str, bool, str]]:
     """(setting, environment variable, secret, description) for every setting, for docs and the CLI."""
-    return [(n, ENV_PREFIX + n.upper(), f.metadata["secret"], f.metadata["doc"]) for n, f in _FIELDS.items()]
+    return [(n, ENV_PREFIX + n.upper(), f.metadata["secret"], f.metadata["doc"]) for n, (_, f) in _fields().items()]
