@@ -84,12 +84,18 @@ def test_sigkilled_publisher_is_replayed_from_its_spool_without_loss_or_duplicat
     child = subprocess.Popen([sys.executable, "-c", _CHILD, str(ids_file)], env=env, stdout=subprocess.PIPE, text=True)
     secured = 0
     assert child.stdout is not None
+    assert fresh_server.proc is not None
+    paused = False
     for line in child.stdout:
         secured, acked = map(int, line.split())  # secured: the first N events are acked or on disk
-        if acked >= 1000 and secured >= acked + 200:  # some events stored, some in flight or spooled
+        if acked >= 1000 and not paused:  # some events stored; then the server stops answering (SIGSTOP),
+            fresh_server.proc.send_signal(signal.SIGSTOP)  # so what follows stays unacked, in flight or spooled
+            paused = True
+        if paused and secured >= acked + 200:
             break
     child.send_signal(signal.SIGKILL)
     child.wait()
+    fresh_server.proc.send_signal(signal.SIGCONT)
     emitted = [x for x in ids_file.read_text().splitlines() if len(x) == 36]
     resumed = subprocess.run([sys.executable, "-c", _RESUME], env=env, capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
