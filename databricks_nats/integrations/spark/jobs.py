@@ -178,7 +178,7 @@ class ExecutionTracker:
     def _publish(self) -> None:  # the lock is held: batches and summaries reach the publisher in order
         items, self._batch = self._batch, []
         if items:
-            _emit_many(items)
+            _api.emit_many(items)  # one hand-over: one publisher wake
 
     def _count(self, ex: _Execution, duration: int) -> None:
         with self._lock:
@@ -208,16 +208,6 @@ class ExecutionTracker:
                 data = {**s, "app_id": self.app_id, "window_s": self.summary_interval, "mlflow_run_ids": runs}
                 self._batch.append(("spark.execution.summary", data))
             self._publish()
-
-
-def _emit_many(items: list[tuple[str, dict[str, Any]]]) -> None:
-    """One hand-over to the publisher (``emit_many`` where the API has it; a burst of ``emit`` shares a wake)."""
-    many = getattr(_api, "emit_many", None)
-    if many is not None:
-        many(items)
-        return
-    for event_type, data in items:
-        _api.emit(event_type, data)
 
 
 _live: weakref.WeakSet[ExecutionTracker] = weakref.WeakSet()
