@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import typing
 
+from databricks_nats import _sections
 from databricks_nats._lazy import lazy_exports as _lazy_exports
 from databricks_nats._version import __version__
 from databricks_nats.errors import (
@@ -28,6 +29,9 @@ from databricks_nats.errors import (
     SubjectError,
     WaitTimeout,
 )
+
+# The integrations' settings sections (MLflow's, Spark's), imported when settings are first built.
+_sections.declare("databricks_nats.integrations.sections")
 
 if typing.TYPE_CHECKING:
     from typing import Any

@@ -6,10 +6,11 @@ repr and str are masked, so no repr, log line or error message can show them.
 
 ``Settings`` holds what the core needs (server, credentials, namespace, spool, stream). An integration
 declares its own knobs in a *section*: a frozen dataclass of ``setting(...)`` fields, registered here with
-``@register_section`` when its module is imported (``integrations/sections.py`` imports them all; this
-module imports no integration). A section's fields are settings like any other — same flat names,
-variables, file keys and Spark conf keys — and every ``Settings`` carries one instance of each registered
-section: read ``settings.section(MlflowSettings).metrics_mode`` (typed) or ``settings.metrics_mode``.
+``@register_section`` when its module is imported. The package root declares ``integrations/sections.py``
+(``_sections.declare``), which is imported the first time settings are built: this module names no
+integration. A section's fields are settings like any other (same flat names, variables, file keys and
+Spark conf keys), and every ``Settings`` carries one instance of each registered section: read
+``settings.section(MlflowSettings).metrics_mode`` (typed) or ``settings.metrics_mode``.
 
 The settings file (TOML, flat keys named like the settings) is where serverless compute, which has no
 cluster environment variables, gets its settings: see ``settings_file``. A secret's value may be a
@@ -27,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from databricks_nats import config_file
+from databricks_nats import _sections, config_file
 from databricks_nats.errors import ConfigurationError, SubjectError
 from databricks_nats.model.subjects import validate_name, validate_prefix
 
@@ -328,6 +329,7 @@ class Settings:
             raise ConfigurationError("max_event_bytes", "must be at least 1024")
 
     def _fill_sections(self) -> None:
+        _sections.load()
         given = {_key(type(s)): s for s in self.sections}
         unknown = [k for k, s in given.items() if not dataclasses.is_dataclass(s) or k not in _SECTIONS]
         if unknown:
@@ -337,6 +339,13 @@ class Settings:
         for section in full:  # the flat names: plain attributes, so reads cost nothing and survive pickling
             for f in dataclasses.fields(section):
                 object.__setattr__(self, f.name, getattr(section, f.name))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled by value, each section by its registered name: unpickling (a Spark Connect listener's process)
+        imports the section modules the way ``_sections.load`` does, not through their packages."""
+        core = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != _CONTAINER}
+        parts = {_key(type(x)): {f.name: getattr(x, f.name) for f in dataclasses.fields(x)} for x in self.sections}
+        return (_unpickle, (core, parts))
 
     def section(self, kind: type[S]) -> S:
         """This settings' instance of the section ``kind`` (its defaults if it was registered after they were built)."""
@@ -377,8 +386,16 @@ class Settings:
         return f"Settings({shown})"
 
 
+def _unpickle(core: dict[str, Any], parts: dict[str, dict[str, Any]]) -> Settings:
+    _sections.load()
+    return Settings(
+        **core, sections=tuple(_SECTIONS[key](**values) for key, values in parts.items() if key in _SECTIONS)
+    )
+
+
 def _fields() -> dict[str, tuple[type[Any] | None, dataclasses.Field[Any]]]:
     """Every setting by name: (its section class, or None for the core; its field), core first."""
+    _sections.load()
     out: dict[str, tuple[type[Any] | None, dataclasses.Field[Any]]] = {
         f.name: (None, f) for f in dataclasses.fields(Settings) if f.name != _CONTAINER
     }
@@ -451,6 +468,7 @@ def _origin_name(origin: str, name: str) -> str:
 def _resolve(
     environ: Mapping[str, str] | None, spark_conf: Mapping[str, str] | None, kwargs: Mapping[str, Any]
 ) -> tuple[Settings, dict[str, str]]:
+    _sections.load()
     sources = _sources(environ, spark_conf, kwargs)
     values: dict[type[Any] | None, dict[str, Any]] = {None: {}, **{kind: {} for kind in _SECTIONS.values()}}
     origins: dict[str, str] = {}
