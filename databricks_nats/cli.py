@@ -201,11 +201,12 @@ async def _doctor(settings: Any, timeout: float, say: Any, problem: Any) -> None
     import nats
     from nats.js.errors import NotFoundError
 
+    from databricks_nats.integrations.databricks import DatabricksSecrets
     from databricks_nats.settings import redact_url
     from databricks_nats.transport.auth import CredentialProvider, credentials_source
     from databricks_nats.transport.stream import _differences, wanted_config
 
-    provider = CredentialProvider(settings)
+    provider = CredentialProvider(settings, secrets=DatabricksSecrets())
     await asyncio.get_running_loop().run_in_executor(None, provider.refresh)
     if provider.last_error:
         problem(f"credentials from {credentials_source(settings)}: {provider.last_error}")

@@ -153,3 +153,31 @@ def test_doctor_prints_where_each_setting_came_from_and_never_a_secret(nats_serv
     assert "hunter2-secret" not in out + proc.stderr
     assert "spark.jobs:" in out
     assert "mlflow:" in out
+
+
+def test_doctor_reads_credentials_from_the_secret_scope(databricks_stub: Any, tmp_path: Path):
+    """doctor connects with the token held in the Databricks secret scope (read through the SDK's own
+    environment auth, against the REST stub), and never prints it."""
+    from tests.databricks.conftest import PAT
+
+    config = tmp_path / "auth.conf"
+    config.write_text('authorization { token: "sc0pe-token" }\n')
+    databricks_stub.secrets = {("nats", "nats-token"): "sc0pe-token"}
+    with NatsServer(config=str(config)) as server:
+        env = _clean_env(
+            DATABRICKS_NATS_URL=server.url,
+            DATABRICKS_NATS_SECRET_SCOPE="nats",
+            DATABRICKS_NATS_DETECT_CONTEXT="false",
+            DATABRICKS_HOST=databricks_stub.url,
+            DATABRICKS_TOKEN=PAT,
+            HOME=str(tmp_path),
+        )
+        proc = subprocess.run(
+            [sys.executable, "-m", "databricks_nats.cli", "doctor", "--timeout", "5"],
+            capture_output=True, text=True, env=env, timeout=120, check=False,
+        )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert "credentials" in out, out
+    assert "secret scope 'nats'" in out, out
+    assert "cannot connect" not in out, out
+    assert "sc0pe-token" not in out
