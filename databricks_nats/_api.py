@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from databricks_nats.client import (
+    EmitItem,
     NoopPublisher,
     adopt,
     build_transport,
@@ -88,8 +89,8 @@ def emit(
     return client.emit(event_type, data, keys=keys, dataref=dataref)
 
 
-def emit_many(items: Iterable[tuple[str, Mapping[str, Any] | None]]) -> int:
-    """Publish ``(event_type, data)`` pairs in one hand-over to the publisher; return how many it took."""
+def emit_many(items: Iterable[EmitItem]) -> int:
+    """Publish ``(event_type, data[, time_ns])`` items in one hand-over to the publisher; return how many it took."""
     try:
         client = current_client()
     except Exception as e:  # noqa: BLE001 - fail-open: the environment's settings do not resolve

@@ -55,6 +55,9 @@ __all__ = [
 
 log = logging.getLogger("databricks_nats")
 
+EmitItem = tuple[str, Mapping[str, Any] | None] | tuple[str, Mapping[str, Any] | None, int]
+"""What ``emit_many`` takes: ``(event_type, data)``, or ``(event_type, data, time_ns)`` for an earlier event."""
+
 
 class NoopPublisher:
     """The publisher when ``disabled`` is set: accepts and discards everything."""
@@ -278,10 +281,12 @@ class Client:
             self.fail(e, f"emit({event_type!r})")
             return None
 
-    def emit_many(self, items: Iterable[tuple[str, Mapping[str, Any] | None]]) -> int:
+    def emit_many(self, items: Iterable[EmitItem]) -> int:
         """Publish ``(event_type, data)`` pairs in one hand-over to the publisher; return how many it took.
 
-        A pair that cannot become an event is refused as ``emit`` refuses it (fail-open); the others go.
+        An item may carry a third member, the event's time in nanoseconds since the epoch, when it happened
+        before the hand-over (a batch). One that cannot become an event is refused as ``emit`` refuses it
+        (fail-open); the others go.
         """
         try:
             transport = self._transport
@@ -292,9 +297,10 @@ class Client:
             self.fail(e, "emit_many()")
             return 0
         events: list[Event] = []
-        for event_type, data in items:
+        for event_type, data, *when in items:
             try:
-                events.append(new_event(event_type, jsonsafe.snapshot(data, cap, _checked(event_type, data))))
+                snapshot = jsonsafe.snapshot(data, cap, _checked(event_type, data))
+                events.append(new_event(event_type, snapshot, time_ns=when[0] if when else None))
             except Exception as e:  # noqa: BLE001 - fail-open, per event
                 self.fail(e, f"emit({event_type!r})")
         if not events:

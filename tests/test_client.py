@@ -117,6 +117,17 @@ def test_emit_many_hands_over_every_good_pair_and_refuses_the_bad_ones(nats_serv
         databricks_nats.emit_many(items)
 
 
+def test_emit_many_keeps_the_time_an_item_happened(nats_server: NatsServer, tmp_path: Path) -> None:
+    """An item handed over later (a batch) carries its own time: the event's ``time`` is that, not the hand-over."""
+    then = 1_700_000_000_123_456_000  # 2023-11-14T22:13:20.123456Z
+    with _client(nats_server, tmp_path, _ns()) as client:
+        assert client.emit_many([("custom.batch.item", {"n": 1}, then), ("custom.batch.item", {"n": 2})]) == 2
+        assert client.flush(30).ok
+        times = [m["envelope"]["time"] for m in read_stream(nats_server.url, client.settings.stream_name)]
+    assert times[0] == "2023-11-14T22:13:20.123456Z"
+    assert times[1] > "2026"
+
+
 def test_capture_swaps_the_default_client_and_restores_it() -> None:
     """Inside capture() the default client is one over the capture; afterwards the previous one is back."""
     before = current_client()

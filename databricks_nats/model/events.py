@@ -79,14 +79,19 @@ def _current_traceparent() -> str | None:
     return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
 
 
-def new_event(type: str, data: Mapping[str, Any], *, keys: Any = None, dataref: str | None = None) -> Event:
-    """Create an event in the caller's thread (cheap: id, time and trace context only)."""
+def new_event(
+    type: str, data: Mapping[str, Any], *, keys: Any = None, dataref: str | None = None, time_ns: int | None = None
+) -> Event:
+    """Create an event in the caller's thread (cheap: id, time and trace context only).
+
+    ``time_ns`` is when it happened, if not now (an event handed over later, in a batch)."""
     return Event(
         type,
         data,
         keys=tuple(str(k) for k in keys) if keys is not None else None,
         dataref=dataref,
         traceparent=_current_traceparent(),
+        time_ns=time_ns,
     )
 
 

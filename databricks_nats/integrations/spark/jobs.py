@@ -90,7 +90,7 @@ class ExecutionTracker:
         self._summary: dict[str, Any] | None = None
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
-        self._batch: list[tuple[str, dict[str, Any]]] = []  # execution events not yet handed to the publisher
+        self._batch: list[tuple[str, dict[str, Any], int]] = []  # execution events not yet handed to the publisher
         self._due = 0.0  # monotonic time at which the batch is published
         _live.add(self)
 
@@ -158,7 +158,7 @@ class ExecutionTracker:
         with self._lock:
             if not self._batch:
                 self._due = time.monotonic() + self.linger
-            self._batch.append((event_type, data))
+            self._batch.append((event_type, data, time.time_ns()))  # its time: now, not the hand-over
             if len(self._batch) >= BATCH_MAX:
                 self._publish()
 
@@ -206,7 +206,7 @@ class ExecutionTracker:
             if s:
                 runs = sorted(s.pop("runs"))
                 data = {**s, "app_id": self.app_id, "window_s": self.summary_interval, "mlflow_run_ids": runs}
-                self._batch.append(("spark.execution.summary", data))
+                self._batch.append(("spark.execution.summary", data, time.time_ns()))
             self._publish()
 
 
