@@ -188,7 +188,8 @@ def _doctor_settings(args: argparse.Namespace) -> Any:
 
 def _shown(settings: Any, name: str) -> str:
     """A setting's value as doctor prints it: secrets never, URLs without passwords."""
-    from databricks_nats.settings import describe, redact_url
+    from databricks_nats.settings import describe
+    from databricks_nats.values import redact_url
 
     if dict((n, secret) for n, _, secret, _ in describe())[name]:
         return "(secret)"
@@ -202,9 +203,9 @@ async def _doctor(settings: Any, timeout: float, say: Any, problem: Any) -> None
     from nats.js.errors import NotFoundError
 
     from databricks_nats.integrations.databricks import DatabricksSecrets
-    from databricks_nats.settings import redact_url
     from databricks_nats.transport.auth import CredentialProvider, credentials_source
     from databricks_nats.transport.stream import _differences, wanted_config
+    from databricks_nats.values import redact_url
 
     provider = CredentialProvider(settings, secrets=DatabricksSecrets())
     await asyncio.get_running_loop().run_in_executor(None, provider.refresh)

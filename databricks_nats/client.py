@@ -25,13 +25,13 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from databricks_nats._exit import at_exit
+from databricks_nats._factory import NoopPublisher, build_transport, default_context, default_secrets, make_encoder
 from databricks_nats.errors import DatabricksNatsError, FlushTimeout, PublishError, StreamError
 from databricks_nats.model import catalog, jsonsafe
-from databricks_nats.model.events import Encoder, Event, new_event
+from databricks_nats.model.events import Event, new_event
 from databricks_nats.ports import ContextProvider, FlushResult, SecretSource, Transport, plain_context
-from databricks_nats.settings import Settings, redact_url, resolve_settings
-from databricks_nats.transport.publisher import Publisher
-from databricks_nats.transport.spool import open_spool
+from databricks_nats.settings import Settings, resolve_settings
+from databricks_nats.values import redact_url
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -57,68 +57,6 @@ log = logging.getLogger("databricks_nats")
 
 EmitItem = tuple[str, Mapping[str, Any] | None] | tuple[str, Mapping[str, Any] | None, int]
 """What ``emit_many`` takes: ``(event_type, data)``, or ``(event_type, data, time_ns)`` for an earlier event."""
-
-
-class NoopPublisher:
-    """The publisher when ``disabled`` is set: accepts and discards everything."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._count = 0
-
-    def emit(self, event: Event) -> None:
-        self._count += 1
-
-    def emit_many(self, events: Iterable[Event]) -> None:
-        for _ in events:
-            self._count += 1
-
-    def flush(self, timeout: float = 10.0) -> FlushResult:
-        return FlushResult(True, 0)
-
-    def stats(self) -> dict[str, Any]:
-        return {"disabled": True, "emitted": self._count, "dropped": {"disabled": self._count}, "pending": 0}
-
-    def close(self, timeout: float = 5.0) -> FlushResult:
-        return FlushResult(True, 0)
-
-
-def make_encoder(settings: Settings, context: Mapping[str, Any]) -> Any:
-    """The function the worker uses to turn an Event into (subject, payload), given ``max_bytes``."""
-    return Encoder(namespace=settings.namespace, workspace=settings.workspace, env=settings.env, context=dict(context))
-
-
-def default_secrets() -> SecretSource:
-    """The secret source a client uses unless given one: Databricks secret scopes (databricks-sdk, when read)."""
-    from databricks_nats.integrations.databricks import DatabricksSecrets
-
-    return DatabricksSecrets()
-
-
-def default_context() -> ContextProvider:
-    """The context provider a client uses unless given one: the Databricks workspace, cluster, notebook, job."""
-    from databricks_nats.integrations.databricks import DatabricksContextProvider
-
-    return DatabricksContextProvider()
-
-
-def build_transport(
-    settings: Settings, context: Mapping[str, Any] | None = None, *, secrets: SecretSource | None = None
-) -> Transport:
-    """A publisher for these settings: no-op when disabled, else the background publisher.
-
-    ``secrets`` reads secret scopes and ``{{secrets/…}}`` references (default: Databricks secret scopes).
-    """
-    if settings.disabled:
-        return NoopPublisher(settings)
-    spool = open_spool(settings.spool_path, settings.spool_max_bytes)
-    encoder = make_encoder(settings, context or plain_context(settings))
-    publisher = Publisher(settings, spool, encoder, secrets=secrets if secrets is not None else default_secrets())
-    adopted = getattr(spool, "adopted", 0)
-    if adopted:
-        publisher.stats_.replayed = adopted
-        log.info("databricks-nats: re-publishing %d event(s) left by a previous process", adopted)
-    return publisher
 
 
 def _clip(text: str, limit: int = 300) -> str:

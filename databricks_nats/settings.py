@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +30,21 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from databricks_nats import _sections, config_file
 from databricks_nats.errors import ConfigurationError, SubjectError
 from databricks_nats.model.subjects import validate_name, validate_prefix
+from databricks_nats.values import (
+    DEFAULT_SECRET_KEYS,
+    Secret,
+    ServerUrls,
+    boolean,
+    choice,
+    non_negative,
+    parse_optional,
+    parse_secret,
+    parse_secret_keys,
+    parse_urls,
+    patterns,
+    positive,
+    redact_url,
+)
 
 __all__ = [
     "Secret",
@@ -51,153 +65,6 @@ __all__ = [
 ENV_PREFIX = "DATABRICKS_NATS_"
 SPARK_PREFIX = "spark.databricks_nats."
 CONFIG_PARAMETER = config_file.CONFIG_PARAMETER
-
-
-class Secret:
-    """A secret value: masked in repr/str; call ``reveal()`` at the one place that needs it."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('****')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-
-def boolean(v: str | bool) -> bool:
-    if isinstance(v, bool):
-        return v
-    low = str(v).strip().lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError("expected true/false")
-
-
-def _urls(v: str | tuple[str, ...] | list[str]) -> ServerUrls:
-    items = [u.strip() for u in (v.split(",") if isinstance(v, str) else v) if u.strip()]
-    if not items:
-        raise ValueError("expected one or more server URLs, comma-separated")
-    for u in items:
-        scheme = u.split("://", 1)[0] if "://" in u else ""
-        if scheme not in ("nats", "tls", "ws", "wss"):
-            raise ValueError(f"URL must start with nats://, tls://, ws:// or wss:// (got scheme {scheme or 'none'!r})")
-    return ServerUrls(items)
-
-
-# The userinfo of every URL in a text: after "scheme://", up to the last "@" before a space or comma, so a password
-# holding "/", "@" or a quote is masked whole; then the userinfo of bare "user:pass@host" words with no scheme.
-_SCHEMED = re.compile(r"(?P<lead>[A-Za-z][A-Za-z0-9+.-]*://)[^\s,]*@")
-_BARE = re.compile(r"(?<![^\s,'\"(\[])(?![^\s,]*://)[^\s,'\"(\[][^\s,]*@")
-
-
-def redact_url(url: str) -> str:
-    """A server URL (or a text holding URLs) with any embedded user:password replaced by ****."""
-    if "@" not in url:
-        return url
-    return _BARE.sub("****@", _SCHEMED.sub(r"\g<lead>****@", url))
-
-
-class ServerUrls(tuple[str, ...]):
-    """The ``url`` setting: a tuple of the real server URLs (what the client connects with), whose ``str`` and
-    ``repr`` mask any user:password embedded in them (``nats://****@host:4222``), so a log line, an error
-    message or a notebook cell that shows the setting never shows a password."""
-
-    __slots__ = ()
-
-    def redacted(self) -> tuple[str, ...]:
-        """The URLs with any user:password replaced by ****."""
-        return tuple(redact_url(u) for u in self)
-
-    def __repr__(self) -> str:
-        return repr(self.redacted())
-
-    def __str__(self) -> str:
-        return ", ".join(self.redacted())
-
-    def __getitem__(self, index: Any) -> Any:
-        item = tuple.__getitem__(self, index)
-        return ServerUrls(item) if isinstance(index, slice) else item
-
-
-def positive(kind: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    def parse(v: Any) -> Any:
-        x = kind(v)
-        if not x > 0 or x == float("inf"):  # also rejects NaN
-            raise ValueError("must be a positive, finite number")
-        return x
-
-    return parse
-
-
-def non_negative(kind: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    def parse(v: Any) -> Any:
-        x = kind(v)
-        if not x >= 0 or x == float("inf"):  # also rejects NaN
-            raise ValueError("must be zero or a positive, finite number")
-        return x
-
-    return parse
-
-
-def choice(*options: str) -> Callable[[Any], str]:
-    def parse(v: Any) -> str:
-        s = str(v).strip().lower()
-        if s not in options:
-            raise ValueError(f"expected one of {', '.join(options)}")
-        return s
-
-    return parse
-
-
-def patterns(v: Any) -> tuple[str, ...]:
-    """Comma-separated (or a list of) glob patterns, lower-cased."""
-    items = v.split(",") if isinstance(v, str) else list(v)
-    return tuple(p.strip().lower() for p in items if p.strip())
-
-
-def _secret(v: Any) -> Secret | None:
-    if v is None or isinstance(v, Secret):
-        return v
-    s = str(v)
-    return Secret(s) if s else None
-
-
-def _opt_str(v: Any) -> str | None:
-    return str(v) if v not in (None, "") else None
-
-
-CREDENTIAL_KINDS = ("creds", "token", "user", "password", "nkey_seed", "tls_cert", "tls_key", "tls_ca")
-DEFAULT_SECRET_KEYS = tuple((k, "nats-" + k.replace("_", "-")) for k in CREDENTIAL_KINDS)
-
-
-def _secret_keys(v: Any) -> tuple[tuple[str, str], ...]:
-    """``kind=key`` pairs (comma-separated, or a mapping): which secret-scope key holds which credential."""
-    pairs = list(v.items()) if isinstance(v, Mapping) else v
-    if isinstance(v, str):
-        pairs = [p.split("=", 1) if "=" in p else [p, ""] for p in v.split(",") if p.strip()]
-    out = []
-    for kind, key in pairs:
-        kind, key = str(kind).strip(), str(key).strip()
-        if kind not in CREDENTIAL_KINDS:
-            raise ValueError(f"unknown credential {kind!r}; known: {', '.join(CREDENTIAL_KINDS)}")
-        if not key:
-            raise ValueError(f"expected {kind}=<secret key>")
-        out.append((kind, key))
-    return tuple(out)
 
 
 def _default_spool_dir() -> str:
@@ -248,23 +115,31 @@ def register_section(kind: type[S]) -> type[S]:
 class Settings:
     """Everything the publisher needs; build with ``resolve_settings`` (or ``configure``)."""
 
-    url: ServerUrls = setting(ServerUrls(("nats://127.0.0.1:4222",)), _urls, doc="NATS server URLs, comma-separated")
+    url: ServerUrls = setting(
+        ServerUrls(("nats://127.0.0.1:4222",)), parse_urls, doc="NATS server URLs, comma-separated"
+    )
     env: str = setting("dev", str, doc="environment name; a subject token (dev, staging, prod…)")
     workspace: str = setting("local", str, doc="workspace token in subjects; the numeric workspace id on Databricks")
     subject_prefix: str = setting("dbx", str, doc="first token(s) of every subject")
     mode: str = setting("jetstream", choice("jetstream", "core"), doc="jetstream (acked, durable) or core")
-    creds: Secret | None = setting(None, _secret, True, "NATS .creds: a file path or the content")
-    token: Secret | None = setting(None, _secret, True, "NATS token")
-    user: str | None = setting(None, _opt_str, doc="NATS user name")
-    password: Secret | None = setting(None, _secret, True, "NATS password")
-    nkey_seed: Secret | None = setting(None, _secret, True, "NKey seed: a file path or the seed")
-    tls_ca: str | None = setting(None, _opt_str, doc="CA certificate(s) that verify the server: a PEM file path or PEM")
-    tls_cert: str | None = setting(None, _opt_str, doc="client certificate (mutual TLS): a PEM file path or PEM")
-    tls_key: Secret | None = setting(None, _secret, True, "client certificate's private key: a PEM file path or PEM")
-    tls_hostname: str | None = setting(None, _opt_str, doc="server name expected in its certificate, if not the URL's")
-    secret_scope: str | None = setting(None, _opt_str, doc="Databricks secret scope holding the NATS credentials")
+    creds: Secret | None = setting(None, parse_secret, True, "NATS .creds: a file path or the content")
+    token: Secret | None = setting(None, parse_secret, True, "NATS token")
+    user: str | None = setting(None, parse_optional, doc="NATS user name")
+    password: Secret | None = setting(None, parse_secret, True, "NATS password")
+    nkey_seed: Secret | None = setting(None, parse_secret, True, "NKey seed: a file path or the seed")
+    tls_ca: str | None = setting(
+        None, parse_optional, doc="CA certificate(s) that verify the server: a PEM file path or PEM"
+    )
+    tls_cert: str | None = setting(None, parse_optional, doc="client certificate (mutual TLS): a PEM file path or PEM")
+    tls_key: Secret | None = setting(
+        None, parse_secret, True, "client certificate's private key: a PEM file path or PEM"
+    )
+    tls_hostname: str | None = setting(
+        None, parse_optional, doc="server name expected in its certificate, if not the URL's"
+    )
+    secret_scope: str | None = setting(None, parse_optional, doc="Databricks secret scope holding the NATS credentials")
     secret_keys: tuple[tuple[str, str], ...] = setting(
-        DEFAULT_SECRET_KEYS, _secret_keys, doc="credential=key pairs read from the secret scope (comma-separated)"
+        DEFAULT_SECRET_KEYS, parse_secret_keys, doc="credential=key pairs read from the secret scope (comma-separated)"
     )
     credentials_ttl: float = setting(5.0, positive(float), doc="seconds resolved credentials are reused by reconnects")
     detect_context: bool = setting(True, boolean, doc="detect the Databricks workspace, cluster, notebook and job")

@@ -23,6 +23,7 @@ LAYERS = {
     "databricks_nats.errors": 0,
     "databricks_nats.model": 0,
     "databricks_nats._sections": 1,
+    "databricks_nats.values": 1,
     "databricks_nats.config_file": 1,
     "databricks_nats.jobparams": 1,
     "databricks_nats.settings": 1,

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from databricks_nats.errors import ConfigurationError, DatabricksNatsError
-from databricks_nats.settings import Secret, Settings, redact_url, resolve_settings
+from databricks_nats.settings import Secret, Settings, resolve_settings
+from databricks_nats.values import redact_url
 
 
 def _resolve(environ: dict[str, str] | None = None, spark_conf: dict[str, str] | None = None, **kw: Any) -> Settings:

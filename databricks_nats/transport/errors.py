@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Iterator
 
 from databricks_nats.errors import DatabricksNatsError, StreamError
-from databricks_nats.settings import redact_url
+from databricks_nats.values import redact_url
 
 __all__ = ["nats_errors", "stream_error"]
 

@@ -8,7 +8,7 @@ from collections import Counter, deque
 from collections.abc import Iterable
 from typing import Any
 
-from databricks_nats.settings import redact_url
+from databricks_nats.values import redact_url
 
 __all__ = ["RateLimitedLog", "Stats"]
 

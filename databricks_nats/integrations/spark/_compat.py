@@ -151,64 +151,17 @@ _PROP_KEYS = (
 )
 _SEP = "\u0001"  # between a line's fields (removed from values); a value is "=" + text, or empty for null
 _LINES = "\u0002"  # between the lines of one callback
-_FILTER_SOURCE = r"""
-public class DatabricksNatsListenerFilter {
-    private volatile java.util.function.Consumer out;
-    private final java.util.HashMap actions = new java.util.HashMap();  // RDD actions open
-    private final StringBuilder held = new StringBuilder();  // lines not sent yet
-    private int count = 0;
-    private static final String[] KEYS = {@KEYS@};
+_FILTER_FILE = "listener_filter.java"  # compiled with Janino: the filter's Java source, shipped beside this module
 
-    public void setOut(java.util.function.Consumer out) { this.out = out; }
 
-    private static String v(Object o) {
-        return o == null ? "" : "=" + o.toString().replace('\u0001', ' ').replace('\u0002', ' ');
-    }
+def _filter_source() -> str:
+    """The filter's Java source, with the local property keys it forwards."""
+    from importlib.resources import files
 
-    // An execution's lines go to Python in one callback, when it ends (each callback costs ~250 us there).
-    private synchronized void send(String line, boolean end) {
-        if (count++ > 0) held.append('\u0002');
-        held.append(line);
-        if (!end && count < 64) return;
-        String text = held.toString();
-        held.setLength(0);
-        count = 0;
-        java.util.function.Consumer c = out;
-        if (c != null) c.accept(text);
-    }
+    text = files(__package__).joinpath(_FILTER_FILE).read_text(encoding="utf-8")
+    return text.replace("@KEYS@", ", ".join(f'"{key}"' for key in _PROP_KEYS))
 
-    public void jobStart(Object o) {
-        org.apache.spark.scheduler.SparkListenerJobStart e = (org.apache.spark.scheduler.SparkListenerJobStart) o;
-        java.util.Properties p = e.properties();
-        if (p == null || p.getProperty(KEYS[0]) == null) actions.put(Integer.valueOf(e.jobId()), Boolean.TRUE);
-        StringBuilder b = new StringBuilder("J");
-        b.append('\u0001').append(e.jobId()).append('\u0001').append(e.time());
-        b.append('\u0001').append(e.stageInfos().size());
-        for (int i = 0; i < KEYS.length; i++) b.append('\u0001').append(v(p == null ? null : p.getProperty(KEYS[i])));
-        send(b.toString(), false);
-    }
 
-    public void jobEnd(Object o) {
-        org.apache.spark.scheduler.SparkListenerJobEnd e = (org.apache.spark.scheduler.SparkListenerJobEnd) o;
-        if (actions.remove(Integer.valueOf(e.jobId())) == null) return;  // inside a SQL execution: its end says it
-        send("E\u0001" + e.jobId() + "\u0001" + e.time() + "\u0001" + v(e.jobResult()), true);
-    }
-
-    public void other(Object o) {
-        if (o instanceof org.apache.spark.sql.execution.ui.SparkListenerSQLExecutionStart) {
-            org.apache.spark.sql.execution.ui.SparkListenerSQLExecutionStart e =
-                (org.apache.spark.sql.execution.ui.SparkListenerSQLExecutionStart) o;
-            send("S\u0001" + e.executionId() + "\u0001" + e.time() + "\u0001" + v(e.description()), false);
-        } else if (o instanceof org.apache.spark.sql.execution.ui.SparkListenerSQLExecutionEnd) {
-            org.apache.spark.sql.execution.ui.SparkListenerSQLExecutionEnd e =
-                (org.apache.spark.sql.execution.ui.SparkListenerSQLExecutionEnd) o;
-            scala.Option m = e.errorMessage();
-            String error = v(m.isDefined() ? m.get() : null);
-            send("F\u0001" + e.executionId() + "\u0001" + e.time() + "\u0001" + error, true);
-        }
-    }
-}
-""".replace("@KEYS@", ", ".join(f'"{key}"' for key in _PROP_KEYS))
 _filters: tuple[Any, Any] | None = None  # (gateway, the compiled class or None when it cannot be)
 
 
@@ -221,7 +174,7 @@ def _jvm_filter(gateway: Any, out: Any) -> Any:
             jvm = gateway.jvm
             compiler = jvm.org.codehaus.janino.SimpleCompiler()
             compiler.setParentClassLoader(jvm.org.apache.spark.util.Utils.getContextOrSparkClassLoader())
-            compiler.cook(_FILTER_SOURCE)
+            compiler.cook(_filter_source())
             _filters = (gateway, compiler.getClassLoader().loadClass(_FILTER_CLASS))
         cls = _filters[1]
         if cls is None:

@@ -49,7 +49,8 @@ from pyspark.sql.streaming.listener import StreamingQueryListener
 from databricks_nats.client import adopt, current_client
 from databricks_nats.integrations.spark import _compat
 from databricks_nats.integrations.spark.jobs import error_class
-from databricks_nats.settings import Settings, redact_url
+from databricks_nats.settings import Settings
+from databricks_nats.values import redact_url
 
 __all__ = ["NatsStreamingListener", "sink_table"]
 
