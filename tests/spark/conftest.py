@@ -51,3 +51,13 @@ def attached(spark: Any) -> Iterator[Callable[..., Any]]:
 
     yield attach
     nats_spark.detach(spark)
+
+
+def fail_a_query(spark: Any, rows: int = 3) -> None:
+    """Run a query that fails in Spark (ANSI integer division by zero) and expect the failure."""
+    spark.conf.set("spark.sql.ansi.enabled", "true")
+    try:
+        with pytest.raises(Exception, match="DIVIDE_BY_ZERO"):
+            spark.range(rows).selectExpr("1 DIV (id - id) AS boom").collect()
+    finally:
+        spark.conf.unset("spark.sql.ansi.enabled")

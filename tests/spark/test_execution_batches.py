@@ -22,7 +22,7 @@ import pytest
 from databricks_nats import spark as nats_spark
 from databricks_nats.integrations.spark import _compat, jobs
 from databricks_nats.testing import NatsServer, read_stream
-from tests.spark.conftest import wait_until
+from tests.spark.conftest import fail_a_query, wait_until
 
 N = 7
 
@@ -93,12 +93,7 @@ def test_summary_follows_the_executions_before_it(spark: Any, published: Any, mo
     attachment = nats_spark.attach(spark, min_execution_ms=10_000_000, summary_interval=3600)
     try:
         spark.range(3).collect()
-        spark.conf.set("spark.sql.ansi.enabled", "true")
-        try:
-            with pytest.raises(Exception, match="DIVIDE_BY_ZERO"):
-                spark.range(3).selectExpr("1 DIV (id - id)").collect()
-        finally:
-            spark.conf.unset("spark.sql.ansi.enabled")
+        fail_a_query(spark)
         assert _held(spark, attachment, 1)
     finally:
         nats_spark.detach(spark)
@@ -200,12 +195,7 @@ def _workload(spark: Any) -> None:
         spark.range(5).collect()
     finally:
         spark.sparkContext.setJobDescription(None)
-    spark.conf.set("spark.sql.ansi.enabled", "true")
-    try:
-        with pytest.raises(Exception, match="DIVIDE_BY_ZERO"):
-            spark.range(3).selectExpr("1 DIV (id - id)").collect()
-    finally:
-        spark.conf.unset("spark.sql.ansi.enabled")
+    fail_a_query(spark)
 
 
 def test_the_jvm_filter_and_the_python_reads_publish_the_same(

@@ -9,7 +9,7 @@ import pytest
 
 from databricks_nats import spark as nats_spark
 from databricks_nats.integrations.spark import _compat
-from tests.spark.conftest import wait_until
+from tests.spark.conftest import fail_a_query, wait_until
 
 
 def _executions(published: Any, action: str = "") -> list[dict[str, Any]]:
@@ -40,12 +40,7 @@ def test_successful_action_publishes_one_execution_event(spark: Any, published: 
 def test_failed_action_publishes_error_and_class(spark: Any, published: Any, attached: Any) -> None:
     """An action that fails is always published, with Spark's error message and error class."""
     attached(min_execution_ms=10_000_000)
-    spark.conf.set("spark.sql.ansi.enabled", "true")
-    try:
-        with pytest.raises(Exception, match="DIVIDE_BY_ZERO"):
-            spark.range(10).selectExpr("1 DIV (id - id) AS boom").collect()
-    finally:
-        spark.conf.unset("spark.sql.ansi.enabled")
+    fail_a_query(spark, 10)
     found = wait_until(lambda: _executions(published, "failed"), spark)
     assert len(found) == 1
     assert "by zero" in found[0]["error"]
