@@ -11,13 +11,14 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from databricks_nats.errors import ConfigurationError
 from databricks_nats.model.events import Encoder, Event
-from databricks_nats.ports import ContextProvider, FlushResult, SecretSource, Transport, plain_context
+from databricks_nats.ports import ContextProvider, FlushResult, SecretSource, TokenSource, Transport, plain_context
 from databricks_nats.settings import Settings
 from databricks_nats.transport.publisher import Publisher
 from databricks_nats.transport.spool import open_spool
 
-__all__ = ["NoopPublisher", "build_transport", "default_context", "default_secrets", "make_encoder"]
+__all__ = ["NoopPublisher", "build_transport", "default_context", "default_identity", "default_secrets", "make_encoder"]
 
 log = logging.getLogger("databricks_nats")
 
@@ -65,18 +66,39 @@ def default_context() -> ContextProvider:
     return DatabricksContextProvider()
 
 
+def default_identity(settings: Settings) -> TokenSource | None:
+    """The identity token source these settings name (``oidc_token``, ``aws_iam``), or None."""
+    if not (settings.oidc_token or settings.aws_iam):
+        return None  # without importing the identity package
+    from databricks_nats.integrations.identity.sources import token_source
+
+    return token_source(settings)
+
+
 def build_transport(
-    settings: Settings, context: Mapping[str, Any] | None = None, *, secrets: SecretSource | None = None
+    settings: Settings,
+    context: Mapping[str, Any] | None = None,
+    *,
+    secrets: SecretSource | None = None,
+    identity: TokenSource | None = None,
 ) -> Transport:
     """A publisher for these settings: no-op when disabled, else the background publisher.
 
-    ``secrets`` reads secret scopes and ``{{secrets/…}}`` references (default: Databricks secret scopes).
+    ``secrets`` reads secret scopes and ``{{secrets/…}}`` references (default: Databricks secret scopes);
+    ``identity`` gets the identity token (default: the source the settings name, see ``default_identity``).
     """
     if settings.disabled:
         return NoopPublisher(settings)
     spool = open_spool(settings.spool_path, settings.spool_max_bytes)
     encoder = make_encoder(settings, context or plain_context(settings))
-    publisher = Publisher(settings, spool, encoder, secrets=secrets if secrets is not None else default_secrets())
+    if identity is None:
+        try:
+            identity = default_identity(settings)
+        except ConfigurationError:
+            spool.close()
+            raise
+    secrets = secrets if secrets is not None else default_secrets()
+    publisher = Publisher(settings, spool, encoder, secrets=secrets, identity=identity)
     adopted = getattr(spool, "adopted", 0)
     if adopted:
         publisher.stats_.replayed = adopted

@@ -25,11 +25,18 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from databricks_nats._exit import at_exit
-from databricks_nats._factory import NoopPublisher, build_transport, default_context, default_secrets, make_encoder
+from databricks_nats._factory import (
+    NoopPublisher,
+    build_transport,
+    default_context,
+    default_identity,
+    default_secrets,
+    make_encoder,
+)
 from databricks_nats.errors import DatabricksNatsError, FlushTimeout, PublishError, StreamError
 from databricks_nats.model import catalog, jsonsafe
 from databricks_nats.model.events import Event, new_event
-from databricks_nats.ports import ContextProvider, FlushResult, SecretSource, Transport, plain_context
+from databricks_nats.ports import ContextProvider, FlushResult, SecretSource, TokenSource, Transport, plain_context
 from databricks_nats.settings import Settings, resolve_settings
 from databricks_nats.values import redact_url
 
@@ -119,7 +126,8 @@ class Client:
 
     ``settings``, or keyword settings resolved like ``configure``'s (keyword > ``DATABRICKS_NATS_*`` >
     settings file > Spark conf > defaults). ``context`` finds where the process runs (default: Databricks
-    detection); ``secrets`` reads secret scopes (default: Databricks secret scopes); ``transport`` stands in
+    detection); ``secrets`` reads secret scopes (default: Databricks secret scopes); ``identity`` gets the
+    identity token when ``oidc_token`` or ``aws_iam`` is set (default: the source they name); ``transport`` stands in
     for the publisher (``testing.Capture``, a test's own). The publisher starts on first use; ``close``
     flushes and stops it (a later use starts a new one). Usable as a context manager.
     """
@@ -130,6 +138,7 @@ class Client:
         *,
         context: ContextProvider | None = None,
         secrets: SecretSource | None = None,
+        identity: TokenSource | None = None,
         transport: Transport | None = None,
         **overrides: Any,
     ) -> None:
@@ -138,6 +147,7 @@ class Client:
         resolved = settings if settings is not None else resolve_settings(**overrides)
         self.context_provider: ContextProvider = context if context is not None else default_context()
         self.secrets: SecretSource = secrets if secrets is not None else default_secrets()
+        self.identity = identity
         self._settings, self.context = self.context_provider.detect(resolved)
         self._lock = threading.RLock()
         self._transport: Transport | None = None
@@ -169,7 +179,9 @@ class Client:
             return current_client().start()
         with self._lock:
             if self._transport is None:
-                self._transport = build_transport(self._settings, self.context, secrets=self.secrets)
+                self._transport = build_transport(
+                    self._settings, self.context, secrets=self.secrets, identity=self.identity
+                )
                 _live_add(self)
             return self._transport
 
@@ -287,6 +299,7 @@ class Client:
         from databricks_nats.transport.stream import ensure_stream_async
 
         settings, secrets = self.settings, self.secrets
+        identity = self.identity if self.identity is not None else default_identity(settings)
 
         async def run() -> StreamReport:
             try:
@@ -294,7 +307,7 @@ class Client:
                     list(settings.url),
                     connect_timeout=settings.connect_timeout,
                     allow_reconnect=False,
-                    **auth_options(settings, secrets=secrets),
+                    **auth_options(settings, secrets=secrets, identity=identity),
                 )
             except Exception as e:
                 raise StreamError(f"cannot connect to NATS at {settings.url}: {type(e).__name__}") from e

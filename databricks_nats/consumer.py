@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 from databricks_nats import _api
+from databricks_nats._factory import default_identity
 from databricks_nats.errors import StreamError, WaitTimeout
 from databricks_nats.integrations.databricks import DatabricksSecrets
 from databricks_nats.model.events import Event
@@ -123,7 +124,7 @@ class Subscription:
     async def _open(self) -> None:
         from nats.js.api import AckPolicy, ConsumerConfig
 
-        self._nc = await reader.connect(self.settings, "consumer", self.secrets)
+        self._nc = await reader.connect(self.settings, "consumer", self.secrets, default_identity(self.settings))
         js = self._nc.jetstream()
         stream = self.settings.stream_name
         config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=60, max_ack_pending=1000)

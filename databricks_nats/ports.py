@@ -2,7 +2,8 @@
 
 The core (settings, transport) never imports an integration. A ``Client`` is given a ``SecretSource`` and a
 ``ContextProvider``; the Databricks ones (``integrations.databricks``) are the defaults the surfaces inject.
-Tests inject their own.
+A client that publishes as its own identity (``oidc_token``, ``aws_iam``) is given a ``TokenSource``
+(``integrations.identity.sources`` builds the default one from the settings). Tests inject their own.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from databricks_nats.values import Secret
+
 if TYPE_CHECKING:
     from databricks_nats.model.events import Event
     from databricks_nats.settings import Settings
@@ -18,9 +21,11 @@ if TYPE_CHECKING:
 __all__ = [
     "ContextProvider",
     "FlushResult",
+    "IdentityToken",
     "MappingSecrets",
     "NoContext",
     "SecretSource",
+    "TokenSource",
     "Transport",
     "plain_context",
 ]
@@ -36,6 +41,38 @@ class SecretSource(Protocol):
     """
 
     def get(self, scope: str, key: str) -> str | None: ...
+
+
+@dataclass(frozen=True, repr=False)
+class IdentityToken:
+    """A short-lived proof of who the client is (an OIDC JWT, a signed AWS request), presented as the NATS token.
+
+    ``expires_at`` (epoch seconds, None when unknown) is when it stops being accepted: the client gets a new one
+    before then. ``source`` says where it came from, never what it is.
+    """
+
+    value: Secret
+    expires_at: float | None
+    source: str
+
+    def __repr__(self) -> str:
+        return f"IdentityToken(from {self.source})"
+
+
+@runtime_checkable
+class TokenSource(Protocol):
+    """Gets a fresh identity token (reads a file, runs a command, asks an SDK).
+
+    ``fast`` sources (a file, a variable) are read on the connection's loop at every connect; the others on a
+    thread of their own, ahead of the token's expiry. Raises ``ConfigurationError`` (no value in the message)
+    when no token can be had.
+    """
+
+    @property
+    def description(self) -> str: ...
+    @property
+    def fast(self) -> bool: ...
+    def token(self) -> IdentityToken: ...
 
 
 @runtime_checkable

@@ -40,6 +40,7 @@ from databricks_nats.values import (
     parse_optional,
     parse_secret,
     parse_secret_keys,
+    parse_token_locator,
     parse_urls,
     patterns,
     positive,
@@ -141,6 +142,21 @@ class Settings:
     secret_keys: tuple[tuple[str, str], ...] = setting(
         DEFAULT_SECRET_KEYS, parse_secret_keys, doc="credential=key pairs read from the secret scope (comma-separated)"
     )
+    oidc_token: str | None = setting(
+        None,
+        parse_token_locator,
+        doc="identity: the OIDC token presented to the auth service: env:VAR, file:PATH (re-read at every connect), "
+        "command:CMD or databricks (the Databricks SDK's OAuth token)",
+    )
+    aws_iam: bool = setting(
+        False, boolean, doc="identity: present a signed sts:GetCallerIdentity (the instance profile; the aws extra)"
+    )
+    aws_region: str | None = setting(
+        None, parse_optional, doc="identity: the region of the STS endpoint aws_iam signs for (default: global)"
+    )
+    identity_audience: str | None = setting(
+        None, parse_optional, doc="identity: the auth service's audience the aws_iam proof is bound to"
+    )
     credentials_ttl: float = setting(5.0, positive(float), doc="seconds resolved credentials are reused by reconnects")
     detect_context: bool = setting(True, boolean, doc="detect the Databricks workspace, cluster, notebook and job")
     context_timeout: float = setting(
@@ -202,6 +218,18 @@ class Settings:
             raise ConfigurationError("stream_duplicate_window", "must not exceed stream_max_age")
         if self.max_event_bytes < 1024:
             raise ConfigurationError("max_event_bytes", "must be at least 1024")
+        self._check_identity()
+
+    def _check_identity(self) -> None:
+        """An identity (``oidc_token`` or ``aws_iam``) is the whole credential: never mixed with a static one."""
+        chosen = [n for n in ("oidc_token", "aws_iam") if getattr(self, n)]
+        if len(chosen) > 1:
+            raise ConfigurationError("aws_iam", "choose one identity: oidc_token or aws_iam, not both")
+        static = [n for n in ("creds", "token", "password", "nkey_seed", "secret_scope") if getattr(self, n)]
+        if chosen and static:
+            raise ConfigurationError(
+                chosen[0], f"an identity replaces static credentials: unset {', '.join(static)} or {chosen[0]}"
+            )
 
     def _fill_sections(self) -> None:
         _sections.load()

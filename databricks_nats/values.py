@@ -154,6 +154,27 @@ def parse_optional(v: Any) -> str | None:
     return str(v) if v not in (None, "") else None
 
 
+TOKEN_LOCATORS = "env:<VARIABLE>, file:<path>, command:<command line> or databricks"
+
+
+def parse_token_locator(v: Any) -> str | None:
+    """Where an identity token comes from: ``env:NAME``, ``file:PATH`` (an absolute path alone is a file),
+    ``command:CMD`` or ``databricks`` (the Databricks SDK's OAuth token for the current identity)."""
+    if v in (None, ""):
+        return None
+    text = str(v).strip()
+    if text == "databricks":
+        return text
+    if text.startswith("/"):
+        return "file:" + text
+    kind, sep, rest = text.partition(":")
+    if not sep or kind not in ("env", "file", "command") or not rest.strip():
+        raise ValueError(f"expected one of {TOKEN_LOCATORS}")
+    if kind == "env" and not rest.replace("_", "a").isalnum():
+        raise ValueError("env: takes an environment variable name")
+    return f"{kind}:{rest.strip()}"
+
+
 CREDENTIAL_KINDS = ("creds", "token", "user", "password", "nkey_seed", "tls_cert", "tls_key", "tls_ca")
 DEFAULT_SECRET_KEYS = tuple((k, "nats-" + k.replace("_", "-")) for k in CREDENTIAL_KINDS)
 

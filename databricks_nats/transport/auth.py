@@ -2,7 +2,10 @@
 
 Chain: settings (keyword arguments, then ``DATABRICKS_NATS_*``; a value may be a file path, read again at
 every resolution) > the secret scope ``secret_scope``. The first that holds any secret credential supplies
-all of them; non-secret ``user``/``tls_ca``/``tls_cert`` settings complete a secret-scope set.
+all of them; non-secret ``user``/``tls_ca``/``tls_cert`` settings complete a secret-scope set. An identity
+(``oidc_token`` or ``aws_iam``) replaces the static credentials: its token comes from the ``TokenSource`` the
+caller gives (``ports.py``) and is presented as the NATS token to the auth-callout service, which answers
+with a short-lived NATS user. It is re-read before it expires and at every connect.
 
 Secret scopes and ``{{secrets/<scope>/<key>}}`` references are read through the ``SecretSource`` the caller
 gives (``ports.py``; the Databricks one is ``integrations.databricks.DatabricksSecrets``): this module imports
@@ -20,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -32,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from databricks_nats.errors import ConfigurationError
-from databricks_nats.ports import SecretSource
+from databricks_nats.ports import SecretSource, TokenSource
 from databricks_nats.settings import Secret, Settings
 
 __all__ = [
@@ -40,6 +44,7 @@ __all__ = [
     "Credentials",
     "auth_options",
     "credentials_source",
+    "require_identity_source",
     "require_nkeys",
     "require_secret_source",
     "resolve_credentials",
@@ -54,6 +59,8 @@ _ALL_KINDS = ("creds", "token", "user", "password", "nkey_seed", "tls_ca", "tls_
 def _is_path(value: str) -> bool:
     return "\n" not in value and len(value) < 4096 and os.path.isfile(os.path.expanduser(value))
 
+
+_REFRESH_BEFORE = 60.0  # seconds before an identity token expires that a new one is read (at most)
 
 _SECRET_REF = re.compile(r"\{\{\s*secrets/([^/{}\s]+)/([^/{}\s]+)\s*\}\}")
 
@@ -89,6 +96,17 @@ def require_secret_source(settings: Settings, secrets: SecretSource | None) -> N
         raise _no_source(f"the {{{{secrets/...}}}} reference in {refs[0]}")
 
 
+def _identity_setting(settings: Settings) -> str | None:
+    return "oidc_token" if settings.oidc_token else "aws_iam" if settings.aws_iam else None
+
+
+def require_identity_source(settings: Settings, identity: TokenSource | None) -> None:
+    """Raise ConfigurationError (at configure) when these settings name an identity and no source was given."""
+    name = _identity_setting(settings)
+    if name is not None and identity is None:
+        raise ConfigurationError(name, "needs an identity token source, but none was given (pass identity=...)")
+
+
 def _load(value: str, secrets: SecretSource | None) -> str:
     """The value itself, the secret a ``{{secrets/<scope>/<key>}}`` reference names (read from ``secrets``),
     or the content of the file it names; re-read at every resolution (rotation)."""
@@ -120,6 +138,7 @@ class Credentials:
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: Secret | None = None
+    expires_at: float | None = None  # an identity token's expiry (epoch seconds)
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -181,8 +200,21 @@ def _from_scope(settings: Settings, scope: str, secrets: SecretSource | None) ->
     )
 
 
-def resolve_credentials(settings: Settings, secrets: SecretSource | None = None) -> Credentials:
-    """Walk the chain once (may call the secret source); raise ConfigurationError without any value."""
+def _from_identity(settings: Settings, identity: TokenSource | None, secrets: SecretSource | None) -> Credentials:
+    name = _identity_setting(settings) or "oidc_token"
+    if identity is None:
+        raise ConfigurationError(name, "needs an identity token source, but none was given (pass identity=...)")
+    found = identity.token()
+    own = _from_settings(settings, secrets)  # TLS material and a user name still come from the settings
+    return dataclasses.replace(own, source=found.source, token=found.value, expires_at=found.expires_at)
+
+
+def resolve_credentials(
+    settings: Settings, secrets: SecretSource | None = None, identity: TokenSource | None = None
+) -> Credentials:
+    """Walk the chain once (may call the secret or token source); raise ConfigurationError without any value."""
+    if _identity_setting(settings):
+        return _from_identity(settings, identity, secrets)
     if settings.secret_scope and _uses_scope(settings):
         found = _from_scope(settings, settings.secret_scope, secrets)
     else:
@@ -263,11 +295,13 @@ def _tls_options(settings: Settings, c: Credentials) -> dict[str, Any]:
     return opts
 
 
-def auth_options(settings: Settings, secrets: SecretSource | None = None) -> dict[str, Any]:
+def auth_options(
+    settings: Settings, secrets: SecretSource | None = None, identity: TokenSource | None = None
+) -> dict[str, Any]:
     """Keyword arguments for a one-off ``nats.connect``: freshly resolved credentials and TLS (never logged)."""
     from nats.aio.client import RawCredentials
 
-    c = resolve_credentials(settings, secrets)
+    c = resolve_credentials(settings, secrets, identity)
     opts = _tls_options(settings, c)
     if c.creds is not None:
         opts["user_credentials"] = RawCredentials(c.creds.reveal())
@@ -284,6 +318,10 @@ def auth_options(settings: Settings, secrets: SecretSource | None = None) -> dic
 
 def credentials_source(settings: Settings) -> str:
     """A printable description of where credentials come from (no values, no network)."""
+    if settings.oidc_token:
+        return f"OIDC token ({settings.oidc_token.split(':', 1)[0]}) for the auth service"
+    if settings.aws_iam:
+        return "AWS IAM (signed sts:GetCallerIdentity) for the auth service"
     kinds = [k for k in _ALL_KINDS if getattr(settings, k) is not None]
     if not _uses_scope(settings):
         return f"{', '.join(kinds)} from settings" if kinds else "none"
@@ -320,9 +358,12 @@ def _in_thread(fn: Callable[[], Credentials]) -> asyncio.Future[Credentials]:
 class CredentialProvider:
     """The current credentials, re-resolved at most every ``credentials_ttl`` seconds, off the event loop."""
 
-    def __init__(self, settings: Settings, secrets: SecretSource | None = None) -> None:
+    def __init__(
+        self, settings: Settings, secrets: SecretSource | None = None, identity: TokenSource | None = None
+    ) -> None:
         self.settings = settings
         self.secrets = secrets
+        self.identity = identity if _identity_setting(settings) else None
         self.current = Credentials()
         self.resolved_at: float | None = None
         self.last_error: str | None = None
@@ -331,13 +372,25 @@ class CredentialProvider:
         self._refresher: asyncio.Task[Credentials] | None = None
 
     def stale(self) -> bool:
-        return self.resolved_at is None or time.monotonic() - self.resolved_at >= self.settings.credentials_ttl
+        if self.resolved_at is None or time.monotonic() - self.resolved_at >= self.settings.credentials_ttl:
+            return True
+        return self.refresh_in() <= 0
+
+    def refresh_in(self) -> float:
+        """Seconds until an identity token should be replaced (inf without one): a quarter of its life, at most
+        a minute, before it expires."""
+        expires = self.current.expires_at
+        if expires is None or self.resolved_at is None:
+            return float("inf")
+        now = time.time()
+        lifetime = max(0.0, expires - (now - (time.monotonic() - self.resolved_at)))
+        return expires - now - min(_REFRESH_BEFORE, lifetime / 4)
 
     def refresh(self) -> Credentials:
         """Resolve now (blocking); on failure keep the previous credentials and remember the error."""
         with self._lock:
             try:
-                found = resolve_credentials(self.settings, self.secrets)
+                found = resolve_credentials(self.settings, self.secrets, self.identity)
                 self.last_error = None
             except Exception as e:  # noqa: BLE001 - messages are built without values (ConfigurationError)
                 found = self.current
@@ -350,19 +403,27 @@ class CredentialProvider:
         """Re-resolve in a worker thread when stale (or forced); concurrent callers share one resolution."""
         if not force and not self.stale():
             return self.current
-        if not self.settings.secret_scope and not _references(self.settings):
+        if self._fast():
             return self.refresh()  # settings, variables and files only: fast enough for the loop
         if self._task is None or self._task.done():
             self._task = _in_thread(self.refresh)
         return await asyncio.shield(self._task)
+
+    def _fast(self) -> bool:
+        if self.identity is not None:
+            return bool(getattr(self.identity, "fast", False))
+        return not self.settings.secret_scope and not _references(self.settings)
 
     def needs_new_connection(self, old: Credentials) -> bool:
         """True when what nats-py binds per connection changed (NKey, TLS material, set of methods)."""
         return old._bound() != self.current._bound()
 
     def _kick(self) -> None:
-        """From a nats-py callback (sync, on the loop): schedule a refresh when stale, never block."""
-        if self.stale():
+        """From a nats-py callback (sync, on the loop): refresh when stale, never block (a slow source is read
+        on a thread; ``Link`` reads it ahead of the token's expiry, so a reconnect has a fresh one)."""
+        if self.stale() and self._fast():
+            self.refresh()
+        elif self.stale():
             with contextlib.suppress(RuntimeError):  # no running loop: nothing to schedule on
                 self._refresher = asyncio.get_running_loop().create_task(self.refresh_async())
 

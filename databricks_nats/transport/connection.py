@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
     from nats.aio.msg import Msg
 
-    from databricks_nats.ports import SecretSource
+    from databricks_nats.ports import SecretSource, TokenSource
     from databricks_nats.transport.auth import CredentialProvider
     from databricks_nats.transport.stream import StreamReport
 
@@ -73,9 +73,11 @@ class Link:
         say: RateLimitedLog,
         *,
         secrets: SecretSource | None = None,
+        identity: TokenSource | None = None,
     ) -> None:
         self.settings = settings
         self.secrets = secrets
+        self.identity = identity
         self.limits = Limits(settings.max_event_bytes)
         self.nc: NATS | None = None
         self.connected = False
@@ -140,7 +142,9 @@ class Link:
         from databricks_nats.transport.auth import CredentialProvider
 
         if self._credentials is None:
-            self._credentials = CredentialProvider(self.settings, secrets=self.secrets)
+            self._credentials = CredentialProvider(self.settings, secrets=self.secrets, identity=self.identity)
+            if self._credentials.identity is not None:
+                self._spawn(self._renew_identity(self._credentials))
         if wait:  # a restart after a short-lived connection: never a reconnect loop at full speed
             await asyncio.sleep(wait * (0.5 + random.random()))
         delay = 0.1
@@ -241,6 +245,14 @@ class Link:
         await self._credentials.refresh_async()
         if gen == self._generation and self._credentials.needs_new_connection(before):
             self.restart(f"{why}; credentials changed")
+
+    async def _renew_identity(self, provider: CredentialProvider) -> None:
+        """Read a new identity token ahead of the current one's expiry, so that a reconnect (the server ends the
+        connection when the NATS user it got expires) always presents a fresh one. The connection itself stays."""
+        while not self.closing:
+            await asyncio.sleep(min(max(provider.refresh_in(), 1.0), 30.0))
+            if provider.refresh_in() <= 0:
+                await provider.refresh_async(force=True)
 
     # ---- the stream ---------------------------------------------------------------------------------------
 

@@ -48,7 +48,7 @@ from databricks_nats.errors import ConfigurationError
 from databricks_nats.model.events import Event
 from databricks_nats.ports import FlushResult
 from databricks_nats.settings import Settings
-from databricks_nats.transport.auth import require_nkeys, require_secret_source
+from databricks_nats.transport.auth import require_identity_source, require_nkeys, require_secret_source
 from databricks_nats.transport.connection import Link
 from databricks_nats.transport.delivery import Sender
 from databricks_nats.transport.ingest import Ingest
@@ -57,7 +57,7 @@ from databricks_nats.transport.stats import RateLimitedLog, Stats
 from databricks_nats.transport.storage import Buffer
 
 if TYPE_CHECKING:
-    from databricks_nats.ports import SecretSource
+    from databricks_nats.ports import SecretSource, TokenSource
     from databricks_nats.transport.stream import StreamReport
 
 __all__ = ["FlushResult", "Publisher"]  # FlushResult's home is ports.py (the Transport contract)
@@ -95,10 +95,12 @@ class Publisher:
         encoder: Callable[..., tuple[str, bytes]],
         *,
         secrets: SecretSource | None = None,
+        identity: TokenSource | None = None,
     ) -> None:
-        try:  # NKey/.creds auth without the `nkeys` extra, or secrets without a source: at configure
+        try:  # NKey/.creds auth without the `nkeys` extra, secrets or an identity without a source: at configure
             require_nkeys(settings)
             require_secret_source(settings, secrets)
+            require_identity_source(settings, identity)
         except ConfigurationError:
             spool.close()
             raise
@@ -114,7 +116,7 @@ class Publisher:
         immediate = getattr(settings, "spool_sync", "write-behind") == "immediate" or forked()
         if immediate and hasattr(spool, "writes_from_callers"):
             spool.writes_from_callers()  # no checkpoint (fsync) in emit(): the worker does them
-        self._link = Link(settings, stats, say, secrets=secrets)
+        self._link = Link(settings, stats, say, secrets=secrets, identity=identity)
         self._ingest = Ingest(
             encoder, self._link.limits, spool, stats, say, cap=settings.queue_max_events, immediate=immediate
         )

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from databricks_nats.model.position import StartPosition
-from databricks_nats.ports import SecretSource
+from databricks_nats.ports import SecretSource, TokenSource
 from databricks_nats.settings import Settings
 from databricks_nats.transport.errors import nats_errors
 from databricks_nats.transport.loop import run_sync  # re-exported for callers of reader.run_sync
@@ -24,8 +24,11 @@ FETCH = 500
 _IDLE = 30.0  # seconds before the server deletes an abandoned reader's consumer
 
 
-async def connect(settings: Settings, name: str = "reader", secrets: SecretSource | None = None) -> Any:
-    """A plain connection (no reconnect loop) with the configured credentials; ``secrets`` reads secret scopes."""
+async def connect(
+    settings: Settings, name: str = "reader", secrets: SecretSource | None = None, identity: TokenSource | None = None
+) -> Any:
+    """A plain connection (no reconnect loop) with the configured credentials; ``secrets`` reads secret scopes,
+    ``identity`` gets the identity token (``oidc_token``, ``aws_iam``)."""
     import nats
 
     from databricks_nats.transport.auth import auth_options
@@ -39,7 +42,7 @@ async def connect(settings: Settings, name: str = "reader", secrets: SecretSourc
             max_reconnect_attempts=1,  # without it nats-py retries an unreachable server for minutes
             reconnect_time_wait=0,
             error_cb=_quiet,  # failures surface as StreamError to the caller, not as nats-py's logged tracebacks
-            **auth_options(settings, secrets=secrets),
+            **auth_options(settings, secrets=secrets, identity=identity),
         )
 
 

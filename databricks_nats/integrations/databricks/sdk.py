@@ -18,7 +18,15 @@ from typing import Any
 
 from databricks_nats.errors import ConfigurationError
 
-__all__ = ["Identity", "identity", "read_secret", "sdk_available", "set_workspace_client", "workspace_client"]
+__all__ = [
+    "Identity",
+    "bearer_token",
+    "identity",
+    "read_secret",
+    "sdk_available",
+    "set_workspace_client",
+    "workspace_client",
+]
 
 _lock = threading.Lock()
 _client: Any = None
@@ -94,6 +102,23 @@ def read_secret(scope: str, key: str, timeout: float = 10.0) -> str | None:
         return base64.b64decode(response.value, validate=True).decode()
     except (binascii.Error, UnicodeDecodeError):
         raise ConfigurationError("secret_scope", f"key {key!r} of scope {scope!r} is not base64 UTF-8") from None
+
+
+def bearer_token(timeout: float = 10.0) -> str:
+    """The OAuth token the SDK authenticates with (its own auth chain: OAuth M2M for a service principal,
+    workload identity federation, U2M...), refreshed by the SDK before it expires. Errors carry no value."""
+    try:
+        headers = workspace_client(timeout).config.authenticate()
+    except ImportError:
+        raise ConfigurationError(
+            "oidc_token", "oidc_token = databricks needs databricks-sdk: pip install 'databricks-nats[databricks]'"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - no auth configured, network, refused: named, never with a value
+        raise ConfigurationError("oidc_token", f"the Databricks SDK gave no token: {type(e).__name__}") from None
+    scheme, _, token = str(headers.get("Authorization", "")).partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise ConfigurationError("oidc_token", "the Databricks SDK's auth is not a bearer token (use OAuth)")
+    return token
 
 
 def _lookup(timeout: float) -> Identity:

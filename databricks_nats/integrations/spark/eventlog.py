@@ -15,6 +15,7 @@ from typing import Any
 
 from databricks_nats import _api
 from databricks_nats.integrations.databricks import DatabricksSecrets
+from databricks_nats.integrations.identity.sources import token_source
 from databricks_nats.model import catalog
 from databricks_nats.model.position import Start, StartPosition
 from databricks_nats.settings import Settings, resolve_settings
@@ -84,7 +85,7 @@ def _filters(settings: Settings, subjects: str | Sequence[str] | None, types: Se
 async def _plan(
     settings: Settings, filters: list[str], start: StartPosition | None, end: StartPosition | None
 ) -> tuple[int, int]:
-    nc = await reader.connect(settings, "eventlog", DatabricksSecrets())
+    nc = await reader.connect(settings, "eventlog", DatabricksSecrets(), token_source(settings))
     try:
         js = nc.jetstream()
         with nats_errors(f"read stream {settings.stream_name!r}"):
@@ -124,7 +125,7 @@ def _partition_reader(settings: Settings, filters: list[str], ranges: list[tuple
         import pyarrow as pa
 
         async def rows(lo: int, hi: int) -> list[dict[str, Any]]:
-            nc = await reader.connect(settings, "eventlog", DatabricksSecrets())
+            nc = await reader.connect(settings, "eventlog", DatabricksSecrets(), token_source(settings))
             try:
                 js = nc.jetstream()
                 return [
