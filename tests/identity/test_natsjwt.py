@@ -80,7 +80,11 @@ def test_user_jwt_carries_account_permissions_expiry_and_tags() -> None:
     nats_claims = claims["nats"]
     assert nats_claims["pub"] == {"allow": ["a.>"], "deny": ["a.b"]}
     assert nats_claims["sub"] == {"allow": ["_INBOX.>"]}
+    assert (nats_claims["subs"], nats_claims["data"], nats_claims["payload"]) == (-1, -1, -1)
     assert (nats_claims["type"], nats_claims["version"], nats_claims["tags"]) == ("user", 2, ["team:a"])
+    bare = natsjwt.decode(natsjwt.user_jwt(user_nkey=user, account="APP", issuer_seed=seed, name="x", expires_at=None))
+    assert bare["nats"]["pub"] == bare["nats"]["sub"] == {"deny": [">"]}  # deny by default, not NATS's "all"
+    assert "exp" not in bare
     with pytest.raises(ValueError, match="user public key"):
         natsjwt.user_jwt(user_nkey=public, account="APP", issuer_seed=seed, name="x", expires_at=None)
 
@@ -315,6 +319,38 @@ def test_callout_user_publishes_where_allowed_and_is_refused_elsewhere(callout: 
         assert (request.connect_opts["name"], request.client_info["name"]) == ("job-a", "job-a")
         assert request.client_info["user"] == "[REDACTED]"  # the server hides the token from client_info
         assert request.server_id.startswith("N")
+
+    asyncio.run(run())
+
+
+def test_a_user_jwt_without_allow_lists_may_do_nothing(callout: Callout) -> None:
+    """Deny by default: no allow entries is not NATS's "everything" but ``deny: [">"]``."""
+
+    def nothing(request: AuthorizationRequest) -> str:
+        user = natsjwt.user_jwt(
+            user_nkey=request.user_nkey, account="APP", issuer_seed=callout.issuer_seed, name="nobody", expires_at=None
+        )
+        return natsjwt.authorization_response(
+            user_nkey=request.user_nkey, server_id=request.server_id, issuer_seed=callout.issuer_seed, user_jwt=user
+        )
+
+    async def run() -> None:
+        async with responder(callout, nothing):
+            errors: list[Exception] = []
+            refused = asyncio.Event()
+
+            async def on_error(e: Exception) -> None:
+                errors.append(e)
+                refused.set()
+
+            nc = await connect(callout, "any-token", error_cb=on_error)
+            try:
+                await nc.publish("dbx.ws.dev.mlflow.run", b"{}")
+                await nc.flush()
+                await asyncio.wait_for(refused.wait(), timeout=30)
+                assert "permissions violation for publish" in str(errors[0])
+            finally:
+                await nc.close()
 
     asyncio.run(run())
 

@@ -159,8 +159,11 @@ def decode(token: str, *, issuer: str | None = None) -> dict[str, Any]:
 
 
 def _permission(allow: Iterable[str], deny: Iterable[str]) -> dict[str, list[str]]:
-    lists = {"allow": list(allow), "deny": list(deny)}
-    return {key: values for key, values in lists.items() if values}
+    """Deny by default: NATS reads a missing allow list as "everything", so no allow entries means deny ``>``."""
+    allowed, denied = list(allow), list(deny)
+    if not allowed:
+        return {"deny": [">"]}
+    return {"allow": allowed, "deny": denied} if denied else {"allow": allowed}
 
 
 def user_jwt(
@@ -178,7 +181,8 @@ def user_jwt(
 ) -> str:
     """A user JWT for ``user_nkey`` in ``account`` (config mode: the account NAME), signed by the issuer key.
 
-    No allow list means everything not denied (NATS semantics): pass at least one allow entry to restrict.
+    Deny by default: an empty allow list becomes ``deny: [">"]`` (in NATS a missing allow list would mean
+    "everything"); pass ``[">"]`` to really allow everything.
     Limits are "no limit" (-1), as Go's ``NewUserClaims`` sets them.
     """
     if _public_raw(user_nkey)[0] != _PREFIX_USER:
