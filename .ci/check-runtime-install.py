@@ -9,7 +9,8 @@ pip what ``pip install <wheel>`` and ``pip install <wheel>[<the file's extras>]`
 * a package the runtime pins (an upgrade, a downgrade or a reinstall of the runtime's copy),
 * ``pyspark`` / ``mlflow`` / ``mlflow-skinny`` / ``databricks-connect`` (a runtime's PySpark is no pip package:
   an OSS one would shadow it; MLflow comes with the runtime), or
-* anything but databricks-nats, nats-py and nkeys (what a runtime does not ship and we may add).
+* anything but databricks-nats, nats-py and nkeys (what a runtime does not ship and we may add): e.g. the
+  ``aws`` extra must take the runtime's botocore as it is.
 
 A ``# also: EXTRAS | REQUIREMENT ...`` line checks one more install, e.g. ``nkeys | pynacl<1.6.1`` (the README's
 advice for runtimes without PyNaCl); the packages it names may be added. Every extra of the wheel must be
@@ -40,9 +41,11 @@ ROOT = Path(__file__).resolve().parent.parent
 PINS_DIR = ROOT / ".ci" / "runtime-pins"
 ALLOWED_NEW = {"databricks-nats", "nats-py", "nkeys"}
 FORBIDDEN = {"pyspark", "pyspark-client", "pyspark-connect", "mlflow", "mlflow-skinny", "databricks-connect"}
-# Extras for a laptop or a CI box (they install PySpark, MLflow, Airflow, Prefect, the test tools): never
-# meant for a Databricks Runtime, which ships its own PySpark and MLflow. README, "Install".
-LAPTOP_EXTRAS = {"mlflow", "spark", "dev", "prefect", "airflow"}
+# Extras for a laptop or a CI box (they install PySpark, MLflow, Airflow, Prefect, the test tools), and the
+# auth-callout service's (run next to nats-server, not on Databricks; pyproject): never meant for a Databricks
+# Runtime, which ships its own PySpark and MLflow. README, "Install". The `aws` extra (botocore, which every
+# runtime ships) is checked on every runtime file.
+LAPTOP_EXTRAS = {"mlflow", "spark", "dev", "prefect", "airflow", "auth-service"}
 
 
 def norm(name: str) -> str:
