@@ -364,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     from databricks_nats.integrations.prefect.cli import add_parser as add_prefect_bridge
 
     add_prefect_bridge(sub)  # imports Prefect only when the command runs
+    from databricks_nats.integrations.identity.cli import add_parser as add_auth_service
+
+    add_auth_service(sub)
     return p
 
 

@@ -169,4 +169,24 @@ _TYPES.append(
     )
 )
 
+for _action in ("granted", "denied"):
+    _TYPES.append(
+        EventType(
+            f"system.auth.{_action}",
+            keys=(),
+            fields={
+                "identity": "string?",  # oidc:<issuer>#<subject> or aws_iam:<arn>; never the token
+                "kind": "string?",
+                "rule": "string?",
+                "reason": "string",
+                "permissions": "object",
+                "expires_at": "string?",
+                "client": "object",
+                "server": "string?",
+                "suppressed": "integer",
+            },
+            description=f"The auth-callout service {_action} a connection",
+        )
+    )
+
 BUILTIN: tuple[EventType, ...] = tuple(_TYPES)

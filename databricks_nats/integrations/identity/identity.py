@@ -10,10 +10,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from databricks_nats.errors import DatabricksNatsError
+
 __all__ = ["Identity", "Refused"]
 
 
-class Refused(Exception):
+class Refused(DatabricksNatsError):
     """A token was not accepted. ``reason`` is short and free of token material (``"token expired"``)."""
 
     def __init__(self, reason: str) -> None:

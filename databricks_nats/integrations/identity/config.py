@@ -1,0 +1,139 @@
+"""The auth-callout service's settings file (TOML), read once at start.
+
+::
+
+    [nats]                 # the service's own connection: a member of the callout's auth_users
+    url = "nats://127.0.0.1:4222"
+    user = "auth"
+    password = "/etc/databricks-nats/auth-password"   # a value, or a file holding it (as for every secret)
+
+    [callout]
+    account = "APP"                                    # the account the users it issues belong to
+    issuer_seed = "/etc/databricks-nats/issuer.nk"     # the account key the server's auth_callout.issuer names
+    xkey_seed = "/etc/databricks-nats/xkey.nk"         # optional: encrypted callout (server's auth_callout.xkey)
+    policy = "/etc/databricks-nats/policy.toml"        # re-read when it changes: the next connect uses it
+    workers = 8                                        # verifications at once (JWKS and STS are HTTP calls)
+
+    [[oidc]]                                           # one table per trusted issuer
+    issuer = "https://<workspace-host>/oidc"
+    audiences = ["nats"]
+
+    [aws]                                              # optional: AWS IAM identities
+    sts_endpoint = "https://sts.amazonaws.com"
+    audience = "nats.example.com"                      # what clients bind their proof to (identity_audience)
+
+    [audit]                                            # optional: where system.auth.* events go
+    url = "nats://127.0.0.1:4222"                      # any databricks-nats settings: a durable publisher
+    user = "audit"
+    password = "/etc/databricks-nats/audit-password"
+    workspace = "platform"
+    env = "prod"
+
+``[nats]`` and ``[audit]`` take the client's settings (``Settings``): URLs, credentials, TLS, spool. Every
+problem is a ``ConfigurationError`` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from databricks_nats.config_file import load
+from databricks_nats.errors import ConfigurationError
+from databricks_nats.integrations.identity.oidc import OidcIssuer
+from databricks_nats.settings import Settings, resolve_settings
+from databricks_nats.values import Secret
+
+__all__ = ["ServiceConfig"]
+
+AUTH_SUBJECT = "$SYS.REQ.USER.AUTH"
+
+
+def _secret(path: str, key: str, value: Any) -> Secret:
+    """A value, or the content of the file it names (a mounted secret)."""
+    text = str(value or "").strip()
+    if not text:
+        raise ConfigurationError(key, f"{path}: {key} is required")
+    if "\n" not in text and os.path.isfile(os.path.expanduser(text)):
+        with open(os.path.expanduser(text), encoding="utf-8") as f:
+            text = f.read().strip()
+    return Secret(text)
+
+
+def _settings(path: str, table: str, values: Any, **defaults: Any) -> Settings:
+    if not isinstance(values, Mapping):
+        raise ConfigurationError(table, f"{path}: [{table}] must be a table")
+    try:
+        return resolve_settings(environ={}, spark_conf={}, **{**defaults, **values})
+    except ConfigurationError as e:
+        raise ConfigurationError(table, f"{path}: {e}") from None
+
+
+@dataclass(frozen=True, repr=False)
+class ServiceConfig:
+    """What the service needs; ``load`` reads it from a file, tests and embedders build it directly."""
+
+    nats: Settings
+    account: str
+    issuer_seed: Secret
+    policy: str
+    xkey_seed: Secret | None = None
+    oidc: tuple[OidcIssuer, ...] = ()
+    aws_sts_endpoint: str | None = None
+    aws_audience: str | None = None
+    audit: Settings | None = None
+    workers: int = 8
+    audit_per_second: float = 5.0  # audit events per identity (or per refusal reason) and second, burst 10
+    queue: str = "databricks-nats-auth"  # instances in one queue group share the requests
+
+    def __repr__(self) -> str:
+        return f"ServiceConfig(account={self.account!r}, policy={self.policy!r}, oidc={len(self.oidc)} issuer(s))"
+
+    @classmethod
+    def load(cls, path: str) -> ServiceConfig:
+        data = load(path)
+        callout = data.get("callout")
+        if not isinstance(callout, Mapping):
+            raise ConfigurationError("callout", f"{path}: a [callout] table is required")
+        unknown = set(callout) - {"account", "issuer_seed", "xkey_seed", "policy", "workers", "audit_per_second"}
+        if unknown:
+            raise ConfigurationError("callout", f"{path}: unknown key {sorted(unknown)[0]!r} in [callout]")
+        for key in ("account", "policy"):
+            if not callout.get(key):
+                raise ConfigurationError(key, f"{path}: [callout] {key} is required")
+        base = os.path.dirname(os.path.abspath(path))
+        policy = os.path.join(base, os.path.expanduser(str(callout["policy"])))
+        issuers = []
+        for i, item in enumerate(data.get("oidc") or []):
+            try:
+                issuers.append(
+                    OidcIssuer(
+                        issuer=str(item["issuer"]),
+                        audiences=tuple(item.get("audiences") or ()),
+                        **{k: item[k] for k in ("algorithms", "discovery_url", "jwks_uri", "leeway") if k in item},
+                    )
+                )
+            except (KeyError, TypeError) as e:
+                raise ConfigurationError("oidc", f"{path}: [[oidc]] #{i + 1}: {e}") from None
+        aws = data.get("aws") or {}
+        if not isinstance(aws, Mapping):
+            raise ConfigurationError("aws", f"{path}: [aws] must be a table")
+        if not issuers and not aws:
+            raise ConfigurationError("oidc", f"{path}: trust at least one [[oidc]] issuer or [aws]")
+        return cls(
+            nats=_settings(path, "nats", data.get("nats", {}), client_name="databricks-nats-auth"),
+            account=str(callout["account"]),
+            issuer_seed=_secret(path, "issuer_seed", callout.get("issuer_seed")),
+            xkey_seed=_secret(path, "xkey_seed", callout["xkey_seed"]) if callout.get("xkey_seed") else None,
+            policy=policy,
+            oidc=tuple(issuers),
+            aws_sts_endpoint=str(aws.get("sts_endpoint") or "https://sts.amazonaws.com") if aws else None,
+            aws_audience=str(aws["audience"]) if aws.get("audience") else None,
+            audit=_settings(path, "audit", data["audit"], client_name="databricks-nats-audit")
+            if "audit" in data
+            else None,
+            workers=int(callout.get("workers", 8)),
+            audit_per_second=float(callout.get("audit_per_second", 5.0)),
+        )
