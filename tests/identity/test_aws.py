@@ -8,6 +8,7 @@ recomputes the SigV4 signature with botocore as STS would. Nothing of botocore o
 from __future__ import annotations
 
 import base64
+import calendar
 import json
 import ssl
 import subprocess
@@ -195,14 +196,18 @@ def test_audience_must_be_present_equal_and_signed(user_env: None, sts: StsStub)
 
 def test_old_and_future_dates_are_refused(user_env: None, sts: StsStub) -> None:
     token = sign_identity_request(endpoint=sts.url).token
-    later = AwsIamVerifier(sts_endpoint=sts.url, clock=lambda: time.time() + 901)
+    signed_at = calendar.timegm(time.strptime(decode(token)["headers"]["X-Amz-Date"], "%Y%m%dT%H%M%SZ"))
+    assert AwsIamVerifier(sts_endpoint=sts.url, clock=lambda: signed_at + 900).verify(token).subject == USER_ARN
+    assert AwsIamVerifier(sts_endpoint=sts.url, clock=lambda: signed_at - 300).verify(token).subject == USER_ARN
+    assert sts.requests == 2
+    later = AwsIamVerifier(sts_endpoint=sts.url, clock=lambda: signed_at + 901)
     assert refused(later, token) == "AWS proof expired"
-    earlier = AwsIamVerifier(sts_endpoint=sts.url, clock=lambda: time.time() - 301)
+    earlier = AwsIamVerifier(sts_endpoint=sts.url, clock=lambda: signed_at - 301)
     assert refused(earlier, token) == "AWS proof dated in the future"
-    assert sts.requests == 0
+    assert sts.requests == 2
     # a lenient verifier forwards it; STS itself refuses a signature older than 15 minutes
-    sts.clock = lambda: time.time() + 901
-    lenient = AwsIamVerifier(sts_endpoint=sts.url, max_age=3600, clock=lambda: time.time() + 901)
+    sts.clock = lambda: signed_at + 901
+    lenient = AwsIamVerifier(sts_endpoint=sts.url, max_age=3600, clock=lambda: signed_at + 901)
     assert refused(lenient, token) == "STS refused: SignatureDoesNotMatch"
 
 
