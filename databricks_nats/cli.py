@@ -198,21 +198,109 @@ def _shown(settings: Any, name: str) -> str:
     return redact_url(text)[:80]
 
 
+def _presented(token: str, expires_at: float | None) -> str:
+    """What the identity token says of itself (unverified: the auth service verifies), never the token."""
+    from databricks_nats.integrations.identity.sources import jwt_claims
+
+    left = f", expires in {expires_at - time.time():.0f} s" if expires_at is not None else ""
+    if token.startswith("aws-iam:"):
+        return f"AWS IAM proof (signed sts:GetCallerIdentity){left}"
+    claims = jwt_claims(token) or {}
+    return f"OIDC token of {claims.get('sub', '?')} from {claims.get('iss', '?')} for {claims.get('aud', '?')}{left}"
+
+
+async def _granted(nc: Any, timeout: float) -> list[tuple[str, str]]:
+    """Who the server says this connection is and what it may do (``$SYS.REQ.USER.INFO``, nats-server 2.10+)."""
+    try:
+        reply = await nc.request("$SYS.REQ.USER.INFO", b"", timeout=min(timeout, 2.0))
+        data = json.loads(reply.data).get("data") or {}
+    except Exception:  # noqa: BLE001 - an older server, or no permission to ask: nothing to show
+        return []
+    expires = data.get("expires")
+    lines = [
+        (
+            "granted",
+            f"user {data.get('user', '?')} in account {data.get('account_name') or data.get('account', '?')}"
+            + (f", expires in {expires / 1e9:.0f} s" if isinstance(expires, (int, float)) and expires else ""),
+        )
+    ]
+    perms = data.get("permissions") or {}
+    for kind in ("publish", "subscribe"):
+        rules = perms.get(kind) or {}
+        allow, deny = rules.get("allow") or [], rules.get("deny") or []
+        if allow or deny:
+            text = f"allow {', '.join(allow) or '-'}" + (f"; deny {', '.join(deny)}" if deny else "")
+            lines.append((kind, text[:400]))
+    return lines
+
+
+_PROBE_SOURCES = ("mlflow", "spark", "data")  # what the library publishes under a namespace
+
+
+async def _probe_publish(
+    nc: Any, namespace: str, timeout: float, errors: list[str], denied: asyncio.Event, say: Any, problem: Any
+) -> None:
+    """Publish probes the server refuses or not (a stream refuses a message naming another stream: never
+    stored). The whole namespace first; when refused (an identity granted some sources), each source."""
+
+    async def refused(subjects: list[str]) -> set[str]:
+        denied.clear()
+        seen = len(errors)
+        inbox, answered = nc.new_inbox(), asyncio.Event()
+
+        async def on_reply(msg: Any) -> None:
+            answered.set()
+
+        await nc.subscribe(inbox, cb=on_reply, max_msgs=len(subjects))
+        headers = {"Nats-Expected-Stream": "databricks-nats-doctor-probe"}
+        for subject in subjects:
+            await nc.publish(subject, b"", reply=inbox, headers=headers)
+        await nc.flush(timeout=max(1, int(timeout)))
+        waits = [asyncio.ensure_future(e.wait()) for e in (answered, denied)]
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for w in waits:
+            w.cancel()
+        if len(subjects) > 1:
+            await nc.flush(timeout=max(1, int(timeout)))  # the server's -ERR for each refused one
+        text = " ".join(errors[seen:]).lower()
+        return {s for s in subjects if f'"{s.lower()}"' in text}
+
+    if not await refused([f"{namespace}._doctor.probe"]):
+        say("permission", f"may publish to {namespace}.>")
+        return
+    whole = errors[-1][:200] if errors else "refused"
+    subjects = {source: f"{namespace}.{source}._doctor.probe" for source in _PROBE_SOURCES}
+    no = await refused(list(subjects.values()))
+    allowed = [source for source, subject in subjects.items() if subject not in no]
+    if allowed:
+        say("permission", f"may publish to {namespace}.{{{','.join(allowed)}}}.> (not all of {namespace}.>)")
+    else:
+        problem(f"no permission to publish to {namespace}.> ({whole})")
+
+
 async def _doctor(settings: Any, timeout: float, say: Any, problem: Any) -> None:
     import nats
     from nats.js.errors import NotFoundError
 
+    from databricks_nats._factory import default_identity
     from databricks_nats.integrations.databricks import DatabricksSecrets
     from databricks_nats.transport.auth import CredentialProvider, credentials_source
     from databricks_nats.transport.stream import _differences, wanted_config
     from databricks_nats.values import redact_url
 
-    provider = CredentialProvider(settings, secrets=DatabricksSecrets())
+    try:
+        identity = default_identity(settings)
+    except Exception as e:  # noqa: BLE001 - a missing extra (botocore): one problem line
+        problem(str(e))
+        return
+    provider = CredentialProvider(settings, secrets=DatabricksSecrets(), identity=identity)
     await asyncio.get_running_loop().run_in_executor(None, provider.refresh)
     if provider.last_error:
         problem(f"credentials from {credentials_source(settings)}: {provider.last_error}")
     else:
         say("credentials", provider.current.describe())
+        if identity is not None and provider.current.token is not None:
+            say("identity", _presented(provider.current.token.reveal(), provider.current.expires_at))
     errors: list[str] = []
     denied = asyncio.Event()
 
@@ -246,6 +334,8 @@ async def _doctor(settings: Any, timeout: float, say: Any, problem: Any) -> None
             f"round trip {min(trips):.2f} ms")  # fmt: skip
         version = nc.connected_server_version
         say("server", f"nats-server {version.major}.{version.minor}.{version.patch}, max payload {nc.max_payload}")
+        for check, detail in await _granted(nc, timeout):
+            say(check, detail)
         js: Any = nc.jetstream(timeout=timeout)
         try:
             await js.account_info()
@@ -267,25 +357,7 @@ async def _doctor(settings: Any, timeout: float, say: Any, problem: Any) -> None
                     say("stream", f"{name} does not exist yet; the publisher creates it at first connect")
                 else:
                     problem(f"stream {name} does not exist (auto_create_stream off): databricks-nats streams ensure")
-        subject = f"{settings.namespace}._doctor.probe"
-        inbox, answered = nc.new_inbox(), asyncio.Event()
-
-        async def on_reply(msg: Any) -> None:
-            answered.set()
-
-        await nc.subscribe(inbox, cb=on_reply, max_msgs=1)
-        # A stream refuses a message that names another stream: the probe is never stored.
-        headers = {"Nats-Expected-Stream": "databricks-nats-doctor-probe"}
-        await nc.publish(subject, b"", reply=inbox, headers=headers)
-        await nc.flush(timeout=max(1, int(timeout)))
-        waits = [asyncio.ensure_future(e.wait()) for e in (answered, denied)]
-        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        for w in waits:
-            w.cancel()
-        if denied.is_set():
-            problem(f"no permission to publish to {settings.namespace}.> ({errors[-1][:200]})")
-        else:
-            say("permission", f"may publish to {settings.namespace}.>")
+        await _probe_publish(nc, settings.namespace, timeout, errors, denied, say, problem)
     finally:
         with contextlib.suppress(Exception):
             await nc.close()
