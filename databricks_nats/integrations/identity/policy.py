@@ -28,12 +28,13 @@ checked at load (one token of ``[A-Za-z0-9_-]``, the prefix dotted tokens; never
 every expanded subject (no empty token, wildcards as whole tokens, ``>`` last).
 
 Every allowed identity may publish ``$SYS.REQ.USER.INFO`` (``databricks-nats doctor`` shows the permissions
-it got; the reply comes on ``_INBOX.>``, which a core-only rule must list in ``subscribe``). The profiles add, per stream: *publisher* ``$JS.API.INFO`` and ``$JS.API.STREAM.INFO.<stream>`` and
-subscribe ``_INBOX.>`` (acks and API replies; the stream is provisioned by an admin); *consumer* also creates,
-reads, deletes and pulls consumers of the stream and acks its messages — JetStream read access is per stream,
-whatever the filter: ``subscribe`` lists govern core NATS (live) subscriptions only; *admin* manages the stream
-and its consumers. An empty allow list means *nothing* (``as_nats`` writes it as ``deny: [">"]``, since NATS
-reads a missing list as everything). Rules are compiled at load: a decision is a few regex matches.
+it got; the reply comes on ``_INBOX.>``, which a core-only rule must list in ``subscribe``). The profiles add,
+per stream: *publisher* ``$JS.API.INFO`` and ``$JS.API.STREAM.INFO.<stream>`` and subscribe ``_INBOX.>``
+(acks and API replies; the stream is provisioned by an admin); *consumer* also creates, reads, deletes and
+pulls consumers of the stream and acks its messages (JetStream read access is per stream, whatever the
+filter: ``subscribe`` lists govern core NATS, live, subscriptions only); *admin* manages the stream and its
+consumers. An empty allow list means *nothing* (``as_nats`` writes it as ``deny: [">"]``, since NATS reads a
+missing list as everything). Rules are compiled at load: a decision is a few regex matches.
 """
 
 from __future__ import annotations
