@@ -184,9 +184,12 @@ def test_unreadable_requests_are_counted_and_never_stop_the_service(stack: Stack
     assert _connect(stack, stack.mint()) is None  # still serving
 
 
-def test_token_expiry_mid_run_reconnects_with_a_fresh_token_and_loses_nothing(stack: Stack, tmp_path) -> None:
+def test_token_expiry_and_a_policy_change_mid_run_lose_nothing(stack: Stack, tmp_path) -> None:
     """Tokens live 6 s; a sidecar rewrites the file every 2 s (as a projected token is). The server ends the
-    connection when the NATS user expires; the publisher reconnects with the file's current token."""
+    connection when the NATS user expires; the publisher reconnects with the file's current token. Halfway,
+    the policy changes (spark is taken away, mlflow stays): the next connect gets the new permissions."""
+    from tests.identity.conftest import POLICY
+
     stream = _ensure_stream(stack)
     token = tmp_path / "token"
     token.write_text(stack.mint(exp_in=6))
@@ -205,8 +208,12 @@ def test_token_expiry_mid_run_reconnects_with_a_fresh_token_and_loses_nothing(st
     client = Client(stack.settings(oidc_token=f"file:{token}"), context=NoContext())
     ids = []
     try:
-        deadline = time.monotonic() + 16  # spans two expiries
-        while time.monotonic() < deadline:
+        started = time.monotonic()
+        changed = False
+        while time.monotonic() < started + 16:  # spans two expiries
+            if not changed and time.monotonic() > started + 8:
+                stack.write_policy(POLICY.replace(', "{prefix}.{workspace}.{env}.spark.>"]', "]", 1))
+                changed = True
             event = client.emit("mlflow.run.metrics", {"experiment_id": "1", "run_id": "r", "metrics": {"t": 1}})
             assert event is not None
             ids.append(event.id)
@@ -216,10 +223,17 @@ def test_token_expiry_mid_run_reconnects_with_a_fresh_token_and_loses_nothing(st
     finally:
         stop.set()
         client.close()
+        stack.write_policy(POLICY)
     assert stats["connects"] >= 2, stats  # the server ended the expired user's connection at least once
     assert stack.service.stats()["granted"] >= granted + 2
     stored = [m["envelope"]["id"] for m in read_stream(stack.admin_url, stream) if m["envelope"]["id"] not in seen]
     assert sorted(stored) == sorted(ids)  # every event, exactly once
+    assert stack.service.audit_client.flush(30).ok
+    audit = read_stream(stack.admin_url, stack.service.audit_client.settings.stream_name)
+    grants = [m["envelope"]["data"] for m in audit if m["subject"].endswith(".granted")]
+    last = [g for g in grants if g["identity"].endswith("#svc-team-a")][-1]
+    assert "dbx.ws1.dev.mlflow.>" in last["permissions"]["pub"]["allow"]
+    assert "dbx.ws1.dev.spark.>" not in last["permissions"]["pub"]["allow"]  # the new policy, at the next connect
 
 
 def test_audit_events_name_the_decision_and_never_carry_token_material(stack: Stack, caplog) -> None:
@@ -243,6 +257,24 @@ def test_audit_events_name_the_decision_and_never_carry_token_material(stack: St
     for token in stack.tokens:
         for part in {token, token.rsplit(".", 1)[-1]} - {""}:
             assert all(part not in h for h in haystacks), "token material leaked"
+
+
+def test_doctor_shows_the_identity_it_connected_as_and_the_permissions_it_got(stack: Stack, tmp_path) -> None:
+    from tests.test_cli_doctor import _doctor
+
+    _ensure_stream(stack)
+    token = tmp_path / "token"
+    token.write_text(stack.mint())
+    r = _doctor(
+        "--url", stack.server.url, "--workspace", "ws1", "--env", "dev", DATABRICKS_NATS_OIDC_TOKEN=f"file:{token}"
+    )
+    out = r.stdout
+    assert f"OIDC token of svc-team-a from {stack.issuer.url} for nats-auth" in out, out + r.stderr
+    assert f"user oidc:{stack.issuer.url}#svc-team-a in account APP, expires in" in out
+    assert "dbx.ws1.dev.mlflow.>" in next(line for line in out.splitlines() if " publish " in line)
+    assert "may publish to dbx.ws1.dev.{mlflow,spark}.> (not all of dbx.ws1.dev.>)" in out
+    assert token.read_text() not in out + r.stderr
+    assert r.returncode == 0, out + r.stderr
 
 
 @pytest.fixture(autouse=True)
