@@ -73,7 +73,12 @@ MISSING_ALL: set[str] = set()  # fmt: skip
 
 
 # The public modules that are thin surfaces over an integration (and so need its extra).
-SURFACES = {"databricks_nats.airflow", "databricks_nats.prefect", "databricks_nats.spark"}
+SURFACES = {
+    "databricks_nats.airflow",
+    "databricks_nats.auth_service",
+    "databricks_nats.prefect",
+    "databricks_nats.spark",
+}
 
 
 @contextlib.contextmanager
