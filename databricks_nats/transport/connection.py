@@ -154,6 +154,8 @@ class Link:
             nc = self._connecting = Client()
             try:
                 await self._credentials.refresh_async()
+                if self._credentials.last_error:  # connecting anyway: the server says no, and we retry
+                    self._stats.error("credentials", self._credentials.last_error)
                 await nc.connect(
                     list(self.settings.url),
                     name=self.settings.client_name,

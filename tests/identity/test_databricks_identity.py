@@ -223,6 +223,7 @@ def test_a_wrong_client_secret_is_refused_counted_and_events_stay_spooled(
     assert not result.ok
     assert stats["acked"] == 0
     assert stats["pending"] == N, stats
+    assert stats["errors"].get("credentials", 0) >= 1, stats  # the token could not be had: counted
     assert stats["errors"].get("auth", 0) >= 1, stats  # NATS refused the connection: no token to present
     assert dbx.service.stats()["denied_by_reason"].get("no token presented", 0) > no_token
     assert dbx.workspace.token_refusals > refusals  # the workspace refused the SDK's client credentials
