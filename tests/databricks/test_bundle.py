@@ -153,8 +153,20 @@ def test_every_task_reads_the_targets_settings_file_and_nothing_else_holds_nats_
     assert "{{secrets/" not in text
 
 
+def test_service_principal_targets_publish_as_their_identity():
+    """staging and prod run as a service principal and publish as it (oidc_token = databricks): no static NATS
+    credential in their settings, and no stream creation (a publisher identity may not)."""
+    bundle = _bundle()
+    for target in ("staging", "prod"):
+        assert bundle["targets"][target]["run_as"] == {"service_principal_name": "${var.service_principal}"}
+        config = _config(target)
+        assert config["oidc_token"] == "databricks"
+        assert config["auto_create_stream"] is False
+        assert not {"secret_scope", "token", "creds", "password", "nkey_seed"} & set(config), target
+
+
 def test_secret_keys_follow_the_auth_mode(databricks_stub: Any, monkeypatch: pytest.MonkeyPatch):
-    """The target's settings name a secret scope, not a key: whatever auth mode the scope holds (README
+    """The dev target's settings name a secret scope, not a key: whatever auth mode the scope holds (README
     layout) is what the publisher uses. The examples in the files name each mode's README key."""
     from databricks_nats.integrations.databricks import DatabricksSecrets
     from databricks_nats.settings import resolve_settings
@@ -167,12 +179,12 @@ def test_secret_keys_follow_the_auth_mode(databricks_stub: Any, monkeypatch: pyt
     for target in _bundle()["targets"]:
         text = (BUNDLE.parent / "config" / f"{target}.toml").read_text()
         for setting, scope, key in re.findall(r"^#? ?(\w+) = \"\{\{secrets/([\w-]+)/([\w-]+)\}\}\"", text, re.M):
-            assert scope == _config(target)["secret_scope"]
+            assert scope == _config("dev")["secret_scope"]
             assert key == "nats-" + setting.replace("_", "-"), (target, setting, key)
             assert key in layout
     for env in [k for k in os.environ if k.startswith("DATABRICKS_NATS_")]:
         monkeypatch.delenv(env)
-    monkeypatch.setenv("DATABRICKS_NATS_CONFIG", str(BUNDLE.parent / "config" / "prod.toml"))
+    monkeypatch.setenv("DATABRICKS_NATS_CONFIG", str(BUNDLE.parent / "config" / "dev.toml"))
     modes = {
         ("token",): {"nats-token": "t0ken-value"},
         ("user", "password"): {"nats-user": "ml-publisher", "nats-password": "pa55word"},
@@ -182,7 +194,7 @@ def test_secret_keys_follow_the_auth_mode(databricks_stub: Any, monkeypatch: pyt
     for kinds, secrets in modes.items():
         databricks_stub.secrets = {("nats", key): value for key, value in secrets.items()}
         settings = resolve_settings(spark_conf={})
-        assert settings.env == "prod"
+        assert settings.env == "dev"
         assert settings.secret_scope == "nats"
         assert resolve_credentials(settings, secrets=DatabricksSecrets()).kinds == kinds
 
