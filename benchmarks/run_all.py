@@ -21,7 +21,7 @@ from typing import Any
 
 from benchmarks._common import RESULTS_DIR, print_table, verdict, write_results
 
-BENCHES = ("core", "mlflow", "spark", "latency", "memory", "idle", "backlog", "durability")
+BENCHES = ("core", "mlflow", "spark", "latency", "memory", "idle", "backlog", "durability", "callout")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
