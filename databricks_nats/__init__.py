@@ -48,6 +48,7 @@ if typing.TYPE_CHECKING:
         stats,
     )
     from databricks_nats.client import Client, current_client
+    from databricks_nats.model.causation import Causation, caused_by
     from databricks_nats.consumer import subscribe, wait_for
     from databricks_nats.model.events import Event
     from databricks_nats.ports import FlushResult
@@ -70,6 +71,8 @@ __getattr__, __dir__ = _lazy_exports(
         "subscribe": "databricks_nats.consumer",
         "wait_for": "databricks_nats.consumer",
         "Event": "databricks_nats.model.events",
+        "Causation": "databricks_nats.model.causation",
+        "caused_by": "databricks_nats.model.causation",
         "Secret": "databricks_nats.settings",
         "Settings": "databricks_nats.settings",
         "FlushResult": "databricks_nats.ports",
@@ -88,6 +91,7 @@ def autolog(*, disable: bool = False, spark: Any = None, **mlflow_autolog_kwargs
 
 
 __all__ = [
+    "Causation",
     "Client",
     "ConfigurationError",
     "DatabricksNatsError",
@@ -103,6 +107,7 @@ __all__ = [
     "WaitTimeout",
     "__version__",
     "autolog",
+    "caused_by",
     "configure",
     "current_client",
     "emit",

@@ -21,6 +21,7 @@ from databricks_nats.client import (
     fail_unconfigured,
     make_encoder,
 )
+from databricks_nats.model.causation import Causation
 from databricks_nats.model.events import Event
 from databricks_nats.ports import FlushResult, Transport, plain_context
 from databricks_nats.settings import Settings
@@ -73,20 +74,26 @@ def __getattr__(name: str) -> Any:
 
 
 def emit(
-    event_type: str, data: Mapping[str, Any] | None = None, *, keys: Any = None, dataref: str | None = None
+    event_type: str,
+    data: Mapping[str, Any] | None = None,
+    *,
+    keys: Any = None,
+    dataref: str | None = None,
+    causation: Causation | None = None,
 ) -> Event | None:
     """Publish an event without blocking; return it, or None when it could not be created (never raises).
 
     ``event_type`` is ``<source>.<entity>.<action>``; catalogued types take their subject keys from
     ``data``, custom types from ``keys``. ``dataref`` is the event's main pointer URI. ``data`` is captured
     now (a JSON-safe copy, see ``jsonsafe.snapshot``): changing it after the call does not change the event.
+    ``causation``: the event this one reacts to (default: the one handled here, see ``caused_by``).
     """
     try:
         client = current_client()
     except Exception as e:  # noqa: BLE001 - fail-open: the environment's settings do not resolve
         fail_unconfigured(e, f"emit({event_type!r})")
         return None
-    return client.emit(event_type, data, keys=keys, dataref=dataref)
+    return client.emit(event_type, data, keys=keys, dataref=dataref, causation=causation)
 
 
 def emit_many(items: Iterable[EmitItem]) -> int:

@@ -35,6 +35,7 @@ from databricks_nats._factory import (
 )
 from databricks_nats.errors import DatabricksNatsError, FlushTimeout, PublishError, StreamError
 from databricks_nats.model import catalog, jsonsafe
+from databricks_nats.model.causation import Causation
 from databricks_nats.model.events import Event, new_event
 from databricks_nats.ports import ContextProvider, FlushResult, SecretSource, TokenSource, Transport, plain_context
 from databricks_nats.settings import Settings, resolve_settings
@@ -209,13 +210,20 @@ class Client:
             counters.error("emit", text)
 
     def emit(
-        self, event_type: str, data: Mapping[str, Any] | None = None, *, keys: Any = None, dataref: str | None = None
+        self,
+        event_type: str,
+        data: Mapping[str, Any] | None = None,
+        *,
+        keys: Any = None,
+        dataref: str | None = None,
+        causation: Causation | None = None,
     ) -> Event | None:
         """Publish an event without blocking; return it, or None when it could not be created (fail-open).
 
         ``event_type`` is ``<source>.<entity>.<action>``; catalogued types take their subject keys from
         ``data``, custom types from ``keys``. ``dataref`` is the event's main pointer URI. ``data`` is
-        captured now (a JSON-safe copy): changing it after the call does not change the event.
+        captured now (a JSON-safe copy): changing it after the call does not change the event. ``causation``
+        names the event this one reacts to (default: the one being handled here, ``caused_by``).
         """
         try:
             etype = _checked(event_type, data)  # refused before any publisher starts
@@ -224,7 +232,8 @@ class Client:
                 transport = self.start()
             if dataref is not None and type(dataref) is not str:
                 dataref = str(dataref)  # a Path, a URL object…
-            event = new_event(event_type, jsonsafe.snapshot(data, _cap(transport), etype), keys=keys, dataref=dataref)
+            snapshot = jsonsafe.snapshot(data, _cap(transport), etype)
+            event = new_event(event_type, snapshot, keys=keys, dataref=dataref, causation=causation)
             transport.emit(event)
             return event
         except Exception as e:  # noqa: BLE001 - fail-open: training code never sees publishing errors

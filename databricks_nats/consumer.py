@@ -21,6 +21,8 @@ from databricks_nats import _api
 from databricks_nats._factory import default_identity
 from databricks_nats.errors import StreamError, WaitTimeout
 from databricks_nats.integrations.databricks import DatabricksSecrets
+from databricks_nats.loopguard import LoopGuard
+from databricks_nats.model.causation import Causation, caused_by
 from databricks_nats.model.events import Event
 from databricks_nats.model.filters import matches, subject_filter
 from databricks_nats.model.position import Start, StartPosition
@@ -54,6 +56,7 @@ class ReceivedEvent(Event):
             time_ns=int(stamp.timestamp() * 1_000_000) * 1000,
             traceparent=envelope.get("traceparent"),
             subject=msg.subject,
+            causation=Causation.of(envelope),
         )
         self.envelope: dict[str, Any] = envelope
         self.source: str = envelope.get("source", "")
@@ -116,6 +119,7 @@ class Subscription:
         self.start = StartPosition.parse(start)
         self.match = match
         self.dedupe = Dedupe() if dedupe else None
+        self.guard = LoopGuard(f"subscribe:{durable}" if durable else None, settings.hop_limit)
         self._nc: Any = None
         self._sub: Any = None
         self._buffer: collections.deque[Any] = collections.deque()
@@ -182,6 +186,8 @@ class Subscription:
     def _wanted(self, event: ReceivedEvent) -> bool:
         if self.dedupe is not None and self.dedupe.seen(event):
             return False
+        if not self.guard.allows(event.envelope):  # a loop: acknowledged, counted, announced, not handed over
+            return False
         if self.match is None:
             return True
         return self.match(event) if callable(self.match) else matches(event.data, self.match)
@@ -207,16 +213,21 @@ class Subscription:
         _LOOPS.run(self.close_async(), 10.0)
 
     def __iter__(self) -> Iterator[ReceivedEvent]:
+        """Every matching event; what the loop body emits is caused by the event at hand (``caused_by``)."""
         try:
             while True:
-                yield self.next()
+                event = self.next()
+                with caused_by(event.envelope, self.guard.target):
+                    yield event
         finally:
             self.close()
 
     async def __aiter__(self) -> AsyncIterator[ReceivedEvent]:
         try:
             while True:
-                yield await self.next_async()
+                event = await self.next_async()
+                with caused_by(event.envelope, self.guard.target):
+                    yield event
         finally:
             await self.close_async()
 

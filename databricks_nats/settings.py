@@ -157,6 +157,9 @@ class Settings:
     identity_audience: str | None = setting(
         None, parse_optional, doc="identity: the auth service's audience the aws_iam proof is bound to"
     )
+    hop_limit: int = setting(
+        8, positive(int), doc="reactions a chain of events may go through before reactors refuse it as a loop"
+    )
     credentials_ttl: float = setting(5.0, positive(float), doc="seconds resolved credentials are reused by reconnects")
     detect_context: bool = setting(True, boolean, doc="detect the Databricks workspace, cluster, notebook and job")
     context_timeout: float = setting(

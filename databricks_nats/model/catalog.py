@@ -81,8 +81,13 @@ def envelope_schema() -> dict[str, Any]:
             "traceparent": {"type": "string", "pattern": "^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"},
             "workspace": {"type": "string"},
             "env": {"type": "string"},
+            "causationid": {"type": "string", "minLength": 1},
+            "correlationid": {"type": "string", "minLength": 1},
+            "hop": {"type": "integer", "minimum": 1},
+            "via": {"type": "string"},
             "data": {"type": "object"},
         },
+        "dependentRequired": {"causationid": ["correlationid", "hop"]},
         "additionalProperties": False,
     }
 

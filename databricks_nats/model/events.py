@@ -22,6 +22,8 @@ from typing import Any
 
 from databricks_nats.model import catalog, jsonsafe, subjects
 from databricks_nats.model.catalog import EventType
+from databricks_nats.model.causation import Causation
+from databricks_nats.model.causation import current as _current_causation
 from databricks_nats.model.ids import uuid7
 
 __all__ = ["CE_CONTENT_TYPE", "Encoder", "Event", "dead_letter", "encode", "new_event", "shrink"]
@@ -33,7 +35,7 @@ _ENVELOPE_KEYS = frozenset({"context"})
 class Event:
     """One event: its type, its data, the subject keys and pointer, and its fixed id and time."""
 
-    __slots__ = ("data", "dataref", "id", "keys", "subject", "time_ns", "traceparent", "type")
+    __slots__ = ("causation", "data", "dataref", "id", "keys", "subject", "time_ns", "traceparent", "type")
 
     def __init__(
         self,
@@ -46,6 +48,7 @@ class Event:
         time_ns: int | None = None,
         traceparent: str | None = None,
         subject: str | None = None,
+        causation: Causation | None = None,
     ) -> None:
         self.type = type
         self.data = data
@@ -55,6 +58,7 @@ class Event:
         self.time_ns = time_ns if time_ns is not None else time.time_ns()
         self.traceparent = traceparent
         self.subject = subject
+        self.causation = causation
 
     @property
     def time(self) -> _dt.datetime:
@@ -80,11 +84,18 @@ def _current_traceparent() -> str | None:
 
 
 def new_event(
-    type: str, data: Mapping[str, Any], *, keys: Any = None, dataref: str | None = None, time_ns: int | None = None
+    type: str,
+    data: Mapping[str, Any],
+    *,
+    keys: Any = None,
+    dataref: str | None = None,
+    time_ns: int | None = None,
+    causation: Causation | None = None,
 ) -> Event:
-    """Create an event in the caller's thread (cheap: id, time and trace context only).
+    """Create an event in the caller's thread (cheap: id, time, trace context and causation only).
 
-    ``time_ns`` is when it happened, if not now (an event handed over later, in a batch)."""
+    ``time_ns`` is when it happened, if not now (an event handed over later, in a batch). ``causation`` is the
+    event it reacts to; by default the one being handled in this context (``causation.caused_by``), if any."""
     return Event(
         type,
         data,
@@ -92,6 +103,7 @@ def new_event(
         dataref=dataref,
         traceparent=_current_traceparent(),
         time_ns=time_ns,
+        causation=causation if causation is not None else _current_causation(),
     )
 
 
@@ -145,6 +157,8 @@ def encode(
         env_obj["dataref"] = dataref[: min(2048, max_bytes // 8)]
     if event.traceparent:
         env_obj["traceparent"] = event.traceparent
+    if event.causation is not None:
+        env_obj.update(event.causation.attributes())
     env_obj["data"] = data
     payload = jsonsafe.dumps(env_obj)
     if len(payload) <= max_bytes:
@@ -220,6 +234,8 @@ class Encoder:
             extra = ',"dataref":' + _str(dataref[: min(2048, max_bytes // 8)])
         if event.traceparent:
             extra += ',"traceparent":' + _str(event.traceparent)
+        if event.causation is not None:
+            extra += "," + _json(event.causation.attributes())[1:-1]
         body = _json(data)
         if self._context is not None and "context" not in data:  # the context goes last, as in encode()
             body = f"{body[:-1]}{',' if len(body) > 2 else ''}{self._context}}}"

@@ -189,4 +189,22 @@ for _action in ("granted", "denied"):
         )
     )
 
+_TYPES.append(
+    EventType(
+        "system.loop.detected",
+        keys=(),
+        fields={
+            "event_id": "string",  # the event that was not acted on
+            "event_type": "string?",
+            "correlation_id": "string?",
+            "hop": "integer",
+            "via": "array",
+            "target": "string?",  # the reactor that refused: airflow:dag/<id>, prefect:deployment/<name>, subscribe:…
+            "reason": "string",
+            "suppressed": "integer",
+        },
+        description="A reactor refused an event that would continue a loop (hop limit, or its own target again)",
+    )
+)
+
 BUILTIN: tuple[EventType, ...] = tuple(_TYPES)
