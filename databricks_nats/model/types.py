@@ -189,6 +189,66 @@ for _action in ("granted", "denied"):
         )
     )
 
+# Orchestrators publishing back (issue 16): lean pointers to a run in the Airflow / Prefect UI.
+_AIRFLOW_RUN = {
+    "dag_id": "string",
+    "run_id": "string",
+    "state": "string",
+    "logical_date": "string?",
+    "run_type": "string?",
+    "duration_ms": "integer?",
+    "url": "string?",
+    "assets": "array",  # URIs of the assets the run (task) produced
+}
+for _action in ("running", "success", "failed"):
+    _TYPES.append(
+        EventType(
+            f"airflow.dag_run.{_action}",
+            keys=("dag_id",),
+            dataref="url",
+            fields=_AIRFLOW_RUN,
+            description=f"Airflow DAG run {_action}",
+        )
+    )
+for _action in ("running", "success", "failed", "skipped", "up_for_retry"):
+    _TYPES.append(
+        EventType(
+            f"airflow.task.{_action}",
+            keys=("dag_id", "task_id"),
+            dataref="url",
+            fields={**_AIRFLOW_RUN, "task_id": "string", "try_number": "integer?", "map_index": "integer?"},
+            description=f"Airflow task instance {_action.replace('_', ' ')}",
+        )
+    )
+_PREFECT_RUN = {
+    "flow_run_id": "string",
+    "flow_name": "string",
+    "deployment_name": "string?",
+    "state": "string",  # the state's name (Completed, Failed…)
+    "state_type": "string",  # its type (COMPLETED, FAILED…)
+    "duration_ms": "integer?",
+    "url": "string?",
+}
+for _action in ("running", "completed", "failed", "crashed", "cancelled"):
+    _TYPES.append(
+        EventType(
+            f"prefect.flow_run.{_action}",
+            keys=("flow_name",),
+            dataref="url",
+            fields=_PREFECT_RUN,
+            description=f"Prefect flow run {_action}",
+        )
+    )
+    _TYPES.append(
+        EventType(
+            f"prefect.task_run.{_action}",
+            keys=("flow_name", "task_name"),
+            dataref="url",
+            fields={**_PREFECT_RUN, "task_run_id": "string", "task_name": "string", "flow_run_id": "string?"},
+            description=f"Prefect task run {_action}",
+        )
+    )
+
 _TYPES.append(
     EventType(
         "system.loop.detected",
