@@ -28,6 +28,15 @@ stub uses the client id (what an OAuth client-credentials token without a ``reso
 when given — the service's ``OidcIssuer.audiences`` must name it, as the oidc module's docs tell an operator to
 read it off a decoded token. Counters: ``token_requests`` (all), ``tokens_issued``, ``token_refusals``; every
 path asked for lands in ``paths``; ``tokens`` holds every token minted (tests grep logs and events for them).
+
+Token introspection (what the auth service asks for a ``databricks:`` proof): ``GET {host}/api/2.0/preview/
+scim/v2/Me`` with ``Authorization: Bearer <token>`` — the SCIM "get current user" of the workspace API, for
+any token the workspace accepts (a PAT, a runtime's native token, an OAuth token). ``principals`` maps a bearer
+token to the SCIM resource it belongs to (``user()`` / ``service_principal()`` build them as Databricks does:
+``schemas``, ``id``, ``userName``, ``displayName``, ``active``, ``groups`` as ``{"display", "value", "type",
+"$ref"}``; a service principal also has ``applicationId``); a minted OAuth token belongs to its client's service
+principal. ``forbidden`` tokens answer 403, unknown ones 401, both in Databricks' REST error JSON
+(``{"error_code", "message"}``). Counters: ``me_requests``, ``me_refusals``.
 """
 
 from __future__ import annotations
@@ -38,11 +47,12 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs
 
-__all__ = ["DatabricksOAuthStub"]
+__all__ = ["DatabricksOAuthStub", "service_principal", "user"]
 
 
 class DatabricksOAuthStub:
@@ -56,6 +66,7 @@ class DatabricksOAuthStub:
         expires_in: int = 3600,
         workspace_id: str = "1234567890123456",
         host_metadata: bool = True,
+        principals: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -72,6 +83,10 @@ class DatabricksOAuthStub:
         self.token_refusals = 0
         self.paths: list[str] = []
         self.tokens: list[str] = []
+        self.principals: dict[str, dict[str, Any]] = dict(principals or {})  # bearer token -> SCIM Me resource
+        self.forbidden: set[str] = set()  # tokens answered 403 (authenticated, not allowed)
+        self.me_requests = 0
+        self.me_refusals = 0
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -131,7 +146,22 @@ class DatabricksOAuthStub:
         token = jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self.kid, "typ": "at+jwt"})
         with self._lock:
             self.tokens.append(token)
+            self.principals[token] = service_principal(client_id)
         return token
+
+    def me_response(self, authorization: str) -> tuple[int, dict[str, Any]]:
+        """``GET /api/2.0/preview/scim/v2/Me``: the principal the bearer token belongs to."""
+        scheme, _, token = authorization.partition(" ")
+        with self._lock:
+            self.me_requests += 1
+            known = self.principals.get(token) if scheme.lower() == "bearer" else None
+            if known is not None and token in self.forbidden:
+                self.me_refusals += 1
+                return 403, {"error_code": "PERMISSION_DENIED", "message": "User is not allowed to call this API"}
+            if known is None:
+                self.me_refusals += 1
+                return 401, {"error_code": "UNAUTHENTICATED", "message": "Invalid access token."}
+        return 200, known
 
     def _client(self, authorization: str, form: dict[str, list[str]]) -> str | None:
         """The client id when HTTP Basic (or ``client_id``/``client_secret`` in the form) names a known client
@@ -187,7 +217,9 @@ class DatabricksOAuthStub:
                     "/oidc/.well-known/openid-configuration": stub.openid_configuration,
                     "/oidc/jwks.json": stub.jwks,
                 }
-                if path == "/.well-known/databricks-config" and stub.host_metadata:
+                if path == "/api/2.0/preview/scim/v2/Me":
+                    self._send(*stub.me_response(self.headers.get("Authorization", "")))
+                elif path == "/.well-known/databricks-config" and stub.host_metadata:
                     self._send(200, {"oidc_endpoint": stub.issuer, "workspace_id": stub.workspace_id})
                 elif path in documents:
                     self._send(200, documents[path]())
@@ -227,3 +259,42 @@ class DatabricksOAuthStub:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _groups(names: Sequence[str]) -> list[dict[str, str]]:
+    out = []
+    for name in names:
+        gid = str(uuid.uuid5(uuid.NAMESPACE_OID, name).int % 10**15)
+        out.append({"display": name, "value": gid, "type": "direct", "$ref": f"Groups/{gid}"})
+    return out
+
+
+def user(user_name: str, groups: Sequence[str] = (), *, display_name: str | None = None) -> dict[str, Any]:
+    """A workspace user as SCIM ``Me`` returns it."""
+    return {
+        "schemas": [
+            "urn:ietf:params:scim:schemas:core:2.0:User",
+            "urn:ietf:params:scim:schemas:extension:workspace:2.0:User",
+        ],
+        "id": str(uuid.uuid4().int % 10**16),
+        "userName": user_name,
+        "displayName": display_name or user_name.split("@")[0],
+        "active": True,
+        "emails": [{"type": "work", "value": user_name, "primary": True}],
+        "groups": _groups(groups),
+    }
+
+
+def service_principal(
+    application_id: str, groups: Sequence[str] = (), *, display_name: str = "bundle-sp"
+) -> dict[str, Any]:
+    """A service principal as SCIM ``Me`` returns it: ``applicationId``, and its application id as ``userName``."""
+    return {
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServicePrincipal"],
+        "id": str(uuid.uuid4().int % 10**16),
+        "applicationId": application_id,
+        "userName": application_id,
+        "displayName": display_name,
+        "active": True,
+        "groups": _groups(groups),
+    }

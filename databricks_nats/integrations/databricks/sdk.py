@@ -20,6 +20,7 @@ from databricks_nats.errors import ConfigurationError
 
 __all__ = [
     "Identity",
+    "bearer",
     "bearer_token",
     "identity",
     "read_secret",
@@ -104,11 +105,14 @@ def read_secret(scope: str, key: str, timeout: float = 10.0) -> str | None:
         raise ConfigurationError("secret_scope", f"key {key!r} of scope {scope!r} is not base64 UTF-8") from None
 
 
-def bearer_token(timeout: float = 10.0) -> str:
-    """The OAuth token the SDK authenticates with (its own auth chain: OAuth M2M for a service principal,
-    workload identity federation, U2M...), refreshed by the SDK before it expires. Errors carry no value."""
+def bearer(timeout: float = 10.0) -> tuple[str, str]:
+    """The workspace URL and the bearer token the SDK authenticates with there (its own auth chain: OAuth M2M
+    for a service principal, workload identity federation, U2M, a PAT, the runtime's native auth on a job
+    cluster or serverless...), refreshed by the SDK before it expires. Errors carry no value."""
     try:
-        headers = workspace_client(timeout).config.authenticate()
+        config = workspace_client(timeout).config
+        headers = config.authenticate()
+        host = str(config.host or "")
     except ImportError:
         raise ConfigurationError(
             "oidc_token", "oidc_token = databricks needs databricks-sdk: pip install 'databricks-nats[databricks]'"
@@ -117,8 +121,15 @@ def bearer_token(timeout: float = 10.0) -> str:
         raise ConfigurationError("oidc_token", f"the Databricks SDK gave no token: {type(e).__name__}") from None
     scheme, _, token = str(headers.get("Authorization", "")).partition(" ")
     if scheme.lower() != "bearer" or not token:
-        raise ConfigurationError("oidc_token", "the Databricks SDK's auth is not a bearer token (use OAuth)")
-    return token
+        raise ConfigurationError("oidc_token", "the Databricks SDK's auth is not a bearer token")
+    if not host:
+        raise ConfigurationError("oidc_token", "the Databricks SDK names no workspace host")
+    return host.rstrip("/"), token
+
+
+def bearer_token(timeout: float = 10.0) -> str:
+    """The bearer token alone (see ``bearer``)."""
+    return bearer(timeout)[1]
 
 
 def _lookup(timeout: float) -> Identity:

@@ -18,6 +18,10 @@
     issuer = "https://<workspace-host>/oidc"
     audiences = ["nats"]
 
+    [[databricks]]                                     # one table per trusted workspace (oidc_token = databricks)
+    host = "https://<workspace-host>"                  # tokens are introspected there (SCIM Me): only listed hosts
+    workspace_id = "1234567890123456"                  # optional: the workspace_id claim policy rules match on
+
     [aws]                                              # optional: AWS IAM identities
     sts_endpoint = "https://sts.amazonaws.com"
     audience = "nats.example.com"                      # what clients bind their proof to (identity_audience)
@@ -28,6 +32,10 @@
     password = "/etc/databricks-nats/audit-password"
     workspace = "platform"
     env = "prod"
+
+A ``[[databricks]]`` workspace accepts what ``oidc_token = "databricks"`` presents whatever the SDK's auth
+(a PAT, a job cluster's or serverless' native token, OAuth): the service asks the workspace who the token is.
+An OAuth JWT of a workspace whose ``<host>/oidc`` is also an ``[[oidc]]`` issuer is verified offline instead.
 
 ``[nats]`` and ``[audit]`` take the client's settings (``Settings``): URLs, credentials, TLS, spool. Every
 problem is a ``ConfigurationError`` naming the file and the key.
@@ -42,6 +50,7 @@ from typing import Any
 
 from databricks_nats.config_file import load
 from databricks_nats.errors import ConfigurationError
+from databricks_nats.integrations.identity.databricks import DatabricksWorkspace
 from databricks_nats.integrations.identity.oidc import OidcIssuer
 from databricks_nats.settings import Settings, resolve_settings
 from databricks_nats.values import Secret
@@ -81,6 +90,7 @@ class ServiceConfig:
     policy: str
     xkey_seed: Secret | None = None
     oidc: tuple[OidcIssuer, ...] = ()
+    databricks: tuple[DatabricksWorkspace, ...] = ()
     aws_sts_endpoint: str | None = None
     aws_audience: str | None = None
     audit: Settings | None = None
@@ -89,7 +99,10 @@ class ServiceConfig:
     queue: str = "databricks-nats-auth"  # instances in one queue group share the requests
 
     def __repr__(self) -> str:
-        return f"ServiceConfig(account={self.account!r}, policy={self.policy!r}, oidc={len(self.oidc)} issuer(s))"
+        return (
+            f"ServiceConfig(account={self.account!r}, policy={self.policy!r}, oidc={len(self.oidc)} issuer(s), "
+            f"databricks={len(self.databricks)} workspace(s))"
+        )
 
     @classmethod
     def load(cls, path: str) -> ServiceConfig:
@@ -117,11 +130,12 @@ class ServiceConfig:
                 )
             except (KeyError, TypeError) as e:
                 raise ConfigurationError("oidc", f"{path}: [[oidc]] #{i + 1}: {e}") from None
+        workspaces = _workspaces(path, data.get("databricks") or [])
         aws = data.get("aws") or {}
         if not isinstance(aws, Mapping):
             raise ConfigurationError("aws", f"{path}: [aws] must be a table")
-        if not issuers and not aws:
-            raise ConfigurationError("oidc", f"{path}: trust at least one [[oidc]] issuer or [aws]")
+        if not issuers and not workspaces and not aws:
+            raise ConfigurationError("oidc", f"{path}: trust at least one [[oidc]], [[databricks]] or [aws]")
         return cls(
             nats=_settings(path, "nats", data.get("nats", {}), client_name="databricks-nats-auth"),
             account=str(callout["account"]),
@@ -129,6 +143,7 @@ class ServiceConfig:
             xkey_seed=_secret(path, "xkey_seed", callout["xkey_seed"]) if callout.get("xkey_seed") else None,
             policy=policy,
             oidc=tuple(issuers),
+            databricks=workspaces,
             aws_sts_endpoint=str(aws.get("sts_endpoint") or "https://sts.amazonaws.com") if aws else None,
             aws_audience=str(aws["audience"]) if aws.get("audience") else None,
             audit=_settings(path, "audit", data["audit"], client_name="databricks-nats-audit")
@@ -137,3 +152,28 @@ class ServiceConfig:
             workers=int(callout.get("workers", 8)),
             audit_per_second=float(callout.get("audit_per_second", 5.0)),
         )
+
+
+def _workspaces(path: str, tables: Any) -> tuple[DatabricksWorkspace, ...]:
+    """The ``[[databricks]]`` tables: ``host`` and an optional ``workspace_id``."""
+    if not isinstance(tables, list):
+        raise ConfigurationError("databricks", f"{path}: [[databricks]] must be a list of tables")
+    found = []
+    for i, item in enumerate(tables):
+        where = f"{path}: [[databricks]] #{i + 1}"
+        if not isinstance(item, Mapping):
+            raise ConfigurationError("databricks", f"{where} must be a table")
+        unknown = set(item) - {"host", "workspace_id"}
+        if unknown:
+            raise ConfigurationError("databricks", f"{where}: unknown key {sorted(unknown)[0]!r}")
+        if not item.get("host"):
+            raise ConfigurationError("databricks", f"{where}: host is required")
+        try:
+            found.append(DatabricksWorkspace(host=item["host"], workspace_id=item.get("workspace_id")))
+        except ConfigurationError as e:
+            raise ConfigurationError(e.setting, f"{where}: {str(e).split(': ', 1)[-1]}") from None
+    hosts = [w.host for w in found]
+    for host in hosts:
+        if hosts.count(host) > 1:
+            raise ConfigurationError("databricks", f"{path}: [[databricks]] {host!r} is listed twice")
+    return tuple(found)

@@ -7,7 +7,9 @@ One request, followed through (``respond``, on a worker thread):
 2. ``AuthorizationRequest.from_jwt`` checks the server's signature; an unreadable request is counted and left
    unanswered (the server refuses the client when the callout times out);
 3. the token the client presented (its CONNECT ``auth_token``) is verified: an AWS proof (``aws-iam:…``) by
-   forwarding it to STS, anything else as an OIDC JWT against the trusted issuers' JWKS;
+   forwarding it to STS, a Databricks proof (``databricks:…``) by asking its (trusted) workspace who the token
+   is (``databricks.py``; a workspace OAuth JWT is verified offline as OIDC), anything else as an OIDC JWT
+   against the trusted issuers' JWKS;
 4. the policy (re-read when its file changes: the next connect uses the new one) maps the ``Identity`` to
    permissions, deny by default;
 5. the answer is a user JWT for the request's user key in ``account``, signed by the issuer key, expiring at
@@ -96,6 +98,7 @@ class AuthService:
         *,
         oidc: Any = None,
         aws: Any = None,
+        databricks: Any = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
@@ -111,7 +114,12 @@ class AuthService:
             from databricks_nats.integrations.identity.aws import AwsIamVerifier
 
             aws = AwsIamVerifier(sts_endpoint=config.aws_sts_endpoint, audience=config.aws_audience)
-        self.oidc, self.aws = oidc, aws
+        if databricks is None and config.databricks:
+            from databricks_nats.integrations.identity.databricks import DatabricksVerifier
+
+            # The OIDC verifier too: a workspace's OAuth JWT is verified offline when its issuer is trusted.
+            databricks = DatabricksVerifier(config.databricks, oidc=oidc)
+        self.oidc, self.aws, self.databricks = oidc, aws, databricks
         self.policy = _PolicyFile(config.policy)
         self.audit_client: Any = None
         if config.audit is not None:
@@ -156,7 +164,12 @@ class AuthService:
 
     def _verify(self, token: str) -> Identity:
         from databricks_nats.integrations.identity.aws import TOKEN_PREFIX
+        from databricks_nats.integrations.identity.databricks import DATABRICKS_PREFIX
 
+        if token.startswith(DATABRICKS_PREFIX):
+            if self.databricks is None:
+                raise Refused("Databricks identities are not accepted here")
+            return self.databricks.verify(token)  # type: ignore[no-any-return]
         if token.startswith(TOKEN_PREFIX):
             if self.aws is None:
                 raise Refused("AWS IAM identities are not accepted here")

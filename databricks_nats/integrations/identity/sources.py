@@ -6,7 +6,8 @@
 - ``file:PATH`` — a file re-read at every connect (a Kubernetes projected token, a sidecar's output);
 - ``command:CMD`` — a command line (no shell) whose standard output is the token (``az account get-access-token
   --query accessToken -o tsv``, a vault agent); run on a thread, ahead of the token's expiry;
-- ``databricks`` — the Databricks SDK's OAuth token for the identity it runs as (a job's service principal).
+- ``databricks`` — the Databricks SDK's token for the identity it runs as (a job's service principal), with
+  its workspace URL, for the auth service to verify with that workspace (``databricks.py``).
 
 ``aws_iam`` signs ``sts:GetCallerIdentity`` with the AWS credentials botocore finds (the cluster's instance
 profile), bound to ``identity_audience`` (``aws.py``). A token's expiry is read from the token itself (a JWT's
@@ -126,14 +127,21 @@ class CommandToken:
 
 @dataclass(frozen=True)
 class DatabricksToken:
+    """The Databricks SDK's bearer token, wrapped with its workspace for the auth service to introspect
+    (``identity/databricks.py``): ``databricks:`` + base64url(JSON {"host", "token"}). The expiry is the inner
+    token's ``exp`` when it is a JWT (an OAuth token), else None (a PAT, the runtime's native token)."""
+
     timeout: float = 10.0
     fast: bool = False
-    description: str = "OIDC token from the Databricks SDK"
+    description: str = "Databricks token from the Databricks SDK"
 
     def token(self) -> IdentityToken:
-        from databricks_nats.integrations.databricks.sdk import bearer_token
+        from databricks_nats.integrations.databricks.sdk import bearer
+        from databricks_nats.integrations.identity.databricks import encode_proof
 
-        return _token(bearer_token(self.timeout), self.description)
+        host, value = bearer(self.timeout)
+        inner = _token(value, self.description)
+        return IdentityToken(Secret(encode_proof(host, inner.value.reveal())), inner.expires_at, self.description)
 
 
 @dataclass(frozen=True)
