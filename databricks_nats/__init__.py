@@ -48,8 +48,8 @@ if typing.TYPE_CHECKING:
         stats,
     )
     from databricks_nats.client import Client, current_client
-    from databricks_nats.model.causation import Causation, caused_by
     from databricks_nats.consumer import subscribe, wait_for
+    from databricks_nats.model.causation import Causation, caused_by
     from databricks_nats.model.events import Event
     from databricks_nats.ports import FlushResult
     from databricks_nats.settings import Secret, Settings

@@ -205,8 +205,19 @@ def _presented(token: str, expires_at: float | None) -> str:
     left = f", expires in {expires_at - time.time():.0f} s" if expires_at is not None else ""
     if token.startswith("aws-iam:"):
         return f"AWS IAM proof (signed sts:GetCallerIdentity){left}"
+    if token.startswith("databricks:"):
+        from databricks_nats.integrations.identity.databricks import decode_proof
+
+        host, inner = decode_proof(token)
+        inner_claims = jwt_claims(inner)
+        if inner_claims is None:
+            return f"Databricks token of {host} (the auth service asks the workspace whose it is){left}"
+        token, host_note = inner, f" (Databricks, {host})"
+    else:
+        host_note = ""
     claims = jwt_claims(token) or {}
-    return f"OIDC token of {claims.get('sub', '?')} from {claims.get('iss', '?')} for {claims.get('aud', '?')}{left}"
+    who = f"{claims.get('sub', '?')} from {claims.get('iss', '?')} for {claims.get('aud', '?')}"
+    return f"OIDC token of {who}{host_note}{left}"
 
 
 async def _granted(nc: Any, timeout: float) -> list[tuple[str, str]]:

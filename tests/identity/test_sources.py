@@ -179,3 +179,17 @@ def test_one_off_connections_present_the_identity_token(monkeypatch) -> None:
     monkeypatch.setenv("MY_TOKEN", token)
     settings = _settings(oidc_token="env:MY_TOKEN")
     assert auth_options(settings, identity=token_source(settings))["token"] == token
+
+
+def test_doctor_describes_a_databricks_proof_without_its_token() -> None:
+    from databricks_nats.cli import _presented
+    from databricks_nats.integrations.identity.databricks import encode_proof
+
+    pat = encode_proof("dbc-1.cloud.databricks.com", "dapi0123456789abcdef")
+    assert _presented(pat, None) == (
+        "Databricks token of https://dbc-1.cloud.databricks.com (the auth service asks the workspace whose it is)"
+    )
+    oauth = encode_proof("https://dbc-1.cloud.databricks.com", _jwt(time.time() + 600, "6f1c"))
+    shown = _presented(oauth, time.time() + 600)
+    assert shown.startswith("OIDC token of 6f1c from ? for ? (Databricks, https://dbc-1.cloud.databricks.com)")
+    assert "dapi" not in _presented(pat, None).split("of")[0]

@@ -40,6 +40,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from databricks_nats.errors import ConfigurationError
 from databricks_nats.integrations.identity.identity import Identity, Refused
+from databricks_nats.integrations.identity.urls import require_https
 
 __all__ = ["AUDIENCE_HEADER", "TOKEN_PREFIX", "AwsIamVerifier", "AwsProof", "sign_identity_request"]
 
@@ -200,14 +201,10 @@ class AwsIamVerifier:
         ssl_context: ssl.SSLContext | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        parts = urlsplit(sts_endpoint)
-        if parts.scheme not in ("https", "http") or not parts.hostname:
-            raise ConfigurationError("sts_endpoint", f"not an http(s) URL: {sts_endpoint!r}")
-        if parts.scheme == "http" and parts.hostname not in _LOOPBACK:
-            raise ConfigurationError("sts_endpoint", "plain http is allowed only on loopback (a test stub)")
+        parts = require_https("sts_endpoint", sts_endpoint)
         self._parts = parts
         self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self.issuer = parts.hostname
+        self.issuer = parts.hostname or ""  # require_https checked there is one
         self._audience = audience
         self._max_age = max_age
         self._timeout = timeout

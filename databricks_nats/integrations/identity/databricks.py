@@ -49,9 +49,18 @@ from typing import Any
 
 from databricks_nats.errors import ConfigurationError
 from databricks_nats.integrations.identity.identity import Identity, Refused
-from databricks_nats.integrations.identity.oidc import OidcVerifier, _check_url
+from databricks_nats.integrations.identity.oidc import OidcVerifier
+from databricks_nats.integrations.identity.sources import jwt_claims
+from databricks_nats.integrations.identity.urls import require_https
 
-__all__ = ["DATABRICKS_PREFIX", "DatabricksVerifier", "DatabricksWorkspace", "encode_proof", "normalise_host"]
+__all__ = [
+    "DATABRICKS_PREFIX",
+    "DatabricksVerifier",
+    "DatabricksWorkspace",
+    "decode_proof",
+    "encode_proof",
+    "normalise_host",
+]
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +87,7 @@ def encode_proof(host: str, token: str) -> str:
     return DATABRICKS_PREFIX + base64.urlsafe_b64encode(body).decode("ascii").rstrip("=")
 
 
-def _decode_proof(proof: str) -> tuple[str, str]:
+def decode_proof(proof: str) -> tuple[str, str]:
     if not isinstance(proof, str) or not proof.startswith(DATABRICKS_PREFIX) or len(proof) > _MAX_PROOF:
         raise Refused(_MALFORMED)
     data = proof[len(DATABRICKS_PREFIX) :]
@@ -96,18 +105,6 @@ def _decode_proof(proof: str) -> tuple[str, str]:
     return host, token
 
 
-def _jwt_claims(token: str) -> dict[str, Any]:
-    """The unverified claims of a JWT-shaped token ({} otherwise): only to route and to bound the cache."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        return {}
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (binascii.Error, ValueError):
-        return {}
-    return claims if isinstance(claims, dict) else {}
-
-
 @dataclass(frozen=True)
 class DatabricksWorkspace:
     """A trusted workspace: its URL (https, http for loopback only) and, optionally, its numeric id."""
@@ -122,7 +119,7 @@ class DatabricksWorkspace:
         parts = urllib.parse.urlsplit(raw)
         if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password:
             raise ConfigurationError("databricks.host", "must be a workspace URL without path, query or user")
-        _check_url("databricks.host", raw)
+        require_https("databricks.host", raw)
         object.__setattr__(self, "host", normalise_host(raw))
         if self.workspace_id is not None:
             if isinstance(self.workspace_id, bool) or not isinstance(self.workspace_id, (str, int)):
@@ -185,11 +182,11 @@ class DatabricksVerifier:
 
     def verify(self, proof: str) -> Identity:
         """The identity a valid proof shows; ``Refused(reason)`` otherwise."""
-        host, token = _decode_proof(proof)
+        host, token = decode_proof(proof)
         workspace = self._workspaces.get(normalise_host(host))
         if workspace is None:
             raise Refused("workspace not trusted")
-        claims = _jwt_claims(token)
+        claims = jwt_claims(token) or {}
         if self._oidc is not None and claims.get("iss") == workspace.host + "/oidc":
             try:
                 return self._oidc.verify(token)

@@ -27,7 +27,7 @@ class Refused(DatabricksNatsError):
 class Identity:
     """A verified identity.
 
-    - ``kind``: ``"oidc"`` or ``"aws_iam"``.
+    - ``kind``: ``"oidc"``, ``"databricks"`` (a token introspected at its workspace) or ``"aws_iam"``.
     - ``issuer``: the OIDC ``iss``; ``"sts.amazonaws.com"``-style STS host for AWS.
     - ``subject``: the OIDC ``sub`` (a Databricks service principal's application id, an Okta/Entra object id);
       for AWS the caller ARN as STS returned it (``arn:aws:sts::123456789012:assumed-role/Role/session``).

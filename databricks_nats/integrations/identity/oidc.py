@@ -53,7 +53,6 @@ PyJWT (the ``auth-service`` extra) is imported lazily: importing this module nee
 from __future__ import annotations
 
 import http.client
-import ipaddress
 import json
 import logging
 import math
@@ -68,6 +67,7 @@ from typing import TYPE_CHECKING, Any
 
 from databricks_nats.errors import ConfigurationError, DatabricksNatsError
 from databricks_nats.integrations.identity.identity import Identity, Refused
+from databricks_nats.integrations.identity.urls import require_https
 
 if TYPE_CHECKING:
     import jwt
@@ -81,25 +81,6 @@ _REQUIRED = ("exp", "iss", "sub", "aud")
 _MAX_TOKEN = 16 * 1024  # bytes; real OIDC tokens are a few KiB
 _MAX_DOCUMENT = 1024 * 1024  # a discovery document or JWKS larger than this is refused
 _DISCOVERY_PATH = "/.well-known/openid-configuration"
-
-
-def _check_url(setting: str, url: str) -> None:
-    """https://, or http:// to a loopback host only."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme == "https" and parts.hostname:
-        return
-    if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
-        return
-    raise ConfigurationError(setting, "must be an https:// URL (http:// only for a loopback host)")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)
@@ -122,7 +103,7 @@ class OidcIssuer:
             object.__setattr__(self, name, tuple(value))
         if not isinstance(self.issuer, str) or not self.issuer:
             raise ConfigurationError("oidc.issuer", "must be a non-empty URL")
-        _check_url("oidc.issuer", self.issuer)
+        require_https("oidc.issuer", self.issuer)
         if not self.audiences or not all(isinstance(a, str) and a for a in self.audiences):
             raise ConfigurationError("oidc.audiences", "at least one non-empty audience is required")
         if not self.algorithms:
@@ -135,7 +116,7 @@ class OidcIssuer:
         for name in ("discovery_url", "jwks_uri"):
             url = getattr(self, name)
             if url is not None:
-                _check_url(f"oidc.{name}", url)
+                require_https(f"oidc.{name}", url)
         if not isinstance(self.leeway, (int, float)) or not math.isfinite(self.leeway) or self.leeway < 0:
             raise ConfigurationError("oidc.leeway", "must be a finite number of seconds >= 0")
 
@@ -303,7 +284,7 @@ class OidcVerifier:
             if not isinstance(uri, str):
                 raise _FetchError("the discovery document has no jwks_uri")
             try:
-                _check_url("jwks_uri", uri)
+                require_https("jwks_uri", uri)
             except ConfigurationError as exc:
                 raise _FetchError(str(exc)) from None
             state.jwks_uri = uri
@@ -323,7 +304,7 @@ class OidcVerifier:
         request = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310 - checked URL
         try:
             with urllib.request.urlopen(request, timeout=self._timeout, context=self._ssl) as response:  # noqa: S310
-                _check_url("url", response.geturl())
+                require_https("url", response.geturl())
                 body = response.read(_MAX_DOCUMENT + 1)
         except (OSError, ValueError, http.client.HTTPException) as exc:
             raise _FetchError(f"GET {url} failed: {type(exc).__name__}: {exc}") from None
