@@ -1,4 +1,8 @@
-"""End to end: a real scheduler, triggerer, dag-processor and api-server turn a NATS event into a DAG run."""
+"""End to end: a real scheduler, triggerer, dag-processor and api-server turn a NATS event into a DAG run.
+
+The components load the provider's plugin (``lazy_discover_providers = False``), so the listener is there;
+it publishes only where it is switched on (``DATABRICKS_NATS_AIRFLOW_LISTENER=true``).
+"""
 
 from __future__ import annotations
 
@@ -82,15 +86,40 @@ class Airflow:
 
 
 @pytest.fixture
-def airflow(airflow_db_copy: Path, live: Any, tmp_path: Path) -> Iterator[Airflow]:
-    """Scheduler, triggerer, dag-processor and api-server (SQLite, LocalExecutor) with the deploy DAG."""
+def start_airflow(airflow_db_copy: Path, live: Any, tmp_path: Path) -> Iterator[Any]:
+    """``start_airflow(dag_file, **env)``: scheduler, triggerer, dag-processor and api-server (SQLite,
+    LocalExecutor) with that DAG file and the provider's plugin loaded; stopped at the end of the test."""
+    started: list[Airflow] = []
+
+    def start(dag_file: str, **extra_env: str) -> Airflow:
+        components = Airflow(*_setup(airflow_db_copy, live, tmp_path, dag_file, extra_env))
+        started.append(components)
+        components.start()
+        return components
+
+    try:
+        yield start
+    finally:
+        for components in started:
+            components.stop()
+
+
+@pytest.fixture
+def airflow(start_airflow: Any) -> Airflow:
+    """The components with the deploy DAG, the listener not switched on."""
+    return start_airflow("deploy_champion_dag.py")  # type: ignore[no-any-return]
+
+
+def _setup(
+    airflow_db_copy: Path, live: Any, tmp_path: Path, dag_file: str, extra_env: dict[str, str]
+) -> tuple[Path, dict[str, str]]:
     from cryptography.fernet import Fernet
 
     home = tmp_path / "home"
     dags = tmp_path / "dags"
     home.mkdir()
     dags.mkdir()
-    shutil.copyfile(HERE / "dags" / "deploy_champion_dag.py", dags / "deploy_champion_dag.py")
+    shutil.copyfile(HERE / "dags" / dag_file, dags / dag_file)
     port = str(_free_port())
     env = {
         **os.environ,
@@ -110,14 +139,14 @@ def airflow(airflow_db_copy: Path, live: Any, tmp_path: Path) -> Iterator[Airflo
         "DATABRICKS_NATS_WORKSPACE": live.workspace,
         "DATABRICKS_NATS_ENV": live.env,
         "NATS_TEST_OUT": str(tmp_path / "deployed.json"),
+        "AIRFLOW__CORE__LAZY_DISCOVER_PROVIDERS": "False",  # Airflow loads provider plugins only so
+        "DATABRICKS_NATS_SPOOL_DIR": str(tmp_path / "airflow-spool"),
+        **extra_env,
     }
-    env.pop("DATABRICKS_NATS_AIRFLOW_TESTS", None)
-    components = Airflow(home, env)
-    try:
-        components.start()
-        yield components
-    finally:
-        components.stop()
+    for name in ("DATABRICKS_NATS_AIRFLOW_TESTS", "DATABRICKS_NATS_AIRFLOW_LISTENER"):
+        env.pop(name, None)
+    env.update(extra_env)
+    return home, env
 
 
 def _wait(what: str, check: Any, airflow: Airflow, timeout: float) -> Any:
@@ -185,3 +214,114 @@ def test_alias_set_event_runs_the_asset_watched_dag(
     deployed = json.loads(out.read_text())
     assert [e["id"] for e in deployed] == [event.id]
     assert deployed[0]["data"]["version"] == "9"
+    # The listener is loaded (the provider's plugin) but not switched on: nothing of Airflow's on NATS.
+    assert [e["type"] for e in stream_events(live) if "airflow." in e["type"]] == []
+
+
+def stream_events(live: Any, timeout: float = 2.0) -> list[dict[str, Any]]:
+    """Every event in the test's stream, in order (read until ``timeout`` s pass without one)."""
+    out = []
+    where = {"url": ",".join(live.url), "workspace": live.workspace, "env": live.env}
+    with databricks_nats.subscribe(start="all", dedupe=False, **where) as sub:
+        while True:
+            try:
+                out.append(sub.next(timeout).envelope)
+            except TimeoutError:
+                return out
+
+
+def _of(events: list[dict[str, Any]], event_type: str, **data: Any) -> list[dict[str, Any]]:
+    return [
+        e
+        for e in events
+        if e["type"].removeprefix("databricks.") == event_type and all(e["data"].get(k) == v for k, v in data.items())
+    ]
+
+
+def _cause(event: dict[str, Any]) -> tuple[Any, ...]:
+    """An envelope's causation attributes: causationid, correlationid, hop, via."""
+    return (event.get("causationid"), event.get("correlationid"), event.get("hop"), event.get("via"))
+
+
+def _dag_runs(db: Path, dag_id: str) -> list[str]:
+    with sqlite3.connect(db) as conn:
+        return [str(r[0]) for r in conn.execute("SELECT state FROM dag_run WHERE dag_id = ?", (dag_id,))]
+
+
+@pytest.mark.slow
+def test_runs_publish_back_with_the_causation_of_their_event_and_a_loop_is_cut(
+    start_airflow: Any, airflow_db_copy: Path, live: Any, consumer_ready: Any
+) -> None:
+    """An alias_set event runs a DAG whose task and run events, and the event its publish operator sends through
+    the nats connection, carry the alias event's causation; a DAG triggered by its own task's success runs once
+    and the loop is announced as system.loop.detected."""
+    from airflow.sdk import Asset
+
+    where = {"url": ",".join(live.url), "workspace": live.workspace, "env": live.env}
+    connection = {"conn_type": "nats", "host": where["url"], "extra": {"workspace": live.workspace, "env": live.env}}
+    airflow = start_airflow(
+        "publish_back_dags.py",
+        DATABRICKS_NATS_AIRFLOW_LISTENER="true",
+        AIRFLOW__API__BASE_URL="http://airflow.example:8080/",
+        AIRFLOW_CONN_NATS_DEFAULT=json.dumps(connection),
+    )
+    durables = [
+        NatsEventTrigger(
+            event_type="mlflow.model.alias_set", match={"name": "main.ml.churn", "alias": "champion"}, **where
+        ).durable,
+        NatsEventTrigger(
+            event_type="mlflow.model.alias_set", match={"name": "main.ml.echo", "alias": "champion"}, **where
+        ).durable,
+        NatsEventTrigger(event_type="airflow.task.success", match={"dag_id": "echo"}, **where).durable,
+    ]
+
+    def consumers_exist() -> bool:
+        try:
+            for durable in durables:
+                asyncio.run(consumer_ready(live, durable, timeout=0))
+            return True
+        except Exception:
+            return False
+
+    _wait("the triggerer did not create the durable consumers", consumers_exist, airflow, 240)
+    churn = databricks_nats.emit(
+        "mlflow.model.alias_set", {"name": "main.ml.churn", "alias": "champion", "version": "4"}
+    )
+    echo = databricks_nats.emit("mlflow.model.alias_set", {"name": "main.ml.echo", "alias": "champion", "version": "1"})
+    assert churn is not None
+    assert echo is not None
+    assert databricks_nats.flush(timeout=10).ok
+
+    def published() -> list[dict[str, Any]] | None:
+        events = stream_events(live, timeout=0.5)
+        done = _of(events, "airflow.dag_run.success", dag_id="deploy_and_announce")
+        return events if done and _of(events, "system.loop.detected") else None
+
+    events = _wait("no dag_run.success of deploy_and_announce and no loop report", published, airflow, 240)
+
+    expected = (churn.id, churn.id, 1, "airflow:dag/deploy_and_announce")
+    tasks = _of(events, "airflow.task.success", dag_id="deploy_and_announce")
+    assert sorted(e["data"]["task_id"] for e in tasks) == ["announce", "deploy"], airflow.task_logs()
+    for event in tasks + _of(events, "airflow.dag_run.success", dag_id="deploy_and_announce"):
+        assert _cause(event) == expected, event
+    deploy = next(e["data"] for e in tasks if e["data"]["task_id"] == "deploy")
+    assert deploy["try_number"] == 1
+    assert deploy["state"] == "success"
+    assert deploy["assets"] == [Asset(name="churn_endpoint", uri="serving://churn").uri]
+    assert deploy["url"].startswith("http://airflow.example:8080/dags/deploy_and_announce/runs/")
+    assert deploy["url"].split("?")[0].endswith("/tasks/deploy")
+    running = _of(events, "airflow.task.running", dag_id="deploy_and_announce", task_id="deploy")
+    assert [_cause(e) for e in running] == [expected]
+    # The publish operator's event went through the nats_default connection and carries the same causation.
+    announced = _of(events, "myteam.deploy.done")
+    assert [_cause(e) for e in announced] == [expected]
+    assert announced[0]["data"]["run_id"] == deploy["run_id"]
+
+    # The loop: echo ran once (on the alias event); its task's success came back to its own trigger and was refused.
+    echoed = _of(events, "airflow.task.success", dag_id="echo")
+    assert [_cause(e) for e in echoed] == [(echo.id, echo.id, 1, "airflow:dag/echo")]
+    [loop] = _of(events, "system.loop.detected")
+    assert loop["data"]["event_id"] == echoed[0]["id"]
+    assert loop["data"]["target"] == "airflow:dag/echo"
+    assert loop["data"]["correlation_id"] == echo.id
+    assert _dag_runs(airflow_db_copy, "echo") == ["success"]

@@ -30,6 +30,9 @@ class NatsEventSensor(BaseSensorOperator):
     an earlier task of the same run is not missed; with ``durable=...`` the sensor instead reads a durable
     consumer, and every run takes the next event after the one the previous run took. The other arguments
     are those of ``NatsEventTrigger``. ``deferrable=False`` waits in the worker instead of the triggerer.
+    ``newest_only=True`` returns the newest matching event among those arriving within ``coalesce`` seconds
+    of the first. An event whose chain already went through this DAG, or is at the hop limit, is refused
+    (``system.loop.detected``) and the sensor keeps waiting.
     """
 
     template_fields: Sequence[str] = ("event_type", "match", "where", "durable", "start")
@@ -51,6 +54,8 @@ class NatsEventSensor(BaseSensorOperator):
         keys: Sequence[str] | None = None,
         settings: Mapping[str, Any] | None = None,
         deferrable: bool = True,
+        newest_only: bool = False,
+        coalesce: float = 0.5,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -67,11 +72,16 @@ class NatsEventSensor(BaseSensorOperator):
         self.keys = keys
         self.settings = dict(settings or {})
         self.deferrable = deferrable
+        self.newest_only = newest_only
+        self.coalesce = coalesce
         self.trigger(start="new")  # bad filters or settings fail when the DAG is parsed, not when it runs
 
-    def trigger(self, start: Start) -> NatsEventTrigger:
+    def trigger(self, start: Start, dag_id: str | None = None) -> NatsEventTrigger:
         """The deferral trigger this sensor hands to the triggerer."""
         return NatsEventTrigger(
+            dag_id=dag_id,
+            newest_only=self.newest_only,
+            coalesce=self.coalesce,
             event_type=self.event_type,
             match=self.match,
             where=self.where,
@@ -95,7 +105,8 @@ class NatsEventSensor(BaseSensorOperator):
         return began if isinstance(began, _dt.datetime) else _dt.datetime.now(_dt.timezone.utc)
 
     def execute(self, context: Any) -> dict[str, Any]:
-        trigger = self.trigger(self._start(context))
+        dag_run = context.get("dag_run")
+        trigger = self.trigger(self._start(context), getattr(dag_run, "dag_id", None) or self.dag_id)
         if self.deferrable:
             self.defer(trigger=trigger, method_name="execute_complete", timeout=_dt.timedelta(seconds=self.timeout))
         try:

@@ -10,6 +10,22 @@ back-off; the durable consumer resumes where it stopped.
 As a deferral trigger (``once=True``, what ``NatsEventSensor`` uses) it acknowledges the first matching
 event, yields it and returns: the triggerer does not resume a deferral trigger after its event.
 
+**Loops.** Before acting, the trigger asks a ``LoopGuard``: an event whose chain is at the hop limit
+(``hop_limit`` setting, default 8), or already went through this trigger's DAG (``dag_id``: the trigger is tied
+to an asset, so it learns its DAG only from this argument; ``NatsEventSensor`` passes its own), is
+acknowledged, counted (``refused``), logged and announced once per chain as ``system.loop.detected``.
+
+**Paused DAGs.** Airflow runs an asset's watchers only while a DAG scheduled on it is unpaused, so the durable
+consumer is created on the first unpause and starts at ``start``: ``"new"`` (default) misses what was
+published before; an explicit time (``start="2026-12-01T00:00:00Z"``) catches up from there. Once the consumer
+exists, ``paused="catch_up"`` (default) delivers what was published while the DAG was paused when it is
+unpaused; ``paused="skip"`` acknowledges and drops every event published before the trigger started running
+(the unpause, but also a triggerer restart: the two look the same from here).
+
+**Newest only.** ``newest_only=True`` waits ``coalesce`` seconds (default 0.5) after a matching event for
+more, and hands over only the newest event of each subject (two alias moves 55 ms apart: only the second),
+acknowledging the ones it superseded; a run then never starts for a version already replaced.
+
 Secrets never go into the trigger's arguments (Airflow stores them in its database): credentials come
 from the triggerer's environment (``DATABRICKS_NATS_TOKEN``, ``DATABRICKS_NATS_CREDS``, …), like every
 other setting not given here.
@@ -21,6 +37,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
@@ -29,6 +46,8 @@ from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 from databricks_nats.consumer import ReceivedEvent, Subscription
 from databricks_nats.errors import ConfigurationError, SubjectError
 from databricks_nats.integrations.airflow.conditions import accepts, normalize_where
+from databricks_nats.integrations.airflow.lineage import dag_target
+from databricks_nats.loopguard import LoopGuard
 from databricks_nats.model.filters import subject_filter
 from databricks_nats.model.position import Start, StartPosition
 from databricks_nats.settings import Settings, describe, resolve_settings
@@ -41,6 +60,7 @@ _SETTINGS = frozenset(name for name, _env, _secret, _doc in describe())
 _SECRETS = frozenset(name for name, _env, secret, _doc in describe() if secret)
 _POLL = 30.0  # seconds one wait for an event lasts before it is started again
 _BACKOFF = (0.5, 30.0)  # first and largest pause before reconnecting after a failure
+PAUSED = ("catch_up", "skip")
 
 
 class NatsEventTrigger(BaseEventTrigger):
@@ -63,6 +83,12 @@ class NatsEventTrigger(BaseEventTrigger):
         triggerer's ``DATABRICKS_NATS_*`` environment.
     :param keys: subject keys of a custom event type (``["*", "users"]``).
     :param settings: other non-secret settings (``{"connect_timeout": 5, "tls_ca": "/etc/ca.pem"}``).
+    :param dag_id: the DAG this trigger starts, for loop protection (``airflow:dag/<dag_id>``); without it
+        only the hop limit applies.
+    :param paused: ``"catch_up"`` (default) or ``"skip"``: events published before the trigger started
+        running (while the DAG was paused) are delivered, or acknowledged and dropped.
+    :param newest_only: hand over only the newest event of each subject among those arriving within
+        ``coalesce`` seconds.
     """
 
     def __init__(
@@ -81,9 +107,21 @@ class NatsEventTrigger(BaseEventTrigger):
         stream: str | None = None,
         keys: Sequence[str] | None = None,
         settings: Mapping[str, Any] | None = None,
+        dag_id: str | None = None,
+        paused: str = "catch_up",
+        newest_only: bool = False,
+        coalesce: float = 0.5,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if paused not in PAUSED:
+            raise ConfigurationError("paused", f"paused is one of {', '.join(PAUSED)}, not {paused!r}")
+        self.dag_id = dag_id or None
+        self.paused = paused
+        self.newest_only = bool(newest_only)
+        self.coalesce = float(coalesce)
+        self.guard: LoopGuard | None = None  # made when run: counts refusals for as long as the trigger runs
+        self.skipped = 0  # events dropped by paused="skip"
         self.event_type = event_type.removeprefix("databricks.") if event_type else None
         self.match = dict(match or {})
         self.where = normalize_where(where)
@@ -121,6 +159,10 @@ class NatsEventTrigger(BaseEventTrigger):
             "once": self.once,
             "keys": self.keys,
             "settings": self.settings,
+            "dag_id": self.dag_id,
+            "paused": self.paused,
+            "newest_only": self.newest_only,
+            "coalesce": self.coalesce,
         }
         kwargs.update({name: getattr(self, name) for name in _CONNECTION})
         return CLASSPATH, kwargs
@@ -154,11 +196,30 @@ class NatsEventTrigger(BaseEventTrigger):
     def _subscription(self) -> Subscription:
         settings = self.resolved_settings()
         filters = self.subject_filters(settings)
-        return Subscription(settings, filters, self.durable, self.start, self.accepts, True)
+        sub = Subscription(settings, filters, self.durable, self.start, self.accepts, True)
+        if self.guard is None:
+            target = dag_target(self.dag_id) if self.dag_id else None
+            self.guard = LoopGuard(target, settings.hop_limit, _Announcer(settings))
+        sub.guard = self.guard  # one guard across reconnects: a chain is announced once
+        return sub
+
+    async def _batch(self, sub: Subscription, first: ReceivedEvent) -> list[ReceivedEvent]:
+        """``first`` and what arrives within ``coalesce`` s, none acknowledged (``newest_only``)."""
+        batch = [first]
+        sub._last = None  # held: acknowledged by run(), not by the next fetch
+        deadline = time.monotonic() + self.coalesce
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                batch.append(await sub.next_async(timeout=left))
+            except TimeoutError:
+                break
+            sub._last = None
+        return batch
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         sub: Subscription | None = None
         pause = _BACKOFF[0]
+        began = time.time_ns()
         try:
             while True:
                 if sub is None:
@@ -178,15 +239,52 @@ class NatsEventTrigger(BaseEventTrigger):
                     pause = min(pause * 2, _BACKOFF[1])
                     continue
                 pause = _BACKOFF[0]
+                if self.paused == "skip" and event.time_ns < began:
+                    self.skipped += 1
+                    self.log.info("NATS trigger %s: skipped %s (published before it started)", self.durable, event.id)
+                    continue  # acknowledged by the next fetch
+                batch = await self._batch(sub, event) if self.newest_only else [event]
+                keep = _newest(batch)
                 if self.once:
-                    await event.ack_async()
-                    yield TriggerEvent(event.envelope)
-                    return
-                yield TriggerEvent(event.envelope)
-                await event.ack_async()
+                    keep = keep[-1:]
+                for old in batch:
+                    if old not in keep:
+                        await old.ack_async()  # superseded by a newer event of the same subject
+                for chosen in keep:
+                    if self.once:
+                        await chosen.ack_async()
+                        yield TriggerEvent(chosen.envelope)
+                        return
+                    yield TriggerEvent(chosen.envelope)
+                    await chosen.ack_async()
         finally:
             if sub is not None:
                 await _close(sub)
+
+
+def _newest(batch: list[ReceivedEvent]) -> list[ReceivedEvent]:
+    """The newest event of each subject in ``batch``, in stream order."""
+    newest: dict[str, ReceivedEvent] = {}
+    for event in batch:
+        have = newest.get(event.subject or "")
+        if have is None or event.seq > have.seq:
+            newest[event.subject or ""] = event
+    return sorted(newest.values(), key=lambda e: e.seq)
+
+
+class _Announcer:
+    """The client ``system.loop.detected`` goes through: the trigger's own settings, made on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._client: Any = None
+
+    def emit(self, *args: Any, **kwargs: Any) -> Any:
+        if self._client is None:
+            from databricks_nats.client import Client
+
+            self._client = Client(self.settings)
+        return self._client.emit(*args, **kwargs)
 
 
 async def _close(sub: Subscription) -> None:
