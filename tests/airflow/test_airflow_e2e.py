@@ -222,7 +222,7 @@ def stream_events(live: Any, timeout: float = 2.0) -> list[dict[str, Any]]:
     """Every event in the test's stream, in order (read until ``timeout`` s pass without one)."""
     out = []
     where = {"url": ",".join(live.url), "workspace": live.workspace, "env": live.env}
-    with databricks_nats.subscribe(start="all", dedupe=False, **where) as sub:
+    with databricks_nats.subscribe(start="all", dedupe=False, hop_limit=1000, **where) as sub:
         while True:
             try:
                 out.append(sub.next(timeout).envelope)
