@@ -1,7 +1,7 @@
 """End to end: a real scheduler, triggerer, dag-processor and api-server turn a NATS event into a DAG run.
 
 The components load the provider's plugin (``lazy_discover_providers = False``), so the listener is there;
-it publishes only where it is switched on (``DATABRICKS_NATS_AIRFLOW_LISTENER=true``).
+it publishes only where it is switched on (``[databricks_nats] listener = True``).
 """
 
 from __future__ import annotations
@@ -143,7 +143,11 @@ def _setup(
         "DATABRICKS_NATS_SPOOL_DIR": str(tmp_path / "airflow-spool"),
         **extra_env,
     }
-    for name in ("DATABRICKS_NATS_AIRFLOW_TESTS", "DATABRICKS_NATS_AIRFLOW_LISTENER"):
+    for name in (
+        "DATABRICKS_NATS_AIRFLOW_TESTS",
+        "DATABRICKS_NATS_AIRFLOW_LISTENER",
+        "AIRFLOW__DATABRICKS_NATS__LISTENER",
+    ):
         env.pop(name, None)
     env.update(extra_env)
     return home, env
@@ -261,7 +265,7 @@ def test_runs_publish_back_with_the_causation_of_their_event_and_a_loop_is_cut(
     connection = {"conn_type": "nats", "host": where["url"], "extra": {"workspace": live.workspace, "env": live.env}}
     airflow = start_airflow(
         "publish_back_dags.py",
-        DATABRICKS_NATS_AIRFLOW_LISTENER="true",
+        AIRFLOW__DATABRICKS_NATS__LISTENER="True",  # Airflow config: [databricks_nats] listener = True
         AIRFLOW__API__BASE_URL="http://airflow.example:8080/",
         AIRFLOW_CONN_NATS_DEFAULT=json.dumps(connection),
     )

@@ -84,7 +84,7 @@ def test_hop_limit_applies_without_a_dag(live: Any, consumer_ready: Any) -> None
         await consumer_ready(live, trigger.durable)
         _emit("1", causation=Causation("c8", "deep", 8, ()))
         shallow = _emit("2", causation=Causation("c7", "ok", 7, ()))
-        got = (await first)["id"]
+        got = str((await first)["id"])
         await agen.aclose()
         assert got == shallow
         return got

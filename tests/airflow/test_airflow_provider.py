@@ -84,3 +84,52 @@ def test_message_queue_trigger_runs_our_trigger(live: Any, consumer_ready: Any) 
         return payload  # type: ignore[no-any-return]
 
     assert asyncio.run(main())["data"]["version"] == "3"
+
+
+def test_provider_registers_the_nats_connection_type_and_the_listener_plugin() -> None:
+    """ProvidersManager knows the nats connection type (NatsHook), the listener plugin and the [databricks_nats]
+    config section; the provider information is valid against Airflow's own schema."""
+    import json
+    from importlib.resources import files
+
+    import jsonschema
+
+    from databricks_nats.integrations.airflow import NatsHook, NatsListenerPlugin, get_provider_info
+
+    schema = json.loads(files("airflow").joinpath("provider_info.schema.json").read_text())
+    jsonschema.validate(get_provider_info(), schema)
+    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
+
+    runtime = ProvidersManagerTaskRuntime()
+    hook = runtime.hooks["nats"]
+    assert hook is not None
+    assert hook.hook_class_name == f"{NatsHook.__module__}.NatsHook"
+    manager = ProvidersManager()
+    manager.initialize_providers_plugins()
+    [plugin] = [p for p in manager.plugins if p.provider_name == "databricks-nats"]
+    assert plugin.plugin_class == f"{NatsListenerPlugin.__module__}.NatsListenerPlugin"
+    manager.initialize_providers_configuration()
+    options = dict(manager.provider_configs)["databricks-nats"]["databricks_nats"]["options"]
+    assert (options["listener"]["default"], options["flush_timeout"]["default"]) == ("False", "2.0")
+
+
+def test_listener_is_off_unless_switched_on(monkeypatch: Any) -> None:
+    """Off by default; [databricks_nats] listener (AIRFLOW__DATABRICKS_NATS__LISTENER) switches it on, and
+    DATABRICKS_NATS_AIRFLOW_LISTENER wins over it when set."""
+    from databricks_nats.integrations.airflow import listener
+
+    def enabled(**env: str) -> bool:
+        for name in ("DATABRICKS_NATS_AIRFLOW_LISTENER", "AIRFLOW__DATABRICKS_NATS__LISTENER"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        listener.enabled.cache_clear()
+        try:
+            return listener.enabled()
+        finally:
+            listener.enabled.cache_clear()
+
+    assert not enabled()
+    assert enabled(AIRFLOW__DATABRICKS_NATS__LISTENER="True")
+    assert enabled(DATABRICKS_NATS_AIRFLOW_LISTENER="true")
+    assert not enabled(DATABRICKS_NATS_AIRFLOW_LISTENER="false", AIRFLOW__DATABRICKS_NATS__LISTENER="True")

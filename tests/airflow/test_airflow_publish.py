@@ -7,6 +7,7 @@ import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from airflow.sdk import Connection
@@ -67,7 +68,7 @@ def test_publish_operator_delivers_with_the_connection_credentials(
 ) -> None:
     """The operator publishes through the nats connection (password-protected server): the event is in the stream;
     with a wrong password the task fails (not acknowledged)."""
-    where = {"url": auth_server.url, **namespace}
+    where: dict[str, Any] = {"url": auth_server.url, **namespace}
     with databricks_nats.Client(**where, user=USER, password=PASSWORD, spool_dir=str(tmp_path / "s")) as admin:
         admin.ensure_stream()
     extra = {**namespace, "spool_dir": str(tmp_path / "spool")}
