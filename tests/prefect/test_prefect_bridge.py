@@ -151,5 +151,6 @@ def test_cli_process_bridges_until_sigterm(live: dict[str, str], prefect_api: st
             proc.wait(10)
     assert [str(e.id) for e in events] == ids
     assert proc.returncode == 0, err.decode()
-    assert "1 event(s) handled (stopped by stop)" in out.decode()
+    assert "1 event(s) handled (stopped: SIGTERM)" in out.decode()
+    assert "stopped by stop" not in out.decode() + err.decode()
     assert "bridged mlflow.model.alias_set" in err.decode()

@@ -79,3 +79,20 @@ def test_a_resource_rule_can_override_the_id() -> None:
     assert (
         prefect_event_fields(envelope, lambda e: None)["resource"]["prefect.resource.id"] == "databricks.mlflow.model.m"
     )
+
+
+def test_the_whole_event_can_be_one_flow_parameter() -> None:
+    """The documented recipe: ``"{{ event }}"`` hands the flow the whole CloudEvent, ``"{{ data }}"`` its data."""
+    from databricks_nats.prefect import render_parameters
+
+    envelope = _envelope("mlflow.model.alias_set", {"name": "m", "alias": "champion", "version": "3"})
+
+    class Received:  # what the runner hands over: the parts of a ReceivedEvent templates read
+        def __init__(self, env: dict[str, Any]) -> None:
+            self.envelope, self.data, self.id, self.type = env, env["data"], env["id"], env["type"]
+            self.seq, self.workspace, self.env = 1, env.get("workspace"), env.get("env")
+
+    params = render_parameters({"event": "{{ event }}", "data": "{{ data }}"}, Received(envelope))  # type: ignore[arg-type]
+    assert params["event"] == envelope
+    assert params["event"]["data"]["version"] == "3"
+    assert params["data"] == envelope["data"]

@@ -7,6 +7,10 @@ fails the bridge stops with the error and the message is handed back to JetStrea
 delivers it again when the bridge restarts. Redelivered events keep their id, which is the Prefect event
 id, so Prefect stores them once and its triggers fire once.
 
+A stream that does not exist yet (the bridge started before anything created it) is waited for: the bridge
+logs once that it waits, with how to create it (``databricks-nats streams ensure``), and retries every few
+seconds; the stop conditions still apply.
+
 Why not ``prefect.events.emit_event``: it puts the event on a background queue and returns, and a failed
 send there is logged and dropped, so nothing tells the bridge when it may acknowledge. The events are the
 same (``prefect_event_fields`` gives ``emit_event``'s keyword arguments).
@@ -28,13 +32,15 @@ from databricks_nats.consumer import Match, ReceivedEvent, Start, subscribe
 from databricks_nats.errors import ConfigurationError
 from databricks_nats.integrations.prefect.resources import ResourceRule, prefect_event_fields
 from databricks_nats.transport.loop import blocking
+from databricks_nats.values import redact_url
 
-__all__ = ["BridgeResult", "Stop", "bridge", "bridge_async", "stop_on_signals"]
+__all__ = ["BridgeResult", "SignalStop", "Stop", "block_settings", "bridge", "bridge_async", "stop_on_signals"]
 
 log = logging.getLogger("databricks_nats.prefect")
 
 DEFAULT_DURABLE = "prefect-bridge"
 POLL = 1.0  # seconds between checks of the stop condition while no event arrives
+STREAM_RETRY = 3.0  # seconds between attempts while the stream does not exist
 KEEP_IDS = 10_000
 
 Stop = threading.Event | asyncio.Event | Callable[[], bool] | None
@@ -49,6 +55,7 @@ class BridgeResult:
     ids: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=KEEP_IDS))
     flow_runs: collections.deque[Any] = field(default_factory=lambda: collections.deque(maxlen=KEEP_IDS))
     stopped_by: str = ""
+    refused: int = 0  # events not acted on: they would continue a loop (run_deployment_on)
 
 
 def _stopped(stop: Stop) -> bool:
@@ -74,6 +81,7 @@ async def pump(
     hands it back to JetStream, which delivers it again).
     """
     last = time.monotonic()
+    waiting = [False]
     try:
         while True:
             if max_events is not None and result.count >= max_events:
@@ -90,7 +98,7 @@ async def pump(
                     break
                 wait = min(wait, left)
             try:
-                event = await sub.next_async(wait)
+                event = await _next(sub, wait, waiting)
             except TimeoutError:
                 continue
             outcome = await handle(event)
@@ -105,6 +113,42 @@ async def pump(
     return result
 
 
+def stream_missing(error: BaseException) -> bool:
+    """True when ``error`` (or what caused it) is JetStream's "stream not found"."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if getattr(seen, "err_code", None) == 10059 or "stream not found" in str(seen).lower():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+async def _next(sub: Any, wait: float, waiting: list[bool]) -> Any:
+    """The next event within ``wait`` seconds; while the stream is missing, say so once and raise TimeoutError."""
+    try:
+        event = await sub.next_async(wait)
+    except Exception as e:
+        if isinstance(e, TimeoutError) or not stream_missing(e):
+            raise
+        await sub.close_async()  # the half-open connection; the next attempt opens a new one
+        if not waiting[0]:
+            waiting[0] = True
+            log.warning(
+                "databricks-nats: stream %s does not exist yet on %s; waiting for it "
+                "(create it with: databricks-nats streams ensure --workspace %s --env %s)",
+                sub.settings.stream_name,
+                redact_url(",".join(sub.settings.url)),
+                sub.settings.workspace,
+                sub.settings.env,
+            )
+        await asyncio.sleep(min(wait, STREAM_RETRY))
+        raise TimeoutError("stream missing") from None
+    if waiting[0]:
+        waiting[0] = False
+        log.warning("databricks-nats: stream %s found; reading", sub.settings.stream_name)
+    return event
+
+
 def _require_api() -> None:
     from prefect.settings import PREFECT_API_URL
 
@@ -112,7 +156,7 @@ def _require_api() -> None:
         raise ConfigurationError(
             "PREFECT_API_URL",
             "not set: the bridge sends events to a running Prefect server or Prefect Cloud "
-            "(set PREFECT_API_URL, and PREFECT_API_KEY for Cloud)"
+            "(set PREFECT_API_URL, and PREFECT_API_KEY for Cloud)",
         )
 
 
@@ -127,6 +171,7 @@ async def bridge_async(
     idle_timeout: float | None = None,
     stop: Stop = None,
     subjects: list[str] | None = None,
+    block: str | None = None,
     **settings: Any,
 ) -> BridgeResult:
     """Forward every event of ``event_type`` (default: all of this workspace/env) to Prefect as a Prefect event.
@@ -138,12 +183,13 @@ async def bridge_async(
     ``threading.Event``, ``asyncio.Event`` or callable) is set; with none of them, for ever.
     ``resource_id(envelope)`` may override the resource id of an event; ``settings`` are the NATS
     settings (``url``, ``workspace``, ``env``, ...) as for ``databricks_nats.configure``. ``bridge`` is the
-    same, blocking.
+    same, blocking. ``block`` names a saved ``NatsSettings`` block (keyword settings win over it).
     """
     from prefect.events import Event
     from prefect.events.clients import get_events_client
 
     _require_api()
+    settings = await block_settings(block, settings)
     sub = subscribe(event_type, match=match, durable=durable, start=start, subjects=subjects, **settings)
     result = BridgeResult()
     async with get_events_client(checkpoint_every=1) as client:
@@ -159,10 +205,29 @@ async def bridge_async(
 bridge = blocking(bridge_async, "bridge")
 
 
-def stop_on_signals() -> asyncio.Event:
+async def block_settings(block: str | None, settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` over those of the saved ``NatsSettings`` block ``block`` (None: ``settings`` alone)."""
+    if block is None:
+        return settings
+    from databricks_nats.integrations.prefect.blocks import NatsSettings
+
+    return {**(await NatsSettings.aload(block)).settings(), **settings}
+
+
+class SignalStop(asyncio.Event):
+    """An ``asyncio.Event`` that remembers the signal that set it (``received``: ``"SIGTERM"``…)."""
+
+    received = ""
+
+    def on(self, sig: signal.Signals) -> None:
+        self.received = sig.name
+        self.set()
+
+
+def stop_on_signals() -> SignalStop:
     """An ``asyncio.Event`` set by SIGINT or SIGTERM (call inside the running loop), for a long-lived bridge."""
-    stop = asyncio.Event()
+    stop = SignalStop()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stop.on, sig)
     return stop

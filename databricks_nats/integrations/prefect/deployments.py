@@ -24,19 +24,30 @@ A parameter is given as
   ``seq``, ``workspace`` and ``env``, with dots for nested fields,
 * a callable taking the ``ReceivedEvent``, or any other value (a number, a list...), passed unchanged.
 
+Causation and loops: the flow run gets a tag with the causation of what it will cause
+(``Causation.from_envelope(event, "prefect:deployment/<deployment>")``, see ``lineage``), so its state
+changes (the forwarder) and what its ``publish`` task emits carry the triggering event's correlation id, one
+hop more. An event whose chain is at the hop limit (``hop_limit``, default 8) or already went through this
+deployment starts no flow run: it is acknowledged, counted (``result.refused``), logged and announced once per
+chain as ``system.loop.detected`` (``LoopGuard``).
+
 A field the event does not have is an error (``ParameterError``): the runner stops and leaves the event
 unacknowledged, so it is delivered again once the mapping is fixed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Mapping
 from typing import Any
 
 from databricks_nats.consumer import Match, ReceivedEvent, Start, subscribe
 from databricks_nats.errors import DatabricksNatsError
-from databricks_nats.integrations.prefect.bridging import BridgeResult, Stop, pump
+from databricks_nats.integrations.prefect.bridging import BridgeResult, Stop, block_settings, pump
+from databricks_nats.integrations.prefect.lineage import causation_tag
+from databricks_nats.loopguard import LoopGuard
+from databricks_nats.model.causation import Causation
 from databricks_nats.transport.loop import blocking
 
 __all__ = ["ParameterError", "event_context", "render_parameters", "run_deployment_on", "run_deployment_on_async"]
@@ -130,6 +141,7 @@ async def run_deployment_on_async(
     idle_timeout: float | None = None,
     stop: Stop = None,
     subjects: list[str] | None = None,
+    block: str | None = None,
     **settings: Any,
 ) -> BridgeResult:
     """Create a flow run of ``deployment`` for every event of ``event_type`` whose data matches ``match``.
@@ -138,13 +150,22 @@ async def run_deployment_on_async(
     ``durable`` defaults to ``prefect-run-<deployment>``; ``wait`` is how long to wait for each flow run
     to finish before taking the next event (0: not at all). The ids of the flow runs created are in the
     result's ``flow_runs``. Stops like ``bridge``: after ``max_events``, ``idle_timeout`` seconds without
-    an event, or when ``stop`` is set. ``run_deployment_on`` is the same, blocking.
+    an event, or when ``stop`` is set. ``block`` names a saved ``NatsSettings`` block. Events that would
+    continue a loop start nothing (module docs); ``result.refused`` counts them. ``run_deployment_on`` is the
+    same, blocking.
     """
     from prefect.deployments import arun_deployment
 
+    from databricks_nats.client import Client
+
+    settings = await block_settings(block, settings)
     name_template = flow_run_name
+    target = f"prefect:deployment/{deployment}"
 
     async def run(event: ReceivedEvent) -> Any:
+        if not guard.allows(event.envelope):
+            result.refused = guard.refused
+            return None
         params = render_parameters(parameters, event)
         run_name = None
         if name_template is not None:
@@ -155,7 +176,7 @@ async def run_deployment_on_async(
             timeout=wait,
             idempotency_key=f"databricks-nats:{deployment}:{event.id}",
             as_subflow=False,
-            tags=tags,
+            tags=[*(tags or []), causation_tag(Causation.from_envelope(event.envelope, target))],
             flow_run_name=run_name,
         )
         return flow_run.id
@@ -168,8 +189,13 @@ async def run_deployment_on_async(
         subjects=subjects,
         **settings,
     )
+    announcer = Client(sub.settings)
+    guard = LoopGuard(target, sub.settings.hop_limit, client=announcer)
     result = BridgeResult()
-    return await pump(sub, run, result, max_events=max_events, idle_timeout=idle_timeout, stop=stop)
+    try:
+        return await pump(sub, run, result, max_events=max_events, idle_timeout=idle_timeout, stop=stop)
+    finally:
+        await asyncio.to_thread(announcer.close)
 
 
 run_deployment_on = blocking(run_deployment_on_async, "run_deployment_on")

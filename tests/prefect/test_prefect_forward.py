@@ -1,0 +1,166 @@
+"""Prefect → NATS: the forwarder (restart mid-stream: nothing lost, nothing twice), the publish task, the block."""
+
+from __future__ import annotations
+
+import collections
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import databricks_nats
+from databricks_nats.errors import WaitTimeout
+from databricks_nats.prefect import NatsSettings, event_id_for, forward, publish
+from databricks_nats.settings import resolve_settings
+
+FORWARDED = {"RUNNING", "COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def read_stream(live: dict[str, str], prefix: str = "") -> list[Any]:
+    """Every event stored in this test's stream (no de-duplication on the reading side), oldest first."""
+    sub = databricks_nats.subscribe(start="all", dedupe=False, **live)
+    found = []
+    try:
+        while True:
+            try:
+                event = sub.next(3)
+            except WaitTimeout:
+                return [e for e in found if e.type.startswith(prefix)]
+            found.append(event)
+    finally:
+        sub.close()
+
+
+def prefect_state_events(flow_run_ids: set[str]) -> list[Any]:
+    """The Prefect events of these flow runs and their task runs that the forwarder should forward."""
+    import datetime as dt
+
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
+
+    now = dt.datetime.now(dt.timezone.utc)
+    flt = EventFilter(
+        event=EventNameFilter(prefix=["prefect.flow-run.", "prefect.task-run."]),
+        occurred=EventOccurredFilter(since=now - dt.timedelta(hours=1), until=now + dt.timedelta(minutes=1)),
+    )
+    found: list[Any] = []
+    with get_client(sync_client=True) as client:
+        page = client.read_events(filter=flt, limit=50)
+        while True:
+            found += page.events
+            if not page.next_page:
+                break
+            page = client.read_events_page(page.next_page)
+
+    def run_of(event: Any) -> str:
+        if event.event.startswith("prefect.flow-run."):
+            return str(event.resource.id.rsplit(".", 1)[-1])
+        return next((r.id.rsplit(".", 1)[-1] for r in event.related if r.role == "flow-run"), "")
+
+    return [e for e in found if run_of(e) in flow_run_ids and e.resource.get("prefect.state-type") in FORWARDED]
+
+
+def _run_flows(count: int, first: int) -> set[str]:
+    from flows import steps
+    from prefect.context import FlowRunContext  # noqa: F401 - the flows run in this process
+
+    ids = set()
+    for n in range(first, first + count):
+        state = steps(n, return_state=True)
+        ids.add(str(state.state_details.flow_run_id))
+    return ids
+
+
+def test_forwarder_restart_loses_nothing_and_repeats_nothing(
+    live: dict[str, str], prefect_api: str, tmp_path: Path, eventually: Any
+) -> None:
+    """Flow and task runs during, between and after two forwarder runs: each state change is on NATS exactly once."""
+    import asyncio
+
+    from flows import promote
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled
+
+    state_file = tmp_path / "forward.json"
+    stop = threading.Event()
+    box: dict[str, Any] = {}
+
+    def first_forwarder() -> None:
+        box["one"] = forward(state_file, lookback=60, sweep_interval=2, stop=stop, **live)
+
+    worker = threading.Thread(target=first_forwarder)
+    worker.start()
+    runs = _run_flows(2, 0)
+    eventually(lambda: len(read_stream(live, "prefect.flow_run.completed")) >= 1, 60, "a first completion on NATS")
+    runs |= _run_flows(1, 10)  # mid-stream: the forwarder is stopped while these state changes arrive
+    stop.set()
+    worker.join(60)
+    assert not worker.is_alive()
+    assert state_file.exists()
+
+    runs |= _run_flows(2, 20)  # while no forwarder runs
+
+    async def cancelled_before_it_ran() -> str:
+        deployment = await promote.ato_deployment(name=f"never-runs-{live['workspace']}")
+        deployment_id = await deployment.aapply()
+        async with get_client() as client:
+            run = await client.create_flow_run_from_deployment(deployment_id, parameters={"model": "m", "version": "1"})
+            await client.set_flow_run_state(run.id, Cancelled(), force=True)
+        return str(run.id)
+
+    never_ran = asyncio.run(cancelled_before_it_ran())  # no flow process, so no state hook could have reported it
+    runs.add(never_ran)
+
+    expected = eventually(
+        lambda: (found := prefect_state_events(runs)) and len({str(e.id) for e in found}) >= 5 * 6 + 1 and found,
+        60,
+        "the Prefect server's state-change events",
+    )
+    two = forward(state_file, lookback=60, sweep_interval=2, idle_timeout=8, **live)
+    assert two.stopped_by == "idle_timeout"
+
+    everything = read_stream(live, "prefect.")
+    counts = collections.Counter(e.id for e in everything)
+    assert {i: n for i, n in counts.items() if n > 1} == {}  # nothing twice
+    stored = [e for e in everything if e.data["flow_run_id"] in runs]  # (the session's other tests run flows too)
+    assert {e.id for e in stored} == {event_id_for(e.id) for e in expected}  # nothing lost
+    cancelled = [e for e in stored if e.type == "prefect.flow_run.cancelled"]
+    assert [e.data["flow_run_id"] for e in cancelled] == [never_ran]
+    done = [e for e in stored if e.type == "prefect.flow_run.completed"]
+    assert {e.data["flow_name"] for e in done} == {"databricks-nats-steps"}
+    assert all(e.data["duration_ms"] is not None and e.data["url"].endswith(e.data["flow_run_id"]) for e in done)
+    tasks = [e for e in stored if e.type == "prefect.task_run.completed"]
+    assert len(tasks) == 2 * 5
+    assert {e.data["task_name"] for e in tasks} == {"double"}
+    assert {e.data["flow_run_id"] for e in tasks} == runs - {never_ran}
+
+
+def test_publish_task_with_settings_from_a_block(live: dict[str, str], prefect_api: str) -> None:
+    """The publish task emits through the durable publisher with the block's settings and returns once stored."""
+    from prefect import flow
+
+    name = f"nats-{uuid.uuid4().hex[:8]}"
+    NatsSettings.register_type_and_schema()
+    NatsSettings(url=live["url"], workspace=live["workspace"], env=live["env"]).save(name)
+
+    @flow
+    def report(block: str) -> str:
+        return str(publish("custom.job.reported", {"rows": 12}, keys=["nightly"], block=block))
+
+    event_id = report(name)
+    [event] = read_stream(live, "custom.job.reported")
+    assert event.id == event_id
+    assert event.data["rows"] == 12
+    assert event.causation is None  # a flow run nobody's event started causes nothing
+
+
+def test_block_keeps_credentials_secret(prefect_api: str) -> None:
+    """Credentials are SecretStr: stored and loaded, handed to the settings, never shown in a repr."""
+    name = f"secret-{uuid.uuid4().hex[:8]}"
+    NatsSettings.register_type_and_schema()
+    NatsSettings(url="nats://nats:4222", user="svc", password="pa55-word", token=None).save(name)
+    loaded = NatsSettings.load(name)
+    assert "pa55-word" not in repr(loaded)
+    assert loaded.settings() == {"url": "nats://nats:4222", "user": "svc", "password": "pa55-word"}
+    settings = resolve_settings(**loaded.settings())
+    assert "pa55-word" not in repr(settings)
