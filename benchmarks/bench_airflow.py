@@ -189,6 +189,7 @@ def _measure(db: Path, samples: int, url: str) -> list[tuple[float, float]]:
             workspace="bench",
             env="airflow",
         ).durable
+        assert durable is not None
         _until("the triggerer did not create the durable consumer", lambda: _consumer_exists(url, durable), 240)
         for i in range(samples):
             event = databricks_nats.emit(
