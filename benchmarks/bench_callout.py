@@ -40,36 +40,11 @@ import time
 from typing import Any
 
 from benchmarks._common import median, percentile, print_table, verdict, write_results
+from tests.identity.callout_server import AUDIENCE, POLICY
 
 P99_TARGET_MS = 20.0
-AUDIENCE = "nats-auth"
 GROUPS = {"groups": ["team-a"]}
 
-POLICY = """
-prefix = "dbx"
-max_ttl = "1h"
-
-[[rules]]
-name = "blocked"
-effect = "deny"
-when = { subject = "svc-blocked" }
-
-[[rules]]
-name = "team-a-dev"
-when = { subject = "svc-team-a", groups = "team-a" }
-workspace = "ws1"
-env = "dev"
-publish = ["{prefix}.{workspace}.{env}.mlflow.>", "{prefix}.{workspace}.{env}.spark.>"]
-jetstream = "publisher"
-
-[[rules]]
-name = "readers"
-when = { groups = "readers" }
-workspace = "ws1"
-env = "dev"
-subscribe = ["{prefix}.{workspace}.{env}.>"]
-jetstream = "consumer"
-"""
 
 # The service in its own process: "ready", then per line on stdin its stats() (the timer's window then starts
 # afresh, so each read covers one phase) plus the process's CPU seconds so far, until EOF.

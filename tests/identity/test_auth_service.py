@@ -117,7 +117,7 @@ def test_unknown_kid_after_key_rotation_at_the_issuer_is_accepted(stack: Stack) 
 
 
 def test_a_policy_change_takes_effect_at_the_next_connect(stack: Stack) -> None:
-    from tests.identity.conftest import POLICY
+    from tests.identity.callout_server import POLICY
 
     token = stack.mint(sub="svc-team-a")
     assert _connect(stack, token) is None
@@ -131,7 +131,7 @@ def test_a_policy_change_takes_effect_at_the_next_connect(stack: Stack) -> None:
 
 
 def test_a_broken_policy_file_keeps_the_previous_policy(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
-    from tests.identity.conftest import POLICY
+    from tests.identity.callout_server import POLICY
 
     try:
         with caplog.at_level(logging.ERROR, logger="databricks_nats.auth"):
@@ -188,7 +188,7 @@ def test_token_expiry_and_a_policy_change_mid_run_lose_nothing(stack: Stack, tmp
     """Tokens live 6 s; a sidecar rewrites the file every 2 s (as a projected token is). The server ends the
     connection when the NATS user expires; the publisher reconnects with the file's current token. Halfway,
     the policy changes (spark is taken away, mlflow stays): the next connect gets the new permissions."""
-    from tests.identity.conftest import POLICY
+    from tests.identity.callout_server import POLICY
 
     stream = _ensure_stream(stack)
     token = tmp_path / "token"

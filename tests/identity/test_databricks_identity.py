@@ -24,16 +24,13 @@ import pytest
 
 from databricks_nats.client import Client
 from databricks_nats.integrations.databricks import sdk
-from databricks_nats.integrations.identity import natsjwt, xkey
-from databricks_nats.integrations.identity.config import ServiceConfig
 from databricks_nats.integrations.identity.databricks import DatabricksVerifier, DatabricksWorkspace, encode_proof
 from databricks_nats.integrations.identity.oidc import OidcIssuer, OidcVerifier
 from databricks_nats.integrations.identity.service import AuthService
 from databricks_nats.ports import NoContext
 from databricks_nats.settings import resolve_settings
 from databricks_nats.testing import NatsServer, read_stream
-from databricks_nats.values import Secret
-from tests.identity.callout_server import callout_config
+from tests.identity.callout_server import serve_callout
 from tests.identity.databricks_oauth_stub import DatabricksOAuthStub, service_principal, user
 
 pytestmark = pytest.mark.slow
@@ -80,54 +77,26 @@ class DbxStack:
 @pytest.fixture(scope="module")
 def dbx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DbxStack]:
     tmp = tmp_path_factory.mktemp("dbx-callout")
-    issuer_seed, issuer_public = natsjwt.new_account_key()
-    xkey_seed, xkey_public = xkey.new_xkey()
-    config = callout_config(
-        tmp / "server.conf",
-        issuer_public=issuer_public,
-        auth_user="auth",
-        auth_password="auth-pw",
-        xkey_public=xkey_public,
-        extra_users=[
-            {"user": "audit", "password": "audit-pw", "account": "APP"},
-            {"user": "admin", "password": "admin-pw", "account": "APP"},
-        ],
-    )
-    policy = tmp / "policy.toml"
     principals = {
         JOB_PAT: service_principal(JOB_SP, ["team-a-publishers", "users"], display_name="team-a-dev-jobs"),
         USER_PAT: user("ada@example.com", ["users"]),
     }
-    with (
-        NatsServer(config=config) as server,
-        DatabricksOAuthStub({CLIENT_ID: CLIENT_SECRET}, principals=principals) as workspace,
-    ):
-        policy.write_text(POLICY.format(client_id=CLIENT_ID, job_sp=JOB_SP, host=workspace.host))
-        admin_url = server.url.replace("nats://", "nats://admin:admin-pw@")
-        service_config = ServiceConfig(
-            nats=resolve_settings(environ={}, spark_conf={}, url=server.url, user="auth", password="auth-pw"),
-            account="APP",
-            issuer_seed=Secret(issuer_seed),
-            xkey_seed=Secret(xkey_seed),
-            policy=str(policy),
-            # The workspace's issuer; its tokens' audience is the client id (see databricks_oauth_stub).
-            oidc=(OidcIssuer(issuer=workspace.issuer, audiences=(CLIENT_ID,)),),
-            databricks=(DatabricksWorkspace(workspace.host, workspace_id=workspace.workspace_id),),
-            audit=resolve_settings(
-                environ={},
-                spark_conf={},
-                url=admin_url.replace("admin:admin-pw", "audit:audit-pw"),
-                workspace="platform",
-                env="prod",
-                spool_dir=str(tmp / "audit-spool"),
-            ),
-        )
-        # As AuthService builds it from the config, with a cache_ttl no test run can outlast.
-        oidc = OidcVerifier(service_config.oidc)
-        databricks = DatabricksVerifier(service_config.databricks, oidc=oidc, cache_ttl=CACHE_TTL)
-        service = AuthService(service_config, oidc=oidc, databricks=databricks)
-        with service.running():
-            yield DbxStack(server, workspace, service, tmp, admin_url)
+    with DatabricksOAuthStub({CLIENT_ID: CLIENT_SECRET}, principals=principals) as workspace:
+        # The workspace's issuer; its tokens' audience is the client id (see databricks_oauth_stub).
+        oidc_issuers = (OidcIssuer(issuer=workspace.issuer, audiences=(CLIENT_ID,)),)
+        workspaces = (DatabricksWorkspace(workspace.host, workspace_id=workspace.workspace_id),)
+        # As AuthService builds them from the config, with a cache_ttl no test run can outlast.
+        oidc = OidcVerifier(oidc_issuers)
+        databricks = DatabricksVerifier(workspaces, oidc=oidc, cache_ttl=CACHE_TTL)
+        policy = POLICY.format(client_id=CLIENT_ID, job_sp=JOB_SP, host=workspace.host)
+        with serve_callout(
+            tmp,
+            policy,
+            verifiers={"oidc": oidc, "databricks": databricks},
+            oidc=oidc_issuers,
+            databricks=workspaces,
+        ) as served:
+            yield DbxStack(served.server, workspace, served.service, tmp, served.admin_url)
 
 
 def _job_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, **variables: str) -> None:
