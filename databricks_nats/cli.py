@@ -200,7 +200,7 @@ def _shown(settings: Any, name: str) -> str:
 
 def _presented(token: str, expires_at: float | None) -> str:
     """What the identity token says of itself (unverified: the auth service verifies), never the token."""
-    from databricks_nats.integrations.identity.sources import jwt_claims
+    from databricks_nats.integrations.identity.unverified import jwt_claims
 
     left = f", expires in {expires_at - time.time():.0f} s" if expires_at is not None else ""
     if token.startswith("aws-iam:"):

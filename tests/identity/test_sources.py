@@ -21,9 +21,9 @@ from databricks_nats.integrations.identity.sources import (
     DatabricksToken,
     EnvToken,
     FileToken,
-    jwt_expiry,
     token_source,
 )
+from databricks_nats.integrations.identity.unverified import jwt_expiry
 from databricks_nats.settings import resolve_settings
 from databricks_nats.transport.auth import CredentialProvider, auth_options, resolve_credentials
 

@@ -50,7 +50,7 @@ from typing import Any
 from databricks_nats.errors import ConfigurationError
 from databricks_nats.integrations.identity.identity import Identity, Refused
 from databricks_nats.integrations.identity.oidc import OidcVerifier
-from databricks_nats.integrations.identity.sources import jwt_claims
+from databricks_nats.integrations.identity.unverified import jwt_claims
 from databricks_nats.integrations.identity.urls import require_https
 
 __all__ = [

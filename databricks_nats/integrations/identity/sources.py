@@ -16,16 +16,13 @@ profile), bound to ``identity_audience`` (``aws.py``). A token's expiry is read 
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import os
 import shlex
 import subprocess
 from dataclasses import dataclass
-from typing import Any
 
 from databricks_nats.errors import ConfigurationError
+from databricks_nats.integrations.identity.unverified import jwt_expiry
 from databricks_nats.ports import IdentityToken, TokenSource
 from databricks_nats.settings import Settings
 from databricks_nats.values import Secret
@@ -36,30 +33,10 @@ __all__ = [
     "DatabricksToken",
     "EnvToken",
     "FileToken",
-    "jwt_claims",
-    "jwt_expiry",
     "token_source",
 ]
 
 _COMMAND_TIMEOUT = 30.0
-
-
-def jwt_claims(token: str) -> dict[str, Any] | None:
-    """The claims of a JWT, NOT verified (the auth service verifies), or None when it is not a JWT."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (binascii.Error, ValueError):
-        return None
-    return claims if isinstance(claims, dict) else None
-
-
-def jwt_expiry(token: str) -> float | None:
-    """The ``exp`` of a JWT (not verified), or None when it is not a JWT or has none."""
-    exp = (jwt_claims(token) or {}).get("exp")
-    return float(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None
 
 
 def _token(text: str, source: str) -> IdentityToken:
