@@ -164,3 +164,53 @@ def test_block_keeps_credentials_secret(prefect_api: str) -> None:
     assert loaded.settings() == {"url": "nats://nats:4222", "user": "svc", "password": "pa55-word"}
     settings = resolve_settings(**loaded.settings())
     assert "pa55-word" not in repr(settings)
+
+
+def test_cli_forwards_until_sigterm(live: dict[str, str], prefect_api: str, tmp_path: Path, eventually: Any) -> None:
+    """prefect-forward runs as a process, publishes a flow run's completion, keeps its resume point, stops cleanly."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    program = (
+        "import argparse, sys\n"
+        "from databricks_nats.integrations.prefect.cli import add_parser\n"
+        "parser = argparse.ArgumentParser(prog='databricks-nats')\n"
+        "add_parser(parser.add_subparsers(dest='command', required=True))\n"
+        "args = parser.parse_args(sys.argv[1:])\n"
+        "sys.exit(args.func(args))\n"
+    )
+    state_file = tmp_path / "cli-state.json"
+    argv = ["prefect-forward", "--state-file", str(state_file), "--url", live["url"]]
+    argv += ["--workspace", live["workspace"], "--env", live["env"], "--sweep-interval", "2"]
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "DATABRICKS_NATS_SPOOL_DIR": str(tmp_path / "cli-spool")}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", program, *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    lines: list[bytes] = []
+    assert proc.stderr is not None
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, b"")), daemon=True)
+    reader.start()
+    try:
+        eventually(lambda: any(b"following Prefect's events" in x for x in lines), 60, "the forwarder following")
+        [run] = _run_flows(1, 100)
+        done = eventually(
+            lambda: [e for e in read_stream(live, "prefect.flow_run.completed") if e.data["flow_run_id"] == run],
+            60,
+            "the flow run's completion on NATS",
+        )
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        reader.join(10)
+        out = proc.stdout.read() if proc.stdout is not None else b""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    err = b"".join(lines).decode()
+    assert proc.returncode == 0, err
+    assert len(done) == 1
+    assert "event(s) forwarded (stopped: SIGTERM)" in out.decode()
+    assert "stopped by stop" not in out.decode() + err
+    assert state_file.exists()

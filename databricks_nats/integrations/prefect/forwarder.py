@@ -153,7 +153,13 @@ async def _convert(event: Any, runs: _Runs) -> tuple[str, dict[str, Any], Any] |
         if not related:
             return None  # a task run outside any flow run (a background task): nothing to report it under
         flow_run_id = related[0].id.rsplit(".", 1)[-1]
-    run, flow_name, deployment = await runs.flow_run(flow_run_id)
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        run, flow_name, deployment = await runs.flow_run(flow_run_id)
+    except ObjectNotFound:  # deleted since: nothing left to describe it with
+        log.warning("prefect-forward: flow run %s no longer exists; %s not forwarded", flow_run_id, event.event)
+        return None
     data: dict[str, Any] = {
         "flow_run_id": flow_run_id,
         "flow_name": flow_name,
@@ -288,6 +294,7 @@ async def forward_async(
             subscriber = get_events_subscriber(filter=EventFilter(event=names), reconnect_on_clean_close=True)
             async with subscriber:  # subscribed first, then the sweep: nothing falls between the two
                 await sweep(client, runs)
+                log.info("prefect-forward: following Prefect's events (resuming from %s)", state.occurred or start)
                 next_sweep = time.monotonic() + sweep_interval
                 iterator = subscriber.__aiter__()
                 while not done():
