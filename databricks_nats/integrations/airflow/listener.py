@@ -228,14 +228,24 @@ def _task(action: str, ti: Any, *, end: bool) -> None:
         cause = run_causation(dag_run, dag_id)
         _emit(f"airflow.task.{action}", data, cause)
         if not end and cause is not None and _inside.get() is None:
-            # What the task emits while it runs is caused by the same event (closed when the process ends).
+            # What the task emits while it runs is caused by the same event (closed when the task ends).
             block = caused_by(cause)
             block.__enter__()
             _inside.set(block)
     except Exception as e:  # noqa: BLE001 - never into the task
         log.warning("databricks-nats: airflow.task.%s not published: %s: %s", action, type(e).__name__, e)
+    if end:
+        _leave()
     if end and hasattr(ti, "_ti_context_from_server"):  # a task process (not the API server: it never waits)
         _flush()
+
+
+def _leave() -> None:
+    """Close the task's causation block (``dag.test()`` runs every task in one process)."""
+    block = _inside.get()
+    if block is not None:
+        _inside.set(None)
+        block.__exit__(None, None, None)
 
 
 @hookimpl
