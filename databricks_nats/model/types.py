@@ -11,6 +11,30 @@ __all__ = ["BUILTIN"]
 
 _TYPES: list[EventType] = []
 
+
+def _family(
+    entity: str,
+    actions: dict[str, dict[str, str]] | tuple[str, ...],
+    *,
+    keys: tuple[str, ...],
+    fields: dict[str, str],
+    what: str,
+    dataref: str | None = None,
+) -> None:
+    """``<entity>.<action>`` for each action: the shared fields, plus the action's own (when a mapping)."""
+    extras = actions if isinstance(actions, dict) else {a: {} for a in actions}
+    for action, extra in extras.items():
+        _TYPES.append(
+            EventType(
+                f"{entity}.{action}",
+                keys=keys,
+                dataref=dataref,
+                fields={**fields, **extra},
+                description=f"{what} {action.replace('_', ' ')}",
+            )
+        )
+
+
 _RUN = {
     "experiment_id": "string",
     "run_id": "string",
@@ -48,74 +72,68 @@ for _action, _extra in {
         )
     )
 
-for _action in ("logged", "finalized"):
-    _TYPES.append(
-        EventType(
-            f"mlflow.logged_model.{_action}",
-            keys=("experiment_id", "model_id"),
-            dataref="model_uri",
-            fields={
-                "experiment_id": "string",
-                "model_id": "string",
-                "name": "string?",
-                "source_run_id": "string?",
-                "artifact_location": "string?",
-                "model_uri": "string?",
-                "model_url": "string?",
-                "flavors": "array",
-                "status": "string?",
-            },
-            description=f"MLflow 3 LoggedModel {_action}",
-        )
-    )
-
-for _action, _extra in {
-    "registered": {},
-    "deleted": {},
-    "version_created": {"version": "string", "source": "string?", "run_id": "string?", "model_id": "string?"},
-    "version_deleted": {"version": "string"},
-    "alias_set": {"alias": "string", "version": "string"},
-    "alias_deleted": {"alias": "string"},
-    "stage_transitioned": {"version": "string", "stage": "string"},
-    "version_tag_set": {"version": "string", "key": "string", "value": "string?"},
-}.items():
-    _TYPES.append(
-        EventType(
-            f"mlflow.model.{_action}",
-            keys=("name",),
-            dataref="model_uri",
-            fields={**_MODEL, **_extra},
-            description=f"MLflow registered model {_action.replace('_', ' ')}",
-        )
-    )
-
-for _action, _extra in {
-    "started": {},
-    "progress": {
-        "batch_id": "integer",
-        "input_rows": "integer",
-        "input_rows_per_second": "number?",
-        "processed_rows_per_second": "number?",
-        "trigger_ms": "integer?",
-        "batches": "integer",
-        "rows_since_last": "integer",
-        "sources": "array",
-        "source_count": "integer",
-        "sink": "object",
-        "state_rows": "integer",
-        "observed_metrics": "object",
+_family(
+    "mlflow.logged_model",
+    ("logged", "finalized"),
+    keys=("experiment_id", "model_id"),
+    dataref="model_uri",
+    fields={
+        "experiment_id": "string",
+        "model_id": "string",
+        "name": "string?",
+        "source_run_id": "string?",
+        "artifact_location": "string?",
+        "model_uri": "string?",
+        "model_url": "string?",
+        "flavors": "array",
+        "status": "string?",
     },
-    "idle": {},
-    "terminated": {"error_class": "string?", "error": "string?"},
-}.items():
-    _TYPES.append(
-        EventType(
-            f"spark.stream.{_action}",
-            keys=("query_id",),
-            fields={"query_id": "string", "run_id": "string", "name": "string?", "mlflow_run_id": "string?", **_extra},
-            description=f"Structured Streaming query {_action}",
-        )
-    )
+    what="MLflow 3 LoggedModel",
+)
+
+_family(
+    "mlflow.model",
+    {
+        "registered": {},
+        "deleted": {},
+        "version_created": {"version": "string", "source": "string?", "run_id": "string?", "model_id": "string?"},
+        "version_deleted": {"version": "string"},
+        "alias_set": {"alias": "string", "version": "string"},
+        "alias_deleted": {"alias": "string"},
+        "stage_transitioned": {"version": "string", "stage": "string"},
+        "version_tag_set": {"version": "string", "key": "string", "value": "string?"},
+    },
+    keys=("name",),
+    dataref="model_uri",
+    fields=_MODEL,
+    what="MLflow registered model",
+)
+
+_family(
+    "spark.stream",
+    {
+        "started": {},
+        "progress": {
+            "batch_id": "integer",
+            "input_rows": "integer",
+            "input_rows_per_second": "number?",
+            "processed_rows_per_second": "number?",
+            "trigger_ms": "integer?",
+            "batches": "integer",
+            "rows_since_last": "integer",
+            "sources": "array",
+            "source_count": "integer",
+            "sink": "object",
+            "state_rows": "integer",
+            "observed_metrics": "object",
+        },
+        "idle": {},
+        "terminated": {"error_class": "string?", "error": "string?"},
+    },
+    keys=("query_id",),
+    fields={"query_id": "string", "run_id": "string", "name": "string?", "mlflow_run_id": "string?"},
+    what="Structured Streaming query",
+)
 
 _EXECUTION = {
     "app_id": "string",
@@ -169,25 +187,23 @@ _TYPES.append(
     )
 )
 
-for _action in ("granted", "denied"):
-    _TYPES.append(
-        EventType(
-            f"system.auth.{_action}",
-            keys=(),
-            fields={
-                "identity": "string?",  # oidc:<issuer>#<subject> or aws_iam:<arn>; never the token
-                "kind": "string?",
-                "rule": "string?",
-                "reason": "string",
-                "permissions": "object",
-                "expires_at": "string?",
-                "client": "object",
-                "server": "string?",
-                "suppressed": "integer",
-            },
-            description=f"The auth-callout service {_action} a connection",
-        )
-    )
+_family(
+    "system.auth",
+    ("granted", "denied"),
+    keys=(),
+    fields={
+        "identity": "string?",  # oidc:<issuer>#<subject>, databricks:<host>#<id> or aws_iam:<arn>; never the token
+        "kind": "string?",
+        "rule": "string?",
+        "reason": "string",
+        "permissions": "object",
+        "expires_at": "string?",
+        "client": "object",
+        "server": "string?",
+        "suppressed": "integer",
+    },
+    what="A connection the auth-callout service",
+)
 
 # Orchestrators publishing back (issue 16): lean pointers to a run in the Airflow / Prefect UI.
 _AIRFLOW_RUN = {
@@ -200,26 +216,18 @@ _AIRFLOW_RUN = {
     "url": "string?",
     "assets": "array",  # URIs of the assets the run (task) produced
 }
-for _action in ("running", "success", "failed"):
-    _TYPES.append(
-        EventType(
-            f"airflow.dag_run.{_action}",
-            keys=("dag_id",),
-            dataref="url",
-            fields=_AIRFLOW_RUN,
-            description=f"Airflow DAG run {_action}",
-        )
-    )
-for _action in ("running", "success", "failed", "skipped", "up_for_retry"):
-    _TYPES.append(
-        EventType(
-            f"airflow.task.{_action}",
-            keys=("dag_id", "task_id"),
-            dataref="url",
-            fields={**_AIRFLOW_RUN, "task_id": "string", "try_number": "integer?", "map_index": "integer?"},
-            description=f"Airflow task instance {_action.replace('_', ' ')}",
-        )
-    )
+_family(
+    "airflow.dag_run", ("running", "success", "failed"), keys=("dag_id",), dataref="url", fields=_AIRFLOW_RUN,
+    what="Airflow DAG run",
+)  # fmt: skip
+_family(
+    "airflow.task",
+    ("running", "success", "failed", "skipped", "up_for_retry"),
+    keys=("dag_id", "task_id"),
+    dataref="url",
+    fields={**_AIRFLOW_RUN, "task_id": "string", "try_number": "integer?", "map_index": "integer?"},
+    what="Airflow task instance",
+)
 _PREFECT_RUN = {
     "flow_run_id": "string",
     "flow_name": "string",
@@ -229,25 +237,23 @@ _PREFECT_RUN = {
     "duration_ms": "integer?",
     "url": "string?",
 }
-for _action in ("running", "completed", "failed", "crashed", "cancelled"):
-    _TYPES.append(
-        EventType(
-            f"prefect.flow_run.{_action}",
-            keys=("flow_name",),
-            dataref="url",
-            fields=_PREFECT_RUN,
-            description=f"Prefect flow run {_action}",
-        )
-    )
-    _TYPES.append(
-        EventType(
-            f"prefect.task_run.{_action}",
-            keys=("flow_name", "task_name"),
-            dataref="url",
-            fields={**_PREFECT_RUN, "task_run_id": "string", "task_name": "string", "flow_run_id": "string?"},
-            description=f"Prefect task run {_action}",
-        )
-    )
+_PREFECT_STATES = ("running", "completed", "failed", "crashed", "cancelled")
+_family(
+    "prefect.flow_run",
+    _PREFECT_STATES,
+    keys=("flow_name",),
+    dataref="url",
+    fields=_PREFECT_RUN,
+    what="Prefect flow run",
+)
+_family(
+    "prefect.task_run",
+    _PREFECT_STATES,
+    keys=("flow_name", "task_name"),
+    dataref="url",
+    fields={**_PREFECT_RUN, "task_run_id": "string", "task_name": "string", "flow_run_id": "string?"},
+    what="Prefect task run",
+)
 
 _TYPES.append(
     EventType(
