@@ -183,6 +183,11 @@ class Subscription:
             except asyncio.TimeoutError:
                 continue
 
+    def hold(self) -> None:
+        """Take the last event out of automatic acknowledgement: the caller acknowledges it (``event.ack()``)
+        when done, e.g. after looking at what arrives next (acting on the newest of a burst)."""
+        self._last = None
+
     def _wanted(self, event: ReceivedEvent) -> bool:
         if self.dedupe is not None and self.dedupe.seen(event):
             return False

@@ -68,6 +68,7 @@ def test_an_explicit_causation_wins_over_the_context() -> None:
         ({"id": "E", "causationid": "C", "hop": 1, "via": "airflow:dag/a"}, "airflow:dag/a", "already went through"),
         ({"id": "E", "causationid": "C", "hop": 1, "via": "airflow:dag/a"}, "airflow:dag/b", None),
         ({"id": "E", "causationid": "C", "hop": "junk"}, "t", None),  # unreadable hop: 0
+        ({"id": "E", "type": "databricks.system.loop.detected", "causationid": "C", "hop": 9}, "t", None),  # a report
     ],
 )
 def test_loop_reason(envelope: dict[str, Any], target: str, reason: str | None) -> None:

@@ -115,11 +115,13 @@ def loop_reason(envelope: Mapping[str, Any], target: str | None, limit: int = HO
     """Why acting on ``envelope`` at ``target`` would continue a loop, or None when it is safe.
 
     Refused: the event is already ``limit`` hops deep (acting would make hop ``limit + 1``), or its chain already
-    went through ``target``.
+    went through ``target``. A ``system.loop.detected`` report is never refused: monitors must see it.
     """
     own = Causation.of(envelope)
     if own is None:
         return None
+    if str(envelope.get("type", "")).endswith("system.loop.detected"):
+        return None  # a loop's report reaches every reader (it is announced once per chain, at hop limit + 1)
     if own.hop >= limit:
         return f"hop limit {limit} reached (the event is {own.hop} hops deep)"
     if target and target in own.via:

@@ -206,14 +206,14 @@ class NatsEventTrigger(BaseEventTrigger):
     async def _batch(self, sub: Subscription, first: ReceivedEvent) -> list[ReceivedEvent]:
         """``first`` and what arrives within ``coalesce`` s, none acknowledged (``newest_only``)."""
         batch = [first]
-        sub._last = None  # held: acknowledged by run(), not by the next fetch
+        sub.hold()  # acknowledged by run(), not by the next fetch
         deadline = time.monotonic() + self.coalesce
         while (left := deadline - time.monotonic()) > 0:
             try:
                 batch.append(await sub.next_async(timeout=left))
             except TimeoutError:
                 break
-            sub._last = None
+            sub.hold()
         return batch
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
