@@ -222,7 +222,9 @@ async def forward_async(
     _require_api()
     settings = await block_settings(block, settings)
     state = _State(state_file)
+    resumed = state.occurred is not None
     start = state.occurred or since or dt.datetime.now(dt.timezone.utc)
+    floor = start - dt.timedelta(seconds=lookback) if resumed else start  # nothing older is forwarded
     result = ForwardResult()
     seen: collections.OrderedDict[str, None] = collections.OrderedDict()
     publisher = Client(**settings)
@@ -269,12 +271,10 @@ async def forward_async(
 
     async def sweep(client: Any, runs: _Runs) -> None:
         """Read what was stored since the resume point (minus ``lookback``) and forward what was not yet."""
-        point = state.occurred or start
+        since = max(floor, (state.occurred or start) - dt.timedelta(seconds=lookback))
         flt = EventFilter(
             event=names,
-            occurred=EventOccurredFilter(
-                since=point - dt.timedelta(seconds=lookback), until=dt.datetime.now(dt.timezone.utc)
-            ),
+            occurred=EventOccurredFilter(since=since, until=dt.datetime.now(dt.timezone.utc)),
             order=EventOrder.ASC,
         )
         page = await client.read_events(filter=flt, limit=PAGE)
@@ -282,8 +282,7 @@ async def forward_async(
             for event in page.events:
                 if done():
                     return
-                if event.occurred >= start - dt.timedelta(seconds=lookback if state.occurred else 0):
-                    await handle(event, runs)
+                await handle(event, runs)
             if not page.next_page:
                 return
             page = await client.read_events_page(page.next_page)
@@ -306,7 +305,7 @@ async def forward_async(
                         event = await asyncio.wait_for(iterator.__anext__(), POLL)
                     except asyncio.TimeoutError:
                         continue
-                    if event.occurred >= start - dt.timedelta(seconds=lookback if state.occurred else 0):
+                    if event.occurred >= floor:
                         await handle(event, runs)
     finally:
         await asyncio.to_thread(publisher.close, flush_timeout)
