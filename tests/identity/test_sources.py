@@ -182,7 +182,7 @@ def test_one_off_connections_present_the_identity_token(monkeypatch) -> None:
 
 
 def test_doctor_describes_a_databricks_proof_without_its_token() -> None:
-    from databricks_nats.cli import _presented
+    from databricks_nats.doctor import _presented
     from databricks_nats.integrations.identity.databricks import encode_proof
 
     pat = encode_proof("dbc-1.cloud.databricks.com", "dapi0123456789abcdef")
