@@ -163,9 +163,6 @@ async def run_deployment_on_async(
     target = f"prefect:deployment/{deployment}"
 
     async def run(event: ReceivedEvent) -> Any:
-        if not guard.allows(event.envelope):
-            result.refused = guard.refused
-            return None
         params = render_parameters(parameters, event)
         run_name = None
         if name_template is not None:
@@ -190,11 +187,13 @@ async def run_deployment_on_async(
         **settings,
     )
     announcer = Client(sub.settings)
-    guard = LoopGuard(target, sub.settings.hop_limit, client=announcer)
+    # The subscription refuses loops under this deployment's name (hop limit, or back at this deployment).
+    sub.guard = guard = LoopGuard(target, sub.settings.hop_limit, client=announcer)
     result = BridgeResult()
     try:
         return await pump(sub, run, result, max_events=max_events, idle_timeout=idle_timeout, stop=stop)
     finally:
+        result.refused = guard.refused
         await asyncio.to_thread(announcer.close)
 
 
