@@ -7,15 +7,11 @@ it publishes only where it is switched on (``[databricks_nats] listener = True``
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import secrets
 import shutil
-import signal
-import socket
 import sqlite3
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -26,6 +22,7 @@ import pytest
 
 import databricks_nats
 from databricks_nats.integrations.airflow import NatsEventTrigger
+from tests.processes import Processes, free_port
 
 HERE = Path(__file__).parent
 COMPONENTS = {
@@ -36,53 +33,21 @@ COMPONENTS = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Airflow:
-    """Airflow components as separate processes on one AIRFLOW_HOME; stopped with terminate → wait → kill."""
+class Airflow(Processes):
+    """Airflow components as separate processes on one AIRFLOW_HOME."""
 
     def __init__(self, home: Path, env: dict[str, str]) -> None:
+        super().__init__(home, env)
         self.home = home
-        self.env = env
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self) -> None:
+    def start_components(self) -> None:
         port = self.env["AIRFLOW__API__PORT"]
         for name, args in COMPONENTS.items():
-            argv = [sys.executable, "-m", "airflow", *args, *([port] if name == "api-server" else [])]
-            log = open(self.home / f"{name}.log", "wb")  # noqa: SIM115 - closed by the child's exit
-            self.procs[name] = subprocess.Popen(
-                argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-            log.close()
-
-    def check_alive(self) -> None:
-        for name, proc in self.procs.items():
-            assert proc.poll() is None, f"{name} exited with {proc.returncode}:\n{self.logs(name)}"
-
-    def logs(self, name: str, tail: int = 4000) -> str:
-        return (self.home / f"{name}.log").read_text(errors="replace")[-tail:]
+            self.start(name, [sys.executable, "-m", "airflow", *args, *([port] if name == "api-server" else [])])
 
     def task_logs(self, tail: int = 6000) -> str:
         files = sorted((self.home / "logs").glob("dag_id=*/**/*.log"))
         return "\n".join(f"--- {f.name}\n{f.read_text(errors='replace')[-tail:]}" for f in files)
-
-    def stop(self) -> None:
-        for proc in self.procs.values():  # the whole session: LocalExecutor workers, api-server workers
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            with contextlib.suppress(ProcessLookupError):  # children left behind by a component that exited
-                os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture
@@ -94,7 +59,7 @@ def start_airflow(airflow_db_copy: Path, live: Any, tmp_path: Path) -> Iterator[
     def start(dag_file: str, **extra_env: str) -> Airflow:
         components = Airflow(*_setup(airflow_db_copy, live, tmp_path, dag_file, extra_env))
         started.append(components)
-        components.start()
+        components.start_components()
         return components
 
     try:
@@ -120,7 +85,7 @@ def _setup(
     home.mkdir()
     dags.mkdir()
     shutil.copyfile(HERE / "dags" / dag_file, dags / dag_file)
-    port = str(_free_port())
+    port = str(free_port())
     env = {
         **os.environ,
         "AIRFLOW_HOME": str(home),

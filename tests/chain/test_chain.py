@@ -14,9 +14,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -28,50 +25,12 @@ import pytest
 
 import databricks_nats
 from databricks_nats.integrations.airflow import NatsEventTrigger
+from tests.processes import Processes, free_port
 
 HERE = Path(__file__).parent
 DAG = "score_with_champion"
 FLOW = "databricks-nats-chain"  # chain_flow.py's flow
 DEPLOYMENT = "chain"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Processes:
-    """Named subprocesses (own session, output in ``<dir>/<name>.log``), stopped with SIGTERM → wait → SIGKILL."""
-
-    def __init__(self, directory: Path, env: dict[str, str]) -> None:
-        self.dir = directory
-        self.env = env
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, name: str, argv: list[str], cwd: Path | None = None) -> None:
-        with open(self.dir / f"{name}.log", "wb") as log:
-            self.procs[name] = subprocess.Popen(
-                argv, env=self.env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-
-    def check_alive(self) -> None:
-        for name, proc in self.procs.items():
-            assert proc.poll() is None, f"{name} exited with {proc.returncode}:\n{self.logs(name)}"
-
-    def logs(self, name: str, tail: int = 4000) -> str:
-        return (self.dir / f"{name}.log").read_text(errors="replace")[-tail:]
-
-    def stop(self) -> None:
-        for proc in reversed(self.procs.values()):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
 
 
 @pytest.fixture
@@ -80,7 +39,7 @@ def prefect(prefect_python: Path, live: Any, tmp_path: Path) -> Iterator[Process
     home = tmp_path / "prefect"
     home.mkdir()
     shutil.copyfile(HERE / "chain_flow.py", home / "chain_flow.py")
-    port = _free_port()
+    port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PREFECT_", "DATABRICKS_NATS_"))},
         "PREFECT_HOME": str(home),
@@ -144,7 +103,7 @@ def test_alias_event_runs_a_dag_whose_success_runs_a_prefect_deployment_one_chai
     """alias_set → Airflow DAG run → ``airflow.task.success`` (hop 1) → Prefect flow run through the bridge →
     ``prefect.flow_run.completed`` (hop 2): one correlation id, each event caused by the one before it."""
     airflow = e2e.Airflow(*_airflow_setup(airflow_db_copy, live, tmp_path))
-    airflow.start()
+    airflow.start_components()
     try:
         _prefect_side(prefect, prefect_python, airflow)
         trigger = NatsEventTrigger(
@@ -231,7 +190,7 @@ def _airflow_setup(airflow_db_copy: Path, live: Any, tmp_path: Path) -> tuple[Pa
     home.mkdir()
     dags.mkdir()
     shutil.copyfile(HERE / "dags" / "chain_dag.py", dags / "chain_dag.py")
-    port = str(_free_port())
+    port = str(free_port())
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("DATABRICKS_NATS_", "AIRFLOW__DATABRICKS_NATS"))},
         "AIRFLOW_HOME": str(home),
