@@ -201,9 +201,8 @@ def _from_scope(settings: Settings, scope: str, secrets: SecretSource | None) ->
 
 
 def _from_identity(settings: Settings, identity: TokenSource | None, secrets: SecretSource | None) -> Credentials:
-    name = _identity_setting(settings) or "oidc_token"
-    if identity is None:
-        raise ConfigurationError(name, "needs an identity token source, but none was given (pass identity=...)")
+    require_identity_source(settings, identity)
+    assert identity is not None
     found = identity.token()
     own = _from_settings(settings, secrets)  # TLS material and a user name still come from the settings
     return dataclasses.replace(own, source=found.source, token=found.value, expires_at=found.expires_at)
