@@ -43,7 +43,7 @@ class LoopGuard:
         own = Causation.of(envelope)
         self._say(
             logging.WARNING,
-            reason[:20],
+            "loop",
             "databricks-nats: not acting on event %s (%s) at %s: %s",
             envelope.get("id"),
             envelope.get("type"),
