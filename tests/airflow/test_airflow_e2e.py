@@ -76,15 +76,17 @@ def airflow(start_airflow: Any) -> Airflow:
 
 
 def _setup(
-    airflow_db_copy: Path, live: Any, tmp_path: Path, dag_file: str, extra_env: dict[str, str]
+    airflow_db_copy: Path, live: Any, tmp_path: Path, dag_file: str | Path, extra_env: dict[str, str]
 ) -> tuple[Path, dict[str, str]]:
+    """AIRFLOW_HOME and the components' environment, with one DAG file (a name in ``dags/``, or a path)."""
     from cryptography.fernet import Fernet
 
     home = tmp_path / "home"
     dags = tmp_path / "dags"
     home.mkdir()
     dags.mkdir()
-    shutil.copyfile(HERE / "dags" / dag_file, dags / dag_file)
+    source = Path(dag_file) if Path(dag_file).is_absolute() else HERE / "dags" / dag_file
+    shutil.copyfile(source, dags / source.name)
     port = str(free_port())
     env = {
         **os.environ,

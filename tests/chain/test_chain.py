@@ -102,7 +102,8 @@ def test_alias_event_runs_a_dag_whose_success_runs_a_prefect_deployment_one_chai
 ) -> None:
     """alias_set → Airflow DAG run → ``airflow.task.success`` (hop 1) → Prefect flow run through the bridge →
     ``prefect.flow_run.completed`` (hop 2): one correlation id, each event caused by the one before it."""
-    airflow = e2e.Airflow(*_airflow_setup(airflow_db_copy, live, tmp_path))
+    listener_on = {"AIRFLOW__DATABRICKS_NATS__LISTENER": "True"}
+    airflow = e2e.Airflow(*e2e._setup(airflow_db_copy, live, tmp_path, HERE / "dags" / "chain_dag.py", listener_on))
     airflow.start_components()
     try:
         _prefect_side(prefect, prefect_python, airflow)
@@ -179,37 +180,3 @@ def _prefect_side(prefect: Processes, python: Path, airflow: Any) -> None:
         "forward",
         [cli, "prefect-forward", "--state-file", str(prefect.dir / "forward-state.json"), "--sweep-interval", "2"],
     )
-
-
-def _airflow_setup(airflow_db_copy: Path, live: Any, tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    """AIRFLOW_HOME and environment of the components, as tests/airflow's end-to-end test, with this DAG."""
-    from cryptography.fernet import Fernet
-
-    home = tmp_path / "home"
-    dags = tmp_path / "dags"
-    home.mkdir()
-    dags.mkdir()
-    shutil.copyfile(HERE / "dags" / "chain_dag.py", dags / "chain_dag.py")
-    port = str(free_port())
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("DATABRICKS_NATS_", "AIRFLOW__DATABRICKS_NATS"))},
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_db_copy}",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
-        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__PARALLELISM": "2",
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-        "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
-        "AIRFLOW__API_AUTH__JWT_SECRET": os.urandom(32).hex(),
-        "AIRFLOW__API__PORT": port,
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-        "AIRFLOW__CORE__LAZY_DISCOVER_PROVIDERS": "False",  # the provider's plugin (the listener) is loaded
-        "AIRFLOW__DATABRICKS_NATS__LISTENER": "True",  # and switched on
-        "DATABRICKS_NATS_URL": ",".join(live.url),
-        "DATABRICKS_NATS_WORKSPACE": live.workspace,
-        "DATABRICKS_NATS_ENV": live.env,
-        "DATABRICKS_NATS_SPOOL_DIR": str(tmp_path / "airflow-spool"),
-    }
-    return home, env
