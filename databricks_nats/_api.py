@@ -80,20 +80,22 @@ def emit(
     keys: Any = None,
     dataref: str | None = None,
     causation: Causation | None = None,
+    id: str | None = None,
 ) -> Event | None:
     """Publish an event without blocking; return it, or None when it could not be created (never raises).
 
     ``event_type`` is ``<source>.<entity>.<action>``; catalogued types take their subject keys from
     ``data``, custom types from ``keys``. ``dataref`` is the event's main pointer URI. ``data`` is captured
     now (a JSON-safe copy, see ``jsonsafe.snapshot``): changing it after the call does not change the event.
-    ``causation``: the event this one reacts to (default: the one handled here, see ``caused_by``).
+    ``causation``: the event this one reacts to (default: the one handled here, see ``caused_by``). ``id``: a
+    fixed event id for a fact that may be announced twice (see ``Client.emit``).
     """
     try:
         client = current_client()
     except Exception as e:  # noqa: BLE001 - fail-open: the environment's settings do not resolve
         fail_unconfigured(e, f"emit({event_type!r})")
         return None
-    return client.emit(event_type, data, keys=keys, dataref=dataref, causation=causation)
+    return client.emit(event_type, data, keys=keys, dataref=dataref, causation=causation, id=id)
 
 
 def emit_many(items: Iterable[EmitItem]) -> int:

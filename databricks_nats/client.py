@@ -217,13 +217,16 @@ class Client:
         keys: Any = None,
         dataref: str | None = None,
         causation: Causation | None = None,
+        id: str | None = None,
     ) -> Event | None:
         """Publish an event without blocking; return it, or None when it could not be created (fail-open).
 
         ``event_type`` is ``<source>.<entity>.<action>``; catalogued types take their subject keys from
         ``data``, custom types from ``keys``. ``dataref`` is the event's main pointer URI. ``data`` is
         captured now (a JSON-safe copy): changing it after the call does not change the event. ``causation``
-        names the event this one reacts to (default: the one being handled here, ``caused_by``).
+        names the event this one reacts to (default: the one being handled here, ``caused_by``). ``id`` fixes
+        the event's id (its ``Nats-Msg-Id``): two publishers of one fact that derive the same id
+        (``databricks_nats.model.ids.derived_id``) have it stored once by the stream's de-duplication.
         """
         try:
             etype = _checked(event_type, data)  # refused before any publisher starts
@@ -233,7 +236,7 @@ class Client:
             if dataref is not None and type(dataref) is not str:
                 dataref = str(dataref)  # a Path, a URL object…
             snapshot = jsonsafe.snapshot(data, _cap(transport), etype)
-            event = new_event(event_type, snapshot, keys=keys, dataref=dataref, causation=causation)
+            event = new_event(event_type, snapshot, keys=keys, dataref=dataref, causation=causation, id=id)
             transport.emit(event)
             return event
         except Exception as e:  # noqa: BLE001 - fail-open: training code never sees publishing errors

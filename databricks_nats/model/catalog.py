@@ -69,7 +69,7 @@ def envelope_schema() -> dict[str, Any]:
             "specversion": {"const": "1.0"},
             "id": {
                 "type": "string",
-                "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$",
+                "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[57][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$",
             },
             "source": {"type": "string", "minLength": 1},
             "type": {"type": "string", "pattern": "^databricks\\.[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+){2,}$"},

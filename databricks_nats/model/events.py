@@ -91,8 +91,11 @@ def new_event(
     dataref: str | None = None,
     time_ns: int | None = None,
     causation: Causation | None = None,
+    id: str | None = None,
 ) -> Event:
     """Create an event in the caller's thread (cheap: id, time, trace context and causation only).
+
+    ``id``: a fixed id for a fact that may be announced twice (``ids.derived_id``), else a new UUIDv7.
 
     ``time_ns`` is when it happened, if not now (an event handed over later, in a batch). ``causation`` is the
     event it reacts to; by default the one being handled in this context (``causation.caused_by``), if any."""
@@ -101,6 +104,7 @@ def new_event(
         data,
         keys=tuple(str(k) for k in keys) if keys is not None else None,
         dataref=dataref,
+        id=id,
         traceparent=_current_traceparent(),
         time_ns=time_ns,
         causation=causation if causation is not None else _current_causation(),

@@ -20,6 +20,7 @@ FIELD_KINDS: dict[str, dict[str, Any]] = {
     "number?": {"anyOf": [{"type": "number"}, _NON_FINITE, {"type": "null"}]},
     "boolean": {"type": "boolean"},
     "object": {"type": "object"},
+    "object?": {"type": ["object", "null"]},
     "array": {"type": "array"},
     "metrics": {
         "type": "object",

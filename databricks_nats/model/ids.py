@@ -1,12 +1,20 @@
-"""Time-ordered, unique event ids (UUIDv7, RFC 9562) that stay monotonic within one process."""
+"""Event ids: time-ordered and unique (UUIDv7, RFC 9562, monotonic within one process), or derived from a fact.
+
+A derived id (UUIDv5) is the same wherever the same fact is seen: the MLflow hook and the webhook receiver
+both announce "alias champion of model m now points at version 3" with one id, so the stream's
+de-duplication (``Nats-Msg-Id``, within its duplicate window) stores it once.
+"""
 
 from __future__ import annotations
 
 import random
 import threading
 import time
+import uuid
 
-__all__ = ["uuid7", "uuid7_time_ms"]
+__all__ = ["derived_id", "uuid7", "uuid7_time_ms"]
+
+_FACTS = uuid.UUID("3d2b7c1e-9f4a-5b6d-8e0f-1a2b3c4d5e6f")  # the namespace of derived ids
 
 _lock = threading.Lock()
 _last_ms = 0
@@ -38,3 +46,11 @@ def uuid7() -> str:
 def uuid7_time_ms(event_id: str) -> int:
     """Return the Unix time in milliseconds embedded in a UUIDv7 string."""
     return int(event_id.replace("-", "")[:12], 16)
+
+
+def derived_id(kind: str, *parts: object) -> str:
+    """The fixed id (UUIDv5) of one fact: ``kind`` (an event type) and the values that identify it.
+
+    ``None`` and ``""`` are the same part; parts are joined with a separator no MLflow name contains."""
+    text = "\x1f".join([kind, *("" if p is None else str(p) for p in parts)])
+    return str(uuid.uuid5(_FACTS, text))

@@ -43,6 +43,7 @@ _RUN = {
     "artifact_uri": "string?",
 }
 _RUN_KEYS = ("experiment_id", "run_id")
+_RUN_URL_TYPES = ("started", "finished", "failed", "killed", "deleted", "restored")
 _MODEL = {
     "name": "string",
     "model_uri": "string?",
@@ -59,6 +60,14 @@ for _action, _extra in {
     "metrics": {"metrics": "metrics", "points": "integer", "final": "boolean"},
     "params": {"params": "object"},
     "tags": {"tags": "object"},
+    "deleted": {},
+    "restored": {},
+    "evaluated": {  # mlflow.evaluate / mlflow.genai.evaluate finished in this run
+        "metrics": "metrics",
+        "results_uri": "string?",  # the results table (an artifact of the run), when one was logged
+        "evaluator": "string?",  # mlflow.evaluate or mlflow.genai.evaluate
+        "rows": "integer?",
+    },
     "artifacts": {"files": "array", "file_count": "integer", "total_bytes": "integer", "path": "string?"},
     "inputs": {"datasets": "array"},
 }.items():
@@ -66,7 +75,7 @@ for _action, _extra in {
         EventType(
             f"mlflow.run.{_action}",
             keys=_RUN_KEYS,
-            dataref="run_url" if _action in ("started", "finished", "failed", "killed") else "artifact_uri",
+            dataref="run_url" if _action in _RUN_URL_TYPES else "results_uri" if _action == "evaluated" else "artifact_uri",
             fields={**_RUN, **_extra},
             description=f"MLflow run {_action}",
         )
@@ -91,22 +100,113 @@ _family(
     what="MLflow 3 LoggedModel",
 )
 
+_TAG = {"key": "string", "value": "string?"}
 _family(
     "mlflow.model",
     {
         "registered": {},
         "deleted": {},
-        "version_created": {"version": "string", "source": "string?", "run_id": "string?", "model_id": "string?"},
+        "renamed": {"previous_name": "string"},
+        "description_updated": {"version": "string?"},  # the model's, or one version's (never the text)
+        "tag_set": _TAG,
+        "tag_deleted": {"key": "string"},
+        "version_created": {
+            "version": "string",
+            "source": "string?",
+            "run_id": "string?",
+            "model_id": "string?",
+            "status": "string?",
+        },
         "version_deleted": {"version": "string"},
+        "version_status_changed": {"version": "string", "status": "string", "previous_status": "string?"},
         "alias_set": {"alias": "string", "version": "string"},
         "alias_deleted": {"alias": "string"},
         "stage_transitioned": {"version": "string", "stage": "string"},
-        "version_tag_set": {"version": "string", "key": "string", "value": "string?"},
+        "version_tag_set": {"version": "string", **_TAG},
+        "version_tag_deleted": {"version": "string", "key": "string"},
     },
     keys=("name",),
     dataref="model_uri",
     fields=_MODEL,
     what="MLflow registered model",
+)
+
+# The prompt registry (MLflow 3): prompts are never announced as models.
+_family(
+    "mlflow.prompt",
+    {
+        "created": {},
+        "version_created": {"version": "string"},
+        "alias_set": {"alias": "string", "version": "string"},
+        "alias_deleted": {"alias": "string"},
+        "tag_set": _TAG,
+        "tag_deleted": {"key": "string"},
+        "version_tag_set": {"version": "string", **_TAG},
+        "version_tag_deleted": {"version": "string", "key": "string"},
+        "deleted": {},
+        "version_deleted": {"version": "string"},
+    },
+    keys=("name",),
+    dataref="prompt_uri",
+    fields={"name": "string", "prompt_uri": "string", "prompt_url": "string?"},
+    what="MLflow prompt",
+)
+
+_family(
+    "mlflow.experiment",
+    {"created": {}, "renamed": {"previous_name": "string?"}, "deleted": {}, "restored": {}},
+    keys=("experiment_id",),
+    dataref="experiment_url",
+    fields={
+        "experiment_id": "string",
+        "name": "string?",
+        "artifact_location": "string?",
+        "experiment_url": "string?",
+    },
+    what="MLflow experiment",
+)
+
+# GenAI (MLflow 3): traces and assessments are pointers (ids, counts, timings), never inputs, outputs or text.
+_TRACE = {"experiment_id": "string", "trace_id": "string", "trace_url": "string?"}
+_TYPES.append(
+    EventType(
+        "mlflow.trace.logged",
+        keys=("experiment_id",),
+        dataref="trace_url",
+        fields={
+            **_TRACE,
+            "status": "string",  # OK, ERROR, IN_PROGRESS
+            "duration_ms": "integer?",
+            "span_count": "integer?",
+            "token_usage": "object?",  # {input_tokens, output_tokens, total_tokens} when recorded
+            "run_id": "string?",  # the run the trace belongs to (mlflow.sourceRun)
+            "model_id": "string?",  # the logged model it was made with
+            "request_time": "integer?",  # ms since the epoch
+            "sample_rate": "number",  # 1.0 unless traces_mode = sample:<rate>
+            "coalesced": "integer",  # traces of this experiment not announced on their own since the last one
+        },
+        description="MLflow trace logged",
+    )
+)
+_TYPES.append(
+    EventType(
+        "mlflow.assessment.logged",
+        keys=("experiment_id",),
+        dataref="trace_url",
+        fields={
+            **_TRACE,
+            "assessment_id": "string?",
+            "name": "string",
+            "kind": "string",  # feedback | expectation
+            "source_type": "string?",  # HUMAN, LLM_JUDGE, CODE
+            "source_id": "string?",
+            "value_type": "string?",  # boolean, number, string, object…: the value's type, not its text
+            "value": "number?",  # numbers and booleans (as 1/0) only
+            "error": "boolean",
+            "run_id": "string?",
+        },
+        description="MLflow assessment (feedback or expectation) logged on a trace",
+    )
 )
 
 _family(

@@ -177,9 +177,12 @@ def test_the_databricks_uc_registry_store_is_wrapped_and_recognised_as_unity_cat
 
     from databricks_nats.integrations.mlflow.registry import describe_registry_call
 
-    data = describe_registry_call("registered", None, ("main.ml.churn",), {}, _compat.is_unity_catalog_registry(store))
-    assert (data or {})["is_unity_catalog"] is True
-    assert (data or {})["catalog_name"] == "main"
+    described = describe_registry_call("registered", None, ("main.ml.churn",), {}, _compat.is_unity_catalog_registry(store))
+    assert described is not None
+    event_type, data = described
+    assert event_type == "mlflow.model.registered"
+    assert data["is_unity_catalog"] is True
+    assert data["catalog_name"] == "main"
     assert list(events) == []
 
 

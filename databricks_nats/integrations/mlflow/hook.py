@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from databricks_nats.client import Client, current_client
-from databricks_nats.integrations.mlflow import _compat, artifacts, urls
+from databricks_nats.integrations.mlflow import _compat, artifacts, facts, genai, registry, urls
 from databricks_nats.integrations.mlflow.metrics import MetricsCoalescer
 from databricks_nats.integrations.mlflow.names import NameResolver
 
@@ -119,7 +119,9 @@ class Hook:
 
     def _emit(self, event_type: str, data: dict[str, Any]) -> None:
         if self.enabled:
-            current_client().emit(event_type, data)
+            current_client().emit(event_type, data, id=facts.fact_id(event_type, data))
+
+    emit = _emit  # what the describers of other modules (genai, registry) publish through
 
     def _wrap(self, obj: Any, name: str, describe: Callable[..., None]) -> None:
         original = getattr(obj, name, None)
@@ -192,6 +194,7 @@ class Hook:
             ("log_inputs", self._log_inputs),
             ("create_logged_model", self._create_logged_model),
             ("finalize_logged_model", self._finalize_logged_model),
+            *((name, functools.partial(describe, self)) for name, describe in genai.TRACKING_CALLS),
         ):
             self._wrap(store, name, describe)
         _compat.rebind_async_queue(store)
@@ -325,44 +328,32 @@ class Hook:
         if uc:  # results that carry the registry's full name teach the resolver, without an event
             for name in ("get_registered_model", "get_model_version"):
                 self._wrap(store, name, self._learn_name)
-        for name, action in (
-            ("create_registered_model", "registered"),
-            ("delete_registered_model", "deleted"),
-            ("create_model_version", "version_created"),
-            ("delete_model_version", "version_deleted"),
-            ("set_registered_model_alias", "alias_set"),
-            ("delete_registered_model_alias", "alias_deleted"),
-            ("transition_model_version_stage", "stage_transitioned"),
-            ("set_model_version_tag", "version_tag_set"),
-        ):
+        for name, action in registry.CALLS:
             self._wrap(store, name, functools.partial(self._registry_event, action, uc))
         return store
 
     def _learn_name(self, store: Any, result: Any, name: Any = None, *args: Any, **kwargs: Any) -> None:
-        from databricks_nats.integrations.mlflow.registry import result_name
-
         typed = kwargs.get("name", name)
-        full = result_name(result)
+        full = registry.result_name(result)
         if isinstance(typed, str) and full:
             self.names.learn(store, typed, full)
 
     def _registry_event(self, action: str, uc: bool, store: Any, result: Any, *args: Any, **kwargs: Any) -> None:
-        from databricks_nats.integrations.mlflow.registry import describe_registry_call, result_name, typed_name
-
         resolve = None
         if uc:  # one subject per model: the registry's three-level name, whatever the caller typed
-            full = result_name(result)
+            full = registry.result_name(result)
             if full:
-                self.names.learn(store, typed_name(action, args, kwargs), full)
+                self.names.learn(store, registry.typed_name(action, args, kwargs), full)
             else:
                 resolve = functools.partial(self.names.resolve, store)
         ui = self._store_ui(store) if uc else urls.NO_UI
-        data = describe_registry_call(action, result, args, kwargs, uc, resolve, ui)
-        if data is None:
+        described = registry.describe_registry_call(action, result, args, kwargs, uc, resolve, ui)
+        if described is None:
             return
-        if action == "version_tag_set" and not self._keep(str(data.get("key", ""))):
+        event_type, data = described
+        if "key" in data and not self._keep(str(data["key"])):  # tags: the deny list, as for run tags
             return
-        self._emit(f"mlflow.model.{action}", data)
+        self._emit(event_type, data)
 
     # ---- artifact repositories ---------------------------------------------------------------------
 

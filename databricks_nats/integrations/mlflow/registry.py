@@ -12,7 +12,19 @@ from typing import Any
 
 from databricks_nats.integrations.mlflow.urls import NO_UI, Ui, model_uri, uc_model_url
 
-__all__ = ["describe_registry_call", "result_name", "typed_name"]
+__all__ = ["CALLS", "describe_registry_call", "result_name", "typed_name"]
+
+# (registry store method, action): the calls the hook wraps; describe_registry_call says what each one was.
+CALLS: tuple[tuple[str, str], ...] = (
+    ("create_registered_model", "registered"),
+    ("delete_registered_model", "deleted"),
+    ("create_model_version", "version_created"),
+    ("delete_model_version", "version_deleted"),
+    ("set_registered_model_alias", "alias_set"),
+    ("delete_registered_model_alias", "alias_deleted"),
+    ("transition_model_version_stage", "stage_transitioned"),
+    ("set_model_version_tag", "version_tag_set"),
+)
 
 # Positional parameter names of the registry store methods (after self), stable across MLflow 2.13-3.x.
 _PARAMS = {
@@ -52,8 +64,8 @@ def describe_registry_call(
     uc: bool,
     resolve: Callable[[str], str] | None = None,
     ui: Ui = NO_UI,
-) -> dict[str, Any] | None:
-    """The event data for one registry call (name, version, pointers), or None when there is nothing to say.
+) -> tuple[str, dict[str, Any]] | None:
+    """The event (type, data) for one registry call (name, version, pointers), or None when there is nothing to say.
 
     ``resolve``: turns a name the caller typed into the registry's full name (used when the result has none).
     """
@@ -89,4 +101,4 @@ def describe_registry_call(
         tag = call.get("tag")
         data["key"] = getattr(tag, "key", None)
         data["value"] = str(getattr(tag, "value", ""))[:500]
-    return data
+    return f"mlflow.model.{action}", data
