@@ -43,7 +43,8 @@ _RUN = {
     "artifact_uri": "string?",
 }
 _RUN_KEYS = ("experiment_id", "run_id")
-_RUN_URL_TYPES = ("started", "finished", "failed", "killed", "deleted", "restored")
+_RUN_DATAREF = {a: "run_url" for a in ("started", "finished", "failed", "killed", "deleted", "restored")}
+_RUN_DATAREF["evaluated"] = "results_uri"
 _MODEL = {
     "name": "string",
     "model_uri": "string?",
@@ -75,7 +76,7 @@ for _action, _extra in {
         EventType(
             f"mlflow.run.{_action}",
             keys=_RUN_KEYS,
-            dataref="run_url" if _action in _RUN_URL_TYPES else "results_uri" if _action == "evaluated" else "artifact_uri",
+            dataref=_RUN_DATAREF.get(_action, "artifact_uri"),
             fields={**_RUN, **_extra},
             description=f"MLflow run {_action}",
         )

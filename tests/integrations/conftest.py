@@ -96,7 +96,6 @@ def tracking(mlflow_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     return Tracking(uri, experiment.experiment_id, tmp_path)
 
 
-
 @pytest.fixture
 def subject_of(namespace: dict[str, str]) -> Callable[..., str]:
     """The subject an MLflow event must have: ``dbx.<workspace>.<env>.mlflow.<entity>.<keys…>.<action>``."""

@@ -123,7 +123,8 @@ def test_denied_param_and_tag_keys_never_reach_any_payload(tracking, record):
     """Params and tags whose keys match the deny list (any case) appear in no event, yet MLflow stores them."""
     events = record()
     client = MlflowClient()
-    with mlflow.start_run(run_name="deny-list", tags={"api_token": "tok-start-secret"}) as run:  # a random name may hold "secret"
+    # a named run: a random run name may hold "secret" ("secretive-owl-12")
+    with mlflow.start_run(run_name="deny-list", tags={"api_token": "tok-start-secret"}) as run:
         mlflow.log_param("db_password", "hunter2-param-secret")
         mlflow.log_params({"DB_Password_Replica": "hunter2-batch-secret", "lr": 0.1})
         mlflow.set_tag("api_token", "tok-tag-secret")

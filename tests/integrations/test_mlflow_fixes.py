@@ -177,7 +177,8 @@ def test_the_databricks_uc_registry_store_is_wrapped_and_recognised_as_unity_cat
 
     from databricks_nats.integrations.mlflow.registry import describe_registry_call
 
-    described = describe_registry_call("registered", None, ("main.ml.churn",), {}, _compat.is_unity_catalog_registry(store))
+    uc = _compat.is_unity_catalog_registry(store)
+    described = describe_registry_call("registered", None, ("main.ml.churn",), {}, uc)
     assert described is not None
     event_type, data = described
     assert event_type == "mlflow.model.registered"

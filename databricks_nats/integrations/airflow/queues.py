@@ -34,7 +34,7 @@ def parse_queue_uri(queue: str) -> dict[str, Any]:
         raise ConfigurationError(
             "queue",
             "credentials do not go into the queue URI (Airflow stores it): set DATABRICKS_NATS_TOKEN / "
-            "DATABRICKS_NATS_CREDS / DATABRICKS_NATS_USER + DATABRICKS_NATS_PASSWORD in the triggerer's environment"
+            "DATABRICKS_NATS_CREDS / DATABRICKS_NATS_USER + DATABRICKS_NATS_PASSWORD in the triggerer's environment",
         )
     out: dict[str, Any] = {}
     if parts.netloc:

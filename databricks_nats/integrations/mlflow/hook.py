@@ -184,7 +184,7 @@ class Hook:
         if not _compat.mark(store):
             return store
         self._note_store(store)
-        for name, describe in (
+        calls: list[tuple[str, Callable[..., None]]] = [
             ("create_run", self._create_run),
             ("update_run_info", self._update_run_info),
             ("log_batch", self._log_batch),
@@ -194,8 +194,9 @@ class Hook:
             ("log_inputs", self._log_inputs),
             ("create_logged_model", self._create_logged_model),
             ("finalize_logged_model", self._finalize_logged_model),
-            *((name, functools.partial(describe, self)) for name, describe in genai.TRACKING_CALLS),
-        ):
+        ]
+        calls += [(name, functools.partial(describe, self)) for name, describe in genai.TRACKING_CALLS]
+        for name, describe in calls:
             self._wrap(store, name, describe)
         _compat.rebind_async_queue(store)
         return store
