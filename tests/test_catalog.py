@@ -51,3 +51,21 @@ def test_a_custom_type_is_generic_and_a_bad_field_kind_is_refused() -> None:
     assert catalog.lookup("custom.widget.made").description == "custom event"
     with pytest.raises(ConfigurationError, match="unknown field kinds"):
         catalog.register(EventType("custom.widget.broken", fields={"size": "bigint"}))
+
+
+def test_the_readme_type_table_names_every_built_in_type() -> None:
+    """A user reads the README's table to find what to subscribe to: every built-in type is in it."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    table = readme.split("### Event types", 1)[1].split("\n### ", 1)[0]
+    named: set[str] = set()
+    for row in table.splitlines():
+        cells = re.findall(r"`([a-z_.]+)`", row.split("|")[1] if row.startswith("|") else "")
+        if not cells:
+            continue
+        family = cells[0].rsplit(".", 1)[0]  # `a.b.first` / `second` / …: the others share its entity
+        named |= {cells[0]} | {f"{family}.{action}" for action in cells[1:] if "." not in action}
+    missing = sorted(t.name for t in BUILTIN if t.name not in named)
+    assert not missing, f"README's event type table lacks {missing}"
