@@ -306,6 +306,45 @@ _family(
     what="A connection the auth-callout service",
 )
 
+# Observability (issue 18): publishers say they are alive; the monitor says when delivery got slow.
+_PUBLISHER = {
+    "publisher_id": "string",  # <host>-<pid>-<random>: one per publishing client, stable for its life
+    "stats": "object",  # the client's stats() (counters, queue, spool, connection)
+    "compute": "object",  # kind (classic, serverless, local…), cluster or job ids when known
+    "versions": "object",  # databricks_nats, python, mlflow, pyspark, runtime
+}
+_family(
+    "system.publisher",
+    {
+        "health": {
+            "interval_s": "number",  # the next heartbeat is due within this many seconds
+            "state": "string",  # connected, reconnecting, spooling, closed
+            "queue_depth": "integer",
+            "spool_bytes": "integer",
+            "oldest_unacked_age_s": "number?",
+        },
+        "stopped": {"reason": "string"},
+    },
+    keys=("publisher_id",),
+    fields=_PUBLISHER,
+    what="Publisher",
+)
+_TYPES.append(
+    EventType(
+        "system.latency.degraded",
+        keys=(),
+        fields={
+            "p50_ms": "number",
+            "p99_ms": "number",
+            "bound_ms": "number",  # the configured p99 bound that was crossed
+            "window_s": "number",
+            "events": "integer",  # events measured in the window
+            "worst": "array",  # the sources/types with the highest p99: [{source, type, p99_ms}]
+        },
+        description="Publish-to-stream latency p99 crossed its bound (databricks-nats monitor)",
+    )
+)
+
 # Orchestrators publishing back (issue 16): lean pointers to a run in the Airflow / Prefect UI.
 _AIRFLOW_RUN = {
     "dag_id": "string",
