@@ -45,7 +45,7 @@ FORBIDDEN = {"pyspark", "pyspark-client", "pyspark-connect", "mlflow", "mlflow-s
 # auth-callout service's (run next to nats-server, not on Databricks; pyproject): never meant for a Databricks
 # Runtime, which ships its own PySpark and MLflow. README, "Install". The `aws` extra (botocore, which every
 # runtime ships) is checked on every runtime file.
-LAPTOP_EXTRAS = {"mlflow", "spark", "dev", "prefect", "airflow", "auth-service"}
+LAPTOP_EXTRAS = {"mlflow", "spark", "dev", "prefect", "airflow", "auth-service", "monitor"}
 
 
 def norm(name: str) -> str:
