@@ -217,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     from databricks_nats.integrations.identity.cli import add_parser as add_auth_service
 
     add_auth_service(sub)
+    from databricks_nats.monitor.cli import add_parser as add_monitor
+
+    add_monitor(sub)  # imports rich only when the command runs
+    from databricks_nats.integrations.webhooks.cli import add_parser as add_webhook_receiver
+
+    add_webhook_receiver(sub)
     return p
 
 

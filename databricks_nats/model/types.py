@@ -413,4 +413,26 @@ _TYPES.append(
     )
 )
 
+# Databricks job notifications (a webhook notification destination), turned into events by
+# ``databricks-nats webhook-receiver``: jobs.on_start / on_success / on_failure /
+# on_duration_warning_threshold_exceeded / on_streaming_backlog_exceeded. Lean pointers: ids and names.
+_family(
+    "databricks.job_run",
+    ("started", "succeeded", "failed", "duration_exceeded", "backlog_exceeded"),
+    keys=("job_id",),
+    dataref="run_url",
+    fields={
+        "job_id": "string",
+        "job_name": "string?",
+        "run_id": "string",
+        "parent_run_id": "string?",  # a task notification: the job run the task run belongs to
+        "task_key": "string?",  # a task notification: the task
+        "run_url": "string?",  # when the receiver knows the workspace URL
+        "duration_ms": "integer?",  # when the notification carries one
+        "workspace_id": "string?",
+        "notification": "string",  # Databricks' event_type, e.g. jobs.on_failure
+    },
+    what="Databricks job run (notification)",
+)
+
 BUILTIN: tuple[EventType, ...] = tuple(_TYPES)
