@@ -76,8 +76,9 @@ class WebhookReceiver:
 
     ``WebhookReceiver(config, **settings)`` makes a client from the library's settings (keyword > environment
     > settings file) with ``spool_sync="immediate"``; pass ``client=`` to publish through your own (then a 2xx
-    means what that client's ``emit`` means). ``start()`` serves on a thread, ``serve_forever()`` in the caller's;
-    ``close()`` stops serving, flushes and closes a client it made.
+    means what that client's ``emit`` means). ``start()`` serves on a daemon thread (the socket is bound when
+    the receiver is made); ``handle()`` answers one request without HTTP; ``close()`` stops serving, then
+    flushes and closes a client it made.
     """
 
     def __init__(self, config: ReceiverConfig | None = None, *, client: Client | None = None, **settings: Any) -> None:
@@ -109,15 +110,12 @@ class WebhookReceiver:
             self._thread.start()
         return self
 
-    def serve_forever(self) -> None:
-        self._httpd.serve_forever()
-
     def close(self, timeout: float = 10.0) -> None:
         """Stop serving (from any thread but a request's), then flush and close the client if it is ours."""
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        if self._thread is not None:
+        if self._thread is not None:  # shutdown() waits for a serve_forever loop: only when one runs
+            self._httpd.shutdown()
             self._thread.join(timeout)
+        self._httpd.server_close()
         if self._own_client:
             self.client.close(timeout)
 
