@@ -155,6 +155,7 @@ class Client:
         self._failures = _Failures()
         self._implicit = False  # made by current_client() from the environment: adopt() may replace it
         self._replaced = False  # no longer the default: a late use goes to the default client instead
+        self._heartbeat: Any = None  # health.Heartbeat while a real publisher runs
         if transport is not None:
             self.swap_transport(transport)
 
@@ -184,6 +185,11 @@ class Client:
                     self._settings, self.context, secrets=self.secrets, identity=self.identity
                 )
                 _live_add(self)
+                interval = float(getattr(self._settings, "health_interval", 0) or 0)
+                if interval > 0 and hasattr(self._transport, "stats_"):  # a real publisher, not a stand-in
+                    from databricks_nats.health import Heartbeat
+
+                    self._heartbeat = Heartbeat(self, interval)
             return self._transport
 
     def swap_transport(self, transport: Transport | None) -> Transport | None:
@@ -294,6 +300,9 @@ class Client:
 
     def close(self, timeout: float = 5.0) -> FlushResult:
         """Flush for at most ``timeout`` seconds and stop the publisher; unacked events stay spooled."""
+        heartbeat, self._heartbeat = self._heartbeat, None
+        if heartbeat is not None and self._transport is not None:
+            heartbeat.stop("closed")  # system.publisher.stopped, flushed with the rest
         with self._lock:
             t, self._transport = self._transport, None
             _live_discard(self)
@@ -345,6 +354,7 @@ class Client:
     def _forget_after_fork(self) -> None:
         """In a forked child: drop the parent's publisher (its thread did not survive); a new one starts lazily."""
         self._lock = threading.RLock()
+        self._heartbeat = None  # its thread did not survive either; a new publisher starts a new one
         t, self._transport = self._transport, None
         forget = getattr(t, "_spool_forget_after_fork", None)
         if forget is not None:

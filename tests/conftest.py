@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from jsonschema import Draft202012Validator
 
 import databricks_nats
 from databricks_nats.client import set_current_client
+from databricks_nats.model import catalog
 from databricks_nats.settings import Settings, resolve_settings
 from databricks_nats.testing import NatsServer
+
+# No health heartbeats unless a test asks (tests/test_health.py): tests count the events in their streams
+# exactly. Set before any settings are resolved, and inherited by the processes tests start.
+os.environ.setdefault("DATABRICKS_NATS_HEALTH_INTERVAL", "0")
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +122,29 @@ def _reset_global_publisher() -> Iterator[None]:
     yield
     databricks_nats.shutdown(timeout=0)
     set_current_client(None)
+
+
+@pytest.fixture(scope="session")
+def assert_valid_event() -> Callable[[dict[str, Any]], None]:
+    """(Any test) validate an envelope against the envelope schema and its data against its catalogued type's schema."""
+    envelope_validator = _validator(catalog.envelope_schema())
+    known = {t.name for t in catalog.all_types()}
+    data_validators: dict[str, Draft202012Validator] = {}
+
+    def check(envelope: dict[str, Any]) -> None:
+        errors = [e.message for e in envelope_validator.iter_errors(envelope)]
+        assert not errors, f"envelope of {envelope.get('type')}: {errors}"
+        event_type = envelope["type"].removeprefix("databricks.")
+        assert event_type in known, f"{event_type} is not a catalogued type"
+        if event_type not in data_validators:
+            data_validators[event_type] = _validator(catalog.lookup(event_type).schema())
+        errors = [f"{list(e.path)}: {e.message}" for e in data_validators[event_type].iter_errors(envelope["data"])]
+        assert not errors, f"data of {event_type}: {errors}"
+        dt.datetime.fromisoformat(envelope["time"].replace("Z", "+00:00"))  # RFC 3339
+
+    return check
+
+
+def _validator(schema: dict[str, Any]) -> Draft202012Validator:
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)

@@ -29,6 +29,7 @@ from databricks_nats.settings import (
     resolve_settings,
     setting,
 )
+from databricks_nats.transport.telemetry import TelemetrySettings
 
 SECTION_SETTINGS = {
     "metrics_mode": MlflowSettings,
@@ -38,6 +39,11 @@ SECTION_SETTINGS = {
     "spark_progress_interval": SparkSettings,
     "spark_min_execution_ms": SparkSettings,
     "spark_summary_interval": SparkSettings,
+    "traces_mode": MlflowSettings,
+    "otel_metrics": TelemetrySettings,
+    "prometheus_port": TelemetrySettings,
+    "prometheus_host": TelemetrySettings,
+    "health_interval": TelemetrySettings,
 }
 
 

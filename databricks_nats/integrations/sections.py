@@ -18,8 +18,9 @@ import sys
 from types import ModuleType
 
 from databricks_nats.integrations.mlflow.settings import MlflowSettings
+from databricks_nats.transport.telemetry import TelemetrySettings
 
-__all__ = ["SECTIONS", "MlflowSettings", "SparkSettings"]
+__all__ = ["SECTIONS", "MlflowSettings", "SparkSettings", "TelemetrySettings"]
 
 
 def _load(name: str) -> ModuleType:
@@ -43,4 +44,4 @@ def _load(name: str) -> ModuleType:
 
 SparkSettings = _load("databricks_nats.integrations.spark.settings").SparkSettings
 
-SECTIONS: tuple[type, ...] = (MlflowSettings, SparkSettings)
+SECTIONS: tuple[type, ...] = (MlflowSettings, SparkSettings, TelemetrySettings)

@@ -307,6 +307,7 @@ class Link:
             self._spawn(self._recheck_credentials(self._generation, "disconnected"))
 
     async def on_reconnect(self) -> None:
+        self._stats.reconnects += 1
         self.set_connected(True)
         self._say(logging.INFO, "reconnect", "databricks-nats: reconnected to NATS")
 

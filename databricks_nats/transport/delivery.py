@@ -276,6 +276,8 @@ class Sender:
         if resp.get("duplicate"):
             self._stats.duplicates += 1
         self._stats.ack_latency(time.monotonic() - sent)
+        if self._stats.by_source is not None:
+            self._stats.count_sources((rec.subject,), 1)
         self.ack([seq])
 
     def plain_ack(self, subject: bytes | str) -> None:
@@ -295,12 +297,17 @@ class Sender:
         pop = self.inflight.pop
         now = time.monotonic()
         done, waited = [], []
+        counted: list[str] | None = [] if self._stats.by_source is not None else None
         for seq in seqs:
             entry = pop(seq, None)
             if entry is not None:
                 done.append(seq)
                 waited.append(now - entry[1])
+                if counted is not None:
+                    counted.append(entry[0].subject)
         self._stats.ack_latencies(waited)
+        if counted:
+            self._stats.count_sources(counted, 1)
         self.ack(done)
 
     def ack(self, seqs: list[int]) -> None:

@@ -150,6 +150,8 @@ class Ingest:
                 append(_new(Record, (seq, event.id, subject, payload)))
         self.last_seq = seq
         self.ingested += limit
+        if self._stats.by_source is not None:  # metrics are on: encoded events per source
+            self._stats.count_sources([r.subject for r in records], 0)
         waiting = self._waiting
         while waiting and waiting[0][0] <= self.ingested:
             self.on_boundary(seq, waiting.popleft()[1])

@@ -41,11 +41,13 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from databricks_nats.errors import ConfigurationError
 from databricks_nats.model.events import Event
+from databricks_nats.model.ids import uuid7_time_ms
 from databricks_nats.ports import FlushResult
 from databricks_nats.settings import Settings
 from databricks_nats.transport.auth import require_identity_source, require_nkeys, require_secret_source
@@ -55,6 +57,7 @@ from databricks_nats.transport.ingest import Ingest
 from databricks_nats.transport.spool import Spool, forked
 from databricks_nats.transport.stats import RateLimitedLog, Stats
 from databricks_nats.transport.storage import Buffer
+from databricks_nats.transport.telemetry import start_telemetry, stop_telemetry
 
 if TYPE_CHECKING:
     from databricks_nats.ports import SecretSource, TokenSource
@@ -125,6 +128,8 @@ class Publisher:
         self._buffer.sender = self._sender
         self._ingest.on_boundary = self._sender.wait_for
         self._link.sender, self._link.buffer = self._sender, self._buffer
+        stats.source_at = settings.namespace.count(".") + 1
+        self._telemetry = start_telemetry(settings, stats, self._gauges)
         self._started = threading.Event()
         _preload(settings)
         self._thread = threading.Thread(target=self._run, name="databricks-nats-publisher", daemon=True)
@@ -176,6 +181,7 @@ class Publisher:
             inflight=len(self._sender),
             pending=self._pending(),
             spool_bytes=self._spool.size_bytes,
+            oldest_unacked_age_s=self._oldest_age(),
             unsaved=len(self._buffer.unsaved),
             secured=self._buffer.secured,
             spool_durable=self._spool.durable,
@@ -184,12 +190,34 @@ class Publisher:
             namespace=self.settings.namespace,
         )
 
+    def _gauges(self) -> dict[str, Any]:
+        """The gauges telemetry reads when a metrics reader collects."""
+        return {
+            "queue_depth": len(self._ingest.inbox),
+            "spool_bytes": self._spool.size_bytes,
+            "oldest_unacked_age_s": self._oldest_age(),
+        }
+
+    def _oldest_age(self) -> float | None:
+        """Seconds since the oldest event held in memory and not yet acked was created (None: none, or unknown).
+
+        Read from the heads of the in-flight window, the ready queue and the inbox; an event id derived from a
+        fact (UUIDv5) carries no time and is passed over."""
+        heads: list[Any] = []
+        with contextlib.suppress(Exception):  # the worker changes these meanwhile: a racy read, never an error
+            heads.extend(rec for rec, _sent in list(self._sender.inflight.values())[:1])
+            heads.extend(list(self._buffer.ready)[:1])
+            heads.extend(list(self._ingest.inbox)[:1])
+        times = [t for t in map(_created_ms, heads) if t is not None]
+        return round(max(0.0, time.time() - min(times) / 1000), 3) if times else None
+
     def close(self, timeout: float = 5.0) -> FlushResult:
         """Flush for at most ``timeout`` seconds, then stop the worker; unacked events stay spooled."""
         result = self.flush(timeout) if timeout > 0 else FlushResult(self._pending() == 0, self._pending())
         if self._closing:
             return result
         self._closing = self._ingest.closed = self._link.closing = self._buffer.closing = True
+        stop_telemetry(self._telemetry)
         with contextlib.suppress(Exception):  # best effort: the loop may already be gone at exit
             asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(max(3.0, timeout))
         self._thread.join(max(1.0, timeout))
@@ -279,3 +307,12 @@ class Publisher:
         forget = getattr(self._spool, "forget_after_fork", None)
         if forget is not None:
             forget()
+
+
+def _created_ms(item: Any) -> float | None:
+    """When an in-memory event (an ``Event``, or a ``Record`` whose id is a UUIDv7) was created, in ms."""
+    time_ns = getattr(item, "time_ns", None)
+    if time_ns is not None:
+        return float(time_ns) / 1e6
+    event_id = getattr(item, "id", "")
+    return float(uuid7_time_ms(event_id)) if len(event_id) == 36 and event_id[14] == "7" else None

@@ -26,16 +26,39 @@ class Stats:
         self.dropped: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self.connection = "connecting"
-        self.connects = 0
+        self.connects = 0  # connections made from scratch (the first, and after the server closed us)
+        self.reconnects = 0  # nats-py's reconnects after a connection was lost
         self.last_error: str | None = None
         self.last_error_at: float | None = None
         self._latencies: deque[float] = deque(maxlen=4096)
+        # Kept only while OpenTelemetry metrics are on (telemetry.py): [encoded, acked] per source, and the ack
+        # latencies measured since the last collection.
+        self.by_source: dict[str, list[int]] | None = None
+        self.latency_tap: list[float] | None = None
+        self.source_at = 3  # the subject token that names the source: <prefix>.<workspace>.<env>.<source>…
 
     def ack_latency(self, seconds: float) -> None:
         self._latencies.append(seconds)
+        if self.latency_tap is not None and len(self.latency_tap) < 100_000:
+            self.latency_tap.append(seconds)
 
-    def ack_latencies(self, seconds: Iterable[float]) -> None:
+    def ack_latencies(self, seconds: list[float]) -> None:
         self._latencies.extend(seconds)
+        if self.latency_tap is not None and len(self.latency_tap) < 100_000:
+            self.latency_tap.extend(seconds)
+
+    def count_sources(self, subjects: Iterable[str], index: int) -> None:
+        """Count events per source (``index`` 0: encoded, 1: acked), from their subjects; only while metrics are on."""
+        counts = self.by_source
+        if counts is None:
+            return
+        at = self.source_at
+        for subject in subjects:
+            source = subject.split(".", at + 1)[at] if subject.count(".") >= at else ""
+            entry = counts.get(source)
+            if entry is None:
+                entry = counts[source] = [0, 0]
+            entry[index] += 1
 
     def error(self, kind: str, message: str) -> None:
         self.errors[kind] += 1
@@ -60,6 +83,7 @@ class Stats:
             "errors": dict(self.errors),
             "connection": self.connection,
             "connects": self.connects,
+            "reconnects": self.reconnects,
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
             "ack_latency_ms": {"p50": pct(0.50), "p95": pct(0.95), "p99": pct(0.99)},

@@ -15,7 +15,6 @@ Isolation, per test:
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import shutil
 import time
@@ -26,10 +25,8 @@ from typing import Any
 
 import mlflow
 import pytest
-from jsonschema import Draft202012Validator
 
 from databricks_nats.integrations import mlflow as nats_mlflow
-from databricks_nats.model import catalog
 from databricks_nats.testing import capture
 
 _MLFLOW_VARS = (
@@ -58,7 +55,7 @@ def _isolated_mlflow(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
     for name in list(os.environ):
-        if name.startswith("DATABRICKS_NATS_"):
+        if name.startswith("DATABRICKS_NATS_") and name != "DATABRICKS_NATS_HEALTH_INTERVAL":  # tests/conftest.py's
             monkeypatch.delenv(name)
     for name in _MLFLOW_VARS:
         monkeypatch.delenv(name, raising=False)
@@ -104,32 +101,6 @@ def subject_of(namespace: dict[str, str]) -> Callable[..., str]:
         return ".".join(["dbx", namespace["workspace"], namespace["env"], "mlflow", entity, *tokens])
 
     return subject
-
-
-@pytest.fixture(scope="session")
-def assert_valid_event() -> Callable[[dict[str, Any]], None]:
-    """Validate an envelope against the envelope schema and its data against its catalogued type's schema."""
-    envelope_validator = _validator(catalog.envelope_schema())
-    known = {t.name for t in catalog.all_types()}
-    data_validators: dict[str, Draft202012Validator] = {}
-
-    def check(envelope: dict[str, Any]) -> None:
-        errors = [e.message for e in envelope_validator.iter_errors(envelope)]
-        assert not errors, f"envelope of {envelope.get('type')}: {errors}"
-        event_type = envelope["type"].removeprefix("databricks.")
-        assert event_type in known, f"{event_type} is not a catalogued type"
-        if event_type not in data_validators:
-            data_validators[event_type] = _validator(catalog.lookup(event_type).schema())
-        errors = [f"{list(e.path)}: {e.message}" for e in data_validators[event_type].iter_errors(envelope["data"])]
-        assert not errors, f"data of {event_type}: {errors}"
-        dt.datetime.fromisoformat(envelope["time"].replace("Z", "+00:00"))  # RFC 3339
-
-    return check
-
-
-def _validator(schema: dict[str, Any]) -> Draft202012Validator:
-    Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
 
 
 @pytest.fixture(scope="session")
