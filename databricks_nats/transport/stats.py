@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections import Counter, deque
 from collections.abc import Iterable
@@ -10,7 +11,9 @@ from typing import Any
 
 from databricks_nats.values import redact_url
 
-__all__ = ["RateLimitedLog", "Stats"]
+__all__ = ["TAP_MAX", "RateLimitedLog", "Stats"]
+
+TAP_MAX = 1024
 
 
 class Stats:
@@ -35,17 +38,32 @@ class Stats:
         # latencies measured since the last collection.
         self.by_source: dict[str, list[int]] | None = None
         self.latency_tap: list[float] | None = None
+        self.tap_seen = 0  # latencies offered to the tap since it was last drained
         self.source_at = 3  # the subject token that names the source: <prefix>.<workspace>.<env>.<source>…
 
     def ack_latency(self, seconds: float) -> None:
         self._latencies.append(seconds)
-        if self.latency_tap is not None and len(self.latency_tap) < 100_000:
-            self.latency_tap.append(seconds)
+        if self.latency_tap is not None:
+            self._tap(seconds)
 
     def ack_latencies(self, seconds: list[float]) -> None:
         self._latencies.extend(seconds)
-        if self.latency_tap is not None and len(self.latency_tap) < 100_000:
-            self.latency_tap.extend(seconds)
+        if self.latency_tap is not None:
+            for s in seconds:
+                self._tap(s)
+
+    def _tap(self, seconds: float) -> None:
+        """Keep a uniform sample of at most TAP_MAX latencies per collection (reservoir sampling): recording one
+        in an OpenTelemetry histogram costs microseconds, so a busy publisher's collection records a sample."""
+        tap = self.latency_tap
+        assert tap is not None
+        self.tap_seen += 1
+        if len(tap) < TAP_MAX:
+            tap.append(seconds)
+        else:
+            j = random.randrange(self.tap_seen)
+            if j < TAP_MAX:
+                tap[j] = seconds
 
     def count_sources(self, subjects: Iterable[str], index: int) -> None:
         """Count events per source (``index`` 0: encoded, 1: acked), from their subjects; only while metrics are on."""
