@@ -2,7 +2,8 @@
 change, or the webhook receiver told by the MLflow server (``databricks-nats webhook-receiver``).
 
 The id is ``derived_id(event type, the fields that identify the change)``: the stream's de-duplication
-(``Nats-Msg-Id``, within its duplicate window, 2 minutes by default) stores a change seen by both once. The
+(``Nats-Msg-Id``, within its duplicate window: ``stream_duplicate_window``, 1 h by default) stores a change seen
+by both once. The
 same change repeated within the window (the alias set to the version it already points at) is stored once
 too: it changes nothing. Changes with no identifying fields here get a fresh id (UUIDv7).
 """
