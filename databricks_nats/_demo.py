@@ -1,36 +1,142 @@
-"""The workloads of ``databricks-nats demo``: a real one (MLflow + Spark, local) and a simulated one."""
+"""The workloads of ``databricks-nats demo`` (a real one: MLflow + Spark, local; a simulated one), and what keeps
+its live view to events only: ``logs_to`` sends every other line (Spark's log4j output, Python warnings, MLflow's
+prints) to a log file, and ``summary`` is the closing table."""
 
 from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import os
 import sys
+import tempfile
+import threading
 import time
-import warnings
-from typing import Any
+from collections import Counter
+from collections.abc import Iterator
+from typing import IO, Any
 
-__all__ = ["real", "simulated"]
+__all__ = ["logs_to", "real", "run", "simulated", "summary"]
 
 
-def real(dn: Any, workdir: str) -> None:
-    """Train a small model under autologging on a local MLflow store, register it, and run a short Spark job."""
+def run(args: Any) -> int:
+    """``databricks-nats demo``: the workload on a server (an embedded one without ``--url``), its events printed
+    live as they arrive from the stream, everything else in a log file, then a summary."""
+    import datetime as dt
+
+    import databricks_nats as dn
+    from databricks_nats.cli import _print_events
+    from databricks_nats.consumer import subscribe
+
+    with _server(args.url) as url:
+        workdir = tempfile.mkdtemp(prefix="dbx-nats-demo-")
+        log = f"{workdir}/demo.log"
+        settings = dn.configure(url=url, workspace=args.workspace, env=args.env, spool_dir=f"{workdir}/spool")
+        dn.ensure_stream()
+        stop, seen, counts = threading.Event(), [0], Counter[str]()
+        sub = subscribe(start=dt.datetime.now(dt.timezone.utc))
+        print(f"listening on {settings.namespace}.>  (events arrive live below)\n", flush=True)
+        with logs_to(log) as out:  # Spark's and MLflow's own lines go to the log, events to the terminal
+            printer = threading.Thread(target=_print_events, args=(sub, False, None, stop, seen, out, counts))
+            printer.daemon = True
+            printer.start()
+            (simulated if args.simulate else real)(dn, workdir, out)
+            result = dn.flush(timeout=30)
+            stats = dn.stats()
+            deadline = time.monotonic() + 10
+            while seen[0] < stats["acked"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            stop.set()
+            printer.join(5)
+        sub.close()
+        dn.shutdown()
+        lat = stats["ack_latency_ms"]
+        print("\n" + "\n".join(summary(counts, stats)))
+        print(
+            f"\n{stats['emitted']} events emitted, {stats['acked']} acked by JetStream stream {settings.stream_name}, "
+            f"{seen[0]} received live; ack latency p50 {lat['p50']} ms, p99 {lat['p99']} ms"
+        )
+        print(f"Spark and MLflow logs: {log}")
+        return 0 if result.ok and seen[0] == stats["emitted"] == stats["acked"] else 1
+
+
+@contextlib.contextmanager
+def _server(url: str | None) -> Iterator[str]:
+    if url:
+        yield url
+        return
+    from databricks_nats.testing import NatsServer
+
+    with NatsServer() as srv:
+        print(f"started an embedded nats-server with JetStream at {srv.url}")
+        yield srv.url
+
+
+@contextlib.contextmanager
+def logs_to(path: str) -> Iterator[IO[str]]:
+    """Send this process's stdout and stderr, and those of the processes it starts (Spark's JVM), to ``path``;
+    yield the stream the events go to: the terminal the demo started on.
+
+    At file-descriptor level, because the JVM writes to the descriptors it inherits, not to ``sys.stderr``.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fds: tuple[int, ...]
+    try:
+        fds = (sys.stdout.fileno(), sys.stderr.fileno())
+    except (AttributeError, OSError, io.UnsupportedOperation):  # replaced streams (a test's capture): Python only
+        fds = ()
+    out: IO[str] = os.fdopen(os.dup(fds[0]), "w", buffering=1) if fds else sys.stdout
+    saved = [os.dup(fd) for fd in fds]
+    with open(path, "a", buffering=1) as log:
+        for fd in fds:
+            os.dup2(log.fileno(), fd)
+        try:
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                yield out
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, copy in zip(fds, saved, strict=True):
+                os.dup2(copy, fd)
+                os.close(copy)
+            if out is not sys.stdout:
+                out.close()
+
+
+def summary(counts: Counter[str], stats: dict[str, Any]) -> list[str]:
+    """The closing table: events received per type, then the totals and the ack latency."""
+    width = max([len("event type"), *map(len, counts)]) + 2
+    lines = [f"{'event type':<{width}}{'received':>8}", "-" * (width + 8)]
+    lines += [f"{etype:<{width}}{n:>8}" for etype, n in counts.items()]  # in order of arrival
+    lines.append("-" * (width + 8))
+    lat = stats.get("ack_latency_ms") or {}
+    rows = [
+        ("received live", sum(counts.values())),
+        ("emitted", stats.get("emitted")),
+        ("acked by JetStream", stats.get("acked")),
+        ("dropped", stats.get("dropped_total", 0)),
+        ("ack latency p50 ms", lat.get("p50")),
+        ("ack latency p99 ms", lat.get("p99")),
+    ]
+    lines += [f"{name:<{width}}{'-' if value is None else value:>8}" for name, value in rows]
+    return lines
+
+
+def real(dn: Any, workdir: str, out: IO[str] | None = None) -> None:
+    """Train a small model under autologging on a local MLflow store, register it, and run a short Spark job;
+    notes on what is missing go to ``out`` (the live view)."""
     try:
         import mlflow
         from sklearn.datasets import load_diabetes
         from sklearn.linear_model import Ridge
     except ImportError as e:
-        print(f"({e.name} is not installed: emitting a simulated run instead; pip install 'databricks-nats[dev]')")
+        hint = "emitting a simulated run instead; pip install 'databricks-nats[dev]'"
+        print(f"({e.name} is not installed: {hint})", file=out or sys.stdout, flush=True)
         simulated(dn, workdir)
         return
-    warnings.filterwarnings("ignore")
-    for name in ("mlflow", "alembic", "py4j", "urllib3"):
-        logging.getLogger(name).setLevel(logging.ERROR)
     mlflow.set_tracking_uri(f"sqlite:///{workdir}/mlflow.db")
-    spark = _spark(workdir)
-    with contextlib.redirect_stderr(io.StringIO()):
-        dn.autolog(spark=spark, log_models=True, silent=True, exclude_flavors=["pyspark", "pyspark.ml"])
+    spark = _spark(workdir, out)
+    dn.autolog(spark=spark, log_models=True, silent=True, exclude_flavors=["pyspark", "pyspark.ml"])
     mlflow.set_experiment(experiment_id=mlflow.create_experiment("demo", artifact_location=f"{workdir}/artifacts"))
     X, y = load_diabetes(return_X_y=True)
     with mlflow.start_run(run_name="demo-ridge") as run:
@@ -46,30 +152,30 @@ def real(dn: Any, workdir: str) -> None:
 
         nats_spark.detach(spark)
         spark.stop()
-    with contextlib.redirect_stderr(io.StringIO()):
-        dn.autolog(disable=True, exclude_flavors=["pyspark", "pyspark.ml"])
+    dn.autolog(disable=True, exclude_flavors=["pyspark", "pyspark.ml"])
 
 
-def _spark(workdir: str) -> Any:
+def _spark(workdir: str, out: IO[str] | None) -> Any:
     try:
         from pyspark.sql import SparkSession
     except ImportError:
-        print("(pyspark is not installed: skipping the Spark job)")
+        print("(pyspark is not installed: skipping the Spark job)", file=out or sys.stdout, flush=True)
         return None
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     spark = (
         SparkSession.builder.master("local[2]")
         .appName("databricks-nats-demo")
         .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")  # its progress bar would cut through the event lines
         .config("spark.sql.shuffle.partitions", "2")
         .config("spark.sql.warehouse.dir", f"{workdir}/warehouse")
         .getOrCreate()
     )
-    spark.sparkContext.setLogLevel("ERROR")
+    spark.sparkContext.setLogLevel("WARN")  # into the demo's log file, not the terminal (logs_to)
     return spark
 
 
-def simulated(dn: Any, workdir: str) -> None:
+def simulated(dn: Any, workdir: str, out: IO[str] | None = None) -> None:
     """What a training run announces, emitted directly (the MLflow hook emits the same from real runs)."""
     exp, run = "42", "3f2a9c0d1e"
     base = {

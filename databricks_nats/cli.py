@@ -1,17 +1,15 @@
-"""The ``databricks-nats`` command: demo, tail, streams, doctor (``doctor.py``), schema, and the integrations' own
-(``prefect-bridge``, ``prefect-forward``, ``auth-service``)."""
+"""The ``databricks-nats`` command: demo, tail, streams, doctor (``doctor.py``), schema, monitor (``monitor/``), and the
+integrations' own (``prefect-bridge``, ``prefect-forward``, ``auth-service``)."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
-import tempfile
 import threading
-import time
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections import Counter
+from collections.abc import Sequence
+from typing import IO, Any
 
 __all__ = ["main"]
 
@@ -37,64 +35,34 @@ def format_event(envelope: dict[str, Any], subject: str) -> str:
 
 
 def _print_events(
-    sub: Any, as_json: bool, limit: int | None, stop: threading.Event | None = None, seen: list[int] | None = None
+    sub: Any,
+    as_json: bool,
+    limit: int | None,
+    stop: threading.Event | None = None,
+    seen: list[int] | None = None,
+    out: IO[str] | None = None,
+    counts: Counter[str] | None = None,
 ) -> int:
-    """Print events from a subscription until ``limit`` events or ``stop``; return how many."""
+    """Print events from a subscription to ``out`` (stdout) until ``limit`` events or ``stop``; return how many.
+    ``counts`` counts them per type."""
     seen = seen if seen is not None else [0]
     while (limit is None or seen[0] < limit) and not (stop is not None and stop.is_set()):
         try:
             event = sub.next(timeout=0.5 if stop is not None else None)
         except TimeoutError:
             continue
-        print(json.dumps(event.envelope) if as_json else format_event(event.envelope, event.subject or ""), flush=True)
+        line = json.dumps(event.envelope) if as_json else format_event(event.envelope, event.subject or "")
+        print(line, file=out or sys.stdout, flush=True)
+        if counts is not None:
+            counts[event.type] += 1
         seen[0] += 1
     return seen[0]
 
 
-@contextlib.contextmanager
-def _server(url: str | None) -> Iterator[str]:
-    if url:
-        yield url
-        return
-    from databricks_nats.testing import NatsServer
-
-    with NatsServer() as srv:
-        print(f"started an embedded nats-server with JetStream at {srv.url}")
-        yield srv.url
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
-    import datetime as dt
-
-    import databricks_nats as dn
     from databricks_nats import _demo
-    from databricks_nats.consumer import subscribe
 
-    with _server(args.url) as url:
-        workdir = tempfile.mkdtemp(prefix="dbx-nats-demo-")
-        settings = dn.configure(url=url, workspace=args.workspace, env=args.env, spool_dir=f"{workdir}/spool")
-        dn.ensure_stream()
-        stop, seen = threading.Event(), [0]
-        sub = subscribe(start=dt.datetime.now(dt.timezone.utc))
-        printer = threading.Thread(target=_print_events, args=(sub, False, None, stop, seen), daemon=True)
-        print(f"listening on {settings.namespace}.>  (events arrive live below)\n")
-        printer.start()
-        (_demo.simulated if args.simulate else _demo.real)(dn, workdir)
-        result = dn.flush(timeout=30)
-        stats = dn.stats()
-        deadline = time.monotonic() + 10
-        while seen[0] < stats["acked"] and time.monotonic() < deadline:
-            time.sleep(0.05)
-        stop.set()
-        printer.join(5)
-        sub.close()
-        dn.shutdown()
-        lat = stats["ack_latency_ms"]
-        print(
-            f"\n{stats['emitted']} events emitted, {stats['acked']} acked by JetStream stream {settings.stream_name}, "
-            f"{seen[0]} received live; ack latency p50 {lat['p50']} ms, p99 {lat['p99']} ms"
-        )
-        return 0 if result.ok and seen[0] == stats["emitted"] == stats["acked"] else 1
+    return _demo.run(args)
 
 
 def cmd_tail(args: argparse.Namespace) -> int:

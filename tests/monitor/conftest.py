@@ -1,0 +1,79 @@
+"""Helpers of the monitor tests: the CLI as a subprocess, heartbeats as the publishers send them, validation."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from databricks_nats.model import catalog
+from databricks_nats.testing import NatsServer
+
+CLI = [sys.executable, "-m", "databricks_nats.cli"]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DATABRICKS_NATS_", "MLFLOW_"))}
+    return {**clean, "DATABRICKS_NATS_EXIT_FLUSH_TIMEOUT": "60", **extra}
+
+
+def health(publisher_id: str, interval_s: float = 30.0, **fields: Any) -> dict[str, Any]:
+    """A ``system.publisher.health`` payload, exactly per its schema."""
+    return {
+        "publisher_id": publisher_id,
+        "stats": {"acked": 7, "dropped_total": 0, "connection": "connected"},
+        "compute": {"kind": "local"},
+        "versions": {"databricks_nats": "test", "python": sys.version.split()[0]},
+        "interval_s": interval_s,
+        "state": "connected",
+        "queue_depth": 0,
+        "spool_bytes": 0,
+        "oldest_unacked_age_s": None,
+        **fields,
+    }
+
+
+@pytest.fixture
+def monitor(nats_server: NatsServer, namespace: dict[str, str]) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``monitor(*args)``: ``databricks-nats monitor`` on this test's namespace, run to completion."""
+
+    def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        ns = ["--url", nats_server.url, "--workspace", namespace["workspace"], "--env", namespace["env"]]
+        return subprocess.run(
+            [*CLI, "monitor", *ns, *args], capture_output=True, text=True, timeout=timeout, env=cli_env()
+        )
+
+    return run
+
+
+@pytest.fixture
+def monitor_json(monitor: Callable[..., subprocess.CompletedProcess[str]]) -> Callable[..., tuple[int, dict[str, Any]]]:
+    """``monitor_json(*args)``: exit code and the one JSON document of ``monitor --json --once``."""
+
+    def run(*args: str) -> tuple[int, dict[str, Any]]:
+        done = monitor("--json", "--once", *args)
+        assert done.returncode in (0, 1), done.stderr
+        lines = done.stdout.splitlines()
+        assert len(lines) == 1, done.stdout
+        return done.returncode, json.loads(lines[0])
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def assert_valid_event() -> Callable[[dict[str, Any]], None]:
+    """Validate a stored envelope's data against its catalogued type's JSON Schema."""
+
+    def check(envelope: dict[str, Any]) -> None:
+        event_type = envelope["type"].removeprefix("databricks.")
+        schema = catalog.lookup(event_type).schema()
+        errors = [f"{list(e.path)}: {e.message}" for e in Draft202012Validator(schema).iter_errors(envelope["data"])]
+        assert not errors, f"data of {event_type}: {errors}"
+
+    return check
