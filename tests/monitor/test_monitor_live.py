@@ -4,6 +4,7 @@ new events; Ctrl-C ends it cleanly."""
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import select
@@ -14,6 +15,7 @@ import termios
 import time
 from typing import Any
 
+import pytest
 from conftest import CLI, cli_env, health
 
 import databricks_nats
@@ -50,6 +52,7 @@ class Screen:
 
 def test_live_view_in_a_pseudo_terminal(nats_server: NatsServer, namespace: dict[str, str], tmp_path: Any) -> None:
     """Rates per type, a publisher's heartbeat, a lagging durable consumer in red, then a new event appears."""
+    pytest.importorskip("rich", reason="the live view is the optional `monitor` extra (rich); not installed here")
     settings = {"url": nats_server.url, **namespace}
     databricks_nats.configure(spool_dir=str(tmp_path / "spool"), **settings)
     for v in range(12):
@@ -90,3 +93,34 @@ def test_live_view_in_a_pseudo_terminal(nats_server: NatsServer, namespace: dict
                 proc.wait(30)
             os.close(master)
     assert "Traceback" not in screen.text
+
+
+def test_live_json_is_one_document_per_refresh(
+    nats_server: NatsServer, namespace: dict[str, str], tmp_path: Any
+) -> None:
+    """Without --once, --json prints one JSON document per line at every refresh: a script can follow it."""
+    settings = {"url": nats_server.url, **namespace}
+    databricks_nats.configure(spool_dir=str(tmp_path / "spool"), **settings)
+    databricks_nats.emit("mlflow.model.registered", {"name": "first"})
+    assert databricks_nats.flush(timeout=30).ok
+    ns = ["--url", nats_server.url, "--workspace", namespace["workspace"], "--env", namespace["env"]]
+    proc = subprocess.Popen(
+        [*CLI, "monitor", *ns, "--json", "--refresh", "0.3"], stdout=subprocess.PIPE, text=True, env=cli_env()
+    )
+    try:
+        assert proc.stdout is not None
+        first = json.loads(proc.stdout.readline())
+        databricks_nats.emit("mlflow.model.registered", {"name": "second"})
+        assert databricks_nats.flush(timeout=30).ok
+        for _ in range(200):  # a refresh every 0.3 s: this bounds a hang, not the speed
+            later = json.loads(proc.stdout.readline())
+            if {r["type"]: r["events"] for r in later["rates"]}.get("mlflow.model.registered") == 2:
+                break
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    assert {r["type"]: r["events"] for r in first["rates"]}["mlflow.model.registered"] == 1
+    assert {r["type"]: r["events"] for r in later["rates"]}["mlflow.model.registered"] == 2
