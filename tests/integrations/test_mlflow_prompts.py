@@ -1,4 +1,5 @@
-"""The prompt registry (MLflow 3 ``mlflow.genai``): prompt changes are mlflow.prompt.* events, never model events.
+"""The prompt registry (MLflow 3 ``mlflow.genai``; 2.21's ``mlflow.register_prompt``): prompt changes are
+mlflow.prompt.* events, never model events.
 
 In OSS MLflow a prompt is a registered model tagged ``mlflow.prompt.is_prompt``: without care, registering a
 prompt and pointing its ``production`` alias at a version looks like a model going to production. Real MLflow on
@@ -14,7 +15,7 @@ from mlflow import MlflowClient
 
 from databricks_nats.integrations.mlflow import facts
 
-pytestmark = pytest.mark.skipif(
+genai = pytest.mark.skipif(
     int(mlflow.__version__.split(".")[0]) < 3,
     reason=f"the mlflow.genai prompt registry needs MLflow 3 (installed: MLflow {mlflow.__version__})",
 )
@@ -38,6 +39,7 @@ def _no_template(events):
     assert b"question" not in payloads
 
 
+@genai
 def test_prompt_lifecycle_publishes_prompt_events_with_prompt_uris(tracking, record, subject_of, assert_valid_event):
     """Register, a second version, alias production set and deleted, tags set and deleted, deletes: prompt events."""
     events = record()
@@ -91,6 +93,7 @@ def test_prompt_lifecycle_publishes_prompt_events_with_prompt_uris(tracking, rec
     _no_template(events)
 
 
+@genai
 def test_no_prompt_operation_ever_publishes_a_model_event(tracking, record, subject_of, assert_valid_event):
     """Regression (issue 17, problem 2): a deployer listening for mlflow.model.alias_set "production" must see the
     model's alias, and never the prompt's, whatever API touched the prompt."""
@@ -135,6 +138,7 @@ def test_no_prompt_operation_ever_publishes_a_model_event(tracking, record, subj
     _no_template(events)
 
 
+@genai
 def test_mlflow_internal_prompt_tags_are_never_published(tracking, record):
     """MLflow's own prompt tags (template, type, linked experiments) are bookkeeping, not tag events; user tags are."""
     events = record()
@@ -149,6 +153,7 @@ def test_mlflow_internal_prompt_tags_are_never_published(tracking, record):
     _no_template(events)
 
 
+@genai
 def test_prompt_tags_follow_the_deny_list(tracking, record):
     """A denied key is never published for a prompt or a prompt version tag."""
     mlflow.genai.register_prompt("qa-bot", _TEMPLATE)
@@ -161,6 +166,7 @@ def test_prompt_tags_follow_the_deny_list(tracking, record):
     assert b"s3cr3t" not in b"".join(e.payload for e in events)
 
 
+@genai
 def test_a_prompt_changed_through_the_registry_client_is_still_a_prompt(
     tracking, record, subject_of, assert_valid_event
 ):
@@ -175,3 +181,24 @@ def test_a_prompt_changed_through_the_registry_client_is_still_a_prompt(
 
     assert events.types() == ["mlflow.prompt.alias_set", "mlflow.prompt.alias_deleted"]
     _check(events, subject_of, assert_valid_event, "qa-bot-direct")
+
+
+def test_the_top_level_prompt_api_publishes_prompt_events_only(tracking, record, subject_of, assert_valid_event):
+    """``mlflow.register_prompt`` / ``set_prompt_alias`` / ``delete_prompt_alias`` (MLflow 2.21+; MLflow 2.21 sends
+    them as plain registered-model calls): prompt events, never model events."""
+    events = record()
+    mlflow.register_prompt("qa-bot-top", _TEMPLATE)
+    mlflow.register_prompt("qa-bot-top", _TEMPLATE + " v2")
+    mlflow.set_prompt_alias("qa-bot-top", "production", 1)
+    mlflow.delete_prompt_alias("qa-bot-top", "production")
+
+    assert events.types() == [
+        "mlflow.prompt.created",
+        "mlflow.prompt.version_created",
+        "mlflow.prompt.version_created",
+        "mlflow.prompt.alias_set",
+        "mlflow.prompt.alias_deleted",
+    ]
+    _check(events, subject_of, assert_valid_event, "qa-bot-top")
+    assert (events[3].data["alias"], events[3].data["version"]) == ("production", "1")
+    _no_template(events)
