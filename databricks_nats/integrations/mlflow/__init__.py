@@ -61,11 +61,19 @@ def install_deferred() -> None:
     What the zero-code entry point calls while ``import mlflow`` runs: nothing heavy happens at import.
     """
     _install(
-        lambda store: _materialize().wrap_tracking(store),
+        _wrap_tracking_deferred,
         lambda store: _materialize().wrap_registry(store),
         lambda repo: _materialize().wrap_artifacts(repo),
         None,
     )
+
+
+def _wrap_tracking_deferred(store: Any) -> Any:
+    from databricks_nats.integrations.mlflow import genai
+
+    hook = _materialize()
+    genai.install()  # the evaluation functions: `import mlflow` has finished once MLflow hands out a store
+    return hook.wrap_tracking(store)
 
 
 def _install(wrap_tracking: Any, wrap_registry: Any, wrap_artifacts: Any, hook: Hook | None) -> None:
@@ -78,6 +86,10 @@ def _install(wrap_tracking: Any, wrap_registry: Any, wrap_artifacts: Any, hook: 
                 _hook.reconfigure()
                 _hook.enabled = True
             _compat.install(wrap_tracking, wrap_registry, wrap_artifacts)
+            if hook is not None:  # deferred: on the first store MLflow hands out (`import mlflow` has finished)
+                from databricks_nats.integrations.mlflow import genai
+
+                genai.install()  # mlflow.evaluate, mlflow.models.evaluate, mlflow.genai.evaluate
             _active = True
             version = "%s.%s" % _compat.mlflow_version()  # noqa: UP031 - a tuple of two ints
             report_family("mlflow", True, f"MLflow {version} hook installed")
@@ -89,7 +101,7 @@ def _install(wrap_tracking: Any, wrap_registry: Any, wrap_artifacts: Any, hook: 
 def uninstall() -> None:
     """Remove the hook: registries are restored and stores and repositories already handed out are unwrapped."""
     global _active
-    from databricks_nats.integrations.mlflow import _compat
+    from databricks_nats.integrations.mlflow import _compat, genai
 
     with _lock:
         if not _active:
@@ -99,6 +111,7 @@ def uninstall() -> None:
             _hook.enabled = False
         _active = False
         _compat.uninstall()
+        genai.uninstall()
         report_family("mlflow", False, "MLflow hook removed")
 
 

@@ -1,13 +1,414 @@
-"""GenAI events (MLflow 3): traces, assessments and evaluations, described from the store calls MLflow makes.
+"""GenAI events (MLflow 3): traces, assessments and evaluations, described from the calls MLflow makes.
 
-``TRACKING_CALLS`` names the tracking store methods the hook wraps for them, each with its describer
-``describe(hook, store, result, *args, **kwargs)``, which publishes through ``hook.emit``.
+``TRACKING_CALLS`` names the tracking store methods the hook wraps, each with its describer
+``describe(hook, store, result, *args, **kwargs)``, which publishes through ``hook.emit``:
+
+* ``start_trace(trace_info)``: MLflow's exporter makes this call once per finished trace (on its own async
+  thread), carrying the trace's state, timings, size stats (span count) and token usage: one
+  ``mlflow.trace.logged``, never inputs, outputs or previews. ``traces_mode`` = ``sample:<rate>`` keeps a
+  trace when a hash of its id falls under the rate (the same trace is in or out in every process);
+  ``off`` announces none. Beyond ``TRACES_PER_SECOND`` per experiment, traces are counted, not announced:
+  the next announced trace of that experiment carries the count (``coalesced``).
+* ``create_assessment(assessment)``: ``mlflow.log_feedback`` / ``log_expectation`` / ``log_assessment``:
+  one ``mlflow.assessment.logged`` with the name, kind, source, the value's type and the value only when a
+  number or boolean, never free text or rationale.
+
+``install()`` wraps the evaluation functions users call (``mlflow.evaluate``, ``mlflow.models.evaluate``,
+``mlflow.genai.evaluate``): a successful evaluation becomes one ``mlflow.run.evaluated``. Lookups a call does
+not carry (a trace's experiment, an ended run's names) are made later on one background thread, against the
+store the call used, never on the caller's path.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import math
+import queue
+import sys
+import threading
+import time
+import zlib
 from collections.abc import Callable
+from typing import Any
 
-__all__ = ["TRACKING_CALLS"]
+from databricks_nats.client import current_client
+from databricks_nats.integrations.mlflow import artifacts
+from databricks_nats.integrations.mlflow.settings import sample_rate
 
-TRACKING_CALLS: tuple[tuple[str, Callable[..., None]], ...] = ()
+__all__ = ["TRACES_PER_SECOND", "TRACKING_CALLS", "install", "installed", "uninstall"]
+
+TRACES_PER_SECOND = 100  # per experiment: more traces than this in one second are coalesced
+_KNOWN_MAX = 4096  # traces remembered for their assessments (trace id -> experiment, run)
+_METRICS_MAX = 500
+_TOKEN_KEYS = ("input_tokens", "output_tokens", "total_tokens")
+
+
+# ---- traces ----------------------------------------------------------------------------------------
+
+
+class _Gate:
+    """Which traces are announced: the sample, then a per-experiment rate cap; counts what was held back."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[str, int] = {}  # experiment -> traces not announced since its last announced one
+        self._second = 0
+        self._sent: dict[str, int] = {}  # experiment -> traces announced in the current second
+
+    def admit(self, experiment_id: str, trace_id: str, rate: float) -> int | None:
+        """The ``coalesced`` count to announce this trace with, or None when it is held back."""
+        sampled = rate >= 1.0 or zlib.crc32(trace_id.encode()) / 0x1_0000_0000 < rate
+        with self._lock:
+            now = int(time.monotonic())
+            if now != self._second:
+                self._second = now
+                self._sent.clear()
+            sent = self._sent.get(experiment_id, 0)
+            if sampled and sent < TRACES_PER_SECOND:
+                self._sent[experiment_id] = sent + 1
+                return self._held.pop(experiment_id, 0)
+            if experiment_id not in self._held and len(self._held) >= _KNOWN_MAX:
+                self._held.pop(next(iter(self._held)))  # bounded: the oldest experiment's count is dropped
+            self._held[experiment_id] = self._held.get(experiment_id, 0) + 1
+            return None
+
+
+_gate = _Gate()
+_traces: dict[str, tuple[str, str | None]] = {}  # trace id -> (experiment id, run id), the newest last
+
+
+def _remember_trace(trace_id: str, experiment_id: str, run_id: str | None) -> None:
+    if len(_traces) >= _KNOWN_MAX:
+        _traces.pop(next(iter(_traces)), None)
+    _traces[trace_id] = (experiment_id, run_id)
+
+
+def _trace_info(result: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The stored TraceInfo (MLflow 3: it has ``trace_id``), else the one MLflow sent; None on MLflow 2."""
+    for info in (result, kwargs.get("trace_info", args[0] if args else None)):
+        if isinstance(getattr(info, "trace_id", None), str) and hasattr(info, "trace_metadata"):
+            return info
+    return None
+
+
+def _experiment_of(info: Any) -> str | None:
+    location = getattr(getattr(info, "trace_location", None), "mlflow_experiment", None)
+    experiment_id = getattr(location, "experiment_id", None)
+    return str(experiment_id) if experiment_id else None
+
+
+def _json_field(metadata: dict[str, str], key: str) -> Any:
+    raw = metadata.get(key)
+    if not isinstance(raw, str) or len(raw) > 4096:  # bounded work per trace
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _int_or_none(value: Any) -> int | None:
+    return (
+        int(value) if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) else None
+    )
+
+
+def trace_url(hook: Any, store: Any, experiment_id: str, trace_id: str) -> str | None:
+    """The trace's page in the UI of its tracking server (the experiment's Traces tab), when known."""
+    ui = hook._store_ui(store)
+    if not ui.base:
+        return None
+    page = "ml/experiments" if ui.kind == "databricks" else "#/experiments"
+    return f"{ui.base}/{page}/{experiment_id}/traces?selectedEvaluationId={trace_id}"
+
+
+def _start_trace(hook: Any, store: Any, result: Any, *args: Any, **kwargs: Any) -> None:
+    mode = hook._settings.traces_mode
+    info = _trace_info(result, args, kwargs)
+    if info is None:
+        return
+    trace_id: str = info.trace_id
+    experiment_id = _experiment_of(info)
+    if experiment_id is None:  # a trace kept elsewhere (an inference table): not an experiment's
+        return
+    metadata = dict(getattr(info, "trace_metadata", None) or {})
+    run_id = metadata.get("mlflow.sourceRun") or None
+    _remember_trace(trace_id, experiment_id, run_id)
+    if mode == "off":
+        return
+    rate = sample_rate(mode)
+    coalesced = _gate.admit(experiment_id, trace_id, rate)
+    if coalesced is None:
+        return
+    state = getattr(info, "state", None)
+    stats = _json_field(metadata, "mlflow.trace.sizeStats")
+    usage = _json_field(metadata, "mlflow.trace.tokenUsage")
+    tokens = {k: _int_or_none(usage.get(k)) for k in _TOKEN_KEYS} if isinstance(usage, dict) else {}
+    hook.emit(
+        "mlflow.trace.logged",
+        {
+            "experiment_id": experiment_id,
+            "trace_id": trace_id,
+            "trace_url": trace_url(hook, store, experiment_id, trace_id),
+            "status": str(getattr(state, "value", state) or "STATE_UNSPECIFIED"),
+            "duration_ms": _int_or_none(getattr(info, "execution_duration", None)),
+            "span_count": _int_or_none(stats.get("num_spans")) if isinstance(stats, dict) else None,
+            "token_usage": {k: v for k, v in tokens.items() if v is not None} or None,
+            "run_id": run_id,
+            "model_id": metadata.get("mlflow.modelId") or None,
+            "request_time": _int_or_none(getattr(info, "request_time", None)),
+            "sample_rate": rate,
+            "coalesced": coalesced,
+        },
+    )
+
+
+# ---- assessments -----------------------------------------------------------------------------------
+
+
+def _value_of(value: Any) -> tuple[str, float | None]:
+    """The value's type name, and the value itself only when a number or a boolean (as 1/0)."""
+    if isinstance(value, bool):
+        return "boolean", 1.0 if value else 0.0
+    if isinstance(value, int | float):
+        return "number", float(value)
+    if value is None:
+        return "null", None
+    if isinstance(value, str):
+        return "string", None
+    if isinstance(value, dict):
+        return "object", None
+    if isinstance(value, list | tuple):
+        return "array", None
+    return type(value).__name__, None
+
+
+def _create_assessment(hook: Any, store: Any, result: Any, *args: Any, **kwargs: Any) -> None:
+    assessment = result if hasattr(result, "assessment_id") else kwargs.get("assessment", args[0] if args else None)
+    trace_id = getattr(assessment, "trace_id", None)
+    if not isinstance(trace_id, str) or not trace_id:
+        return
+    feedback = getattr(assessment, "feedback", None)
+    expectation = getattr(assessment, "expectation", None)
+    kind = "feedback" if feedback is not None else "expectation" if expectation is not None else "issue"
+    value_type, value = _value_of(getattr(feedback if feedback is not None else expectation, "value", None))
+    source = getattr(assessment, "source", None)
+    source_type = getattr(source, "source_type", None)
+    data: dict[str, Any] = {
+        "trace_id": trace_id,
+        "assessment_id": getattr(assessment, "assessment_id", None),
+        "name": str(getattr(assessment, "name", "")),
+        "kind": kind,
+        "source_type": str(getattr(source_type, "value", source_type)) if source_type else None,
+        "source_id": getattr(source, "source_id", None) or None,
+        "value_type": value_type if kind != "issue" else None,
+        "value": value,
+        "error": getattr(feedback, "error", None) is not None,
+        "run_id": getattr(assessment, "run_id", None) or None,
+    }
+
+    def publish(experiment_id: str | None, run_id: str | None) -> None:
+        if experiment_id:
+            data["run_id"] = data["run_id"] or run_id
+            url = trace_url(hook, store, experiment_id, trace_id)
+            hook.emit("mlflow.assessment.logged", {"experiment_id": experiment_id, **data, "trace_url": url})
+
+    known = _traces.get(trace_id)
+    if known is not None:
+        publish(*known)
+        return
+
+    def look_up() -> None:  # a trace not seen ending in this process: its experiment, from the same store
+        info = store.get_trace_info(trace_id)
+        metadata = getattr(info, "trace_metadata", None) or {}
+        publish(_experiment_of(info), metadata.get("mlflow.sourceRun"))
+
+    _later(look_up)
+
+
+TRACKING_CALLS: tuple[tuple[str, Callable[..., None]], ...] = (
+    ("start_trace", _start_trace),
+    ("create_assessment", _create_assessment),
+)
+
+
+# ---- the background lookups ------------------------------------------------------------------------
+
+_jobs: queue.Queue[Callable[[], None]] = queue.Queue(maxsize=1000)
+_worker: list[threading.Thread] = []
+_worker_lock = threading.Lock()
+
+
+def _later(job: Callable[[], None]) -> None:
+    """Run ``job`` on the lookup thread; when 1000 are already waiting it is dropped (and counted)."""
+    if not _worker:
+        with _worker_lock:
+            if not _worker:
+                thread = threading.Thread(target=_work, name="databricks-nats-mlflow-lookups", daemon=True)
+                thread.start()
+                _worker.append(thread)
+    try:
+        _jobs.put_nowait(job)
+    except queue.Full as e:
+        current_client().fail(e, "mlflow genai lookup (queue full)")
+
+
+def _work() -> None:
+    while True:
+        job = _jobs.get()
+        try:
+            job()
+        except Exception as e:  # noqa: BLE001 - a lookup that fails costs its event only
+            current_client().fail(e, "mlflow genai lookup")
+
+
+# ---- evaluation ------------------------------------------------------------------------------------
+
+_EVALUATORS = (  # (module, attribute): the public functions, the name users call them by
+    ("mlflow", "evaluate"),
+    ("mlflow.models", "evaluate"),
+    ("mlflow.genai", "evaluate"),
+)
+_patched: list[tuple[Any, str, Any]] = []  # (module, attribute, original)
+_local = threading.local()
+
+
+def _wrap_evaluate(original: Callable[..., Any], evaluator: str) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def evaluate(*args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True  # pytest and IPython hide this frame
+        depth = getattr(_local, "depth", 0)
+        _local.depth = depth + 1
+        try:
+            result = original(*args, **kwargs)
+        finally:
+            _local.depth = depth
+        if depth == 0:  # mlflow.genai.evaluate may call another evaluate: the outermost one is the event
+            try:
+                _evaluated(evaluator, result, args, kwargs)
+            except Exception as e:  # noqa: BLE001 - an evaluation is never failed by its event
+                current_client().fail(e, f"mlflow hook {evaluator}")
+        return result
+
+    evaluate.__databricks_nats_original__ = original  # type: ignore[attr-defined]
+    return evaluate
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool | str | bytes) or not hasattr(value, "__float__"):  # numbers, numpy's included
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _rows(result: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
+    table = getattr(result, "result_df", None)  # mlflow.genai.evaluate: one row per evaluated record
+    if table is not None:
+        return len(table)
+    data = kwargs.get("data", args[1] if len(args) > 1 else None)  # evaluate(model, data, …)
+    if data is not None and not isinstance(data, str | bytes) and hasattr(data, "__len__"):
+        return len(data)
+    return None
+
+
+def _results_uri(result: Any) -> str | None:
+    tables = getattr(result, "artifacts", None)
+    if isinstance(tables, dict):
+        for name, artifact in tables.items():
+            if "eval_results_table" in str(name):
+                return artifacts.normal_uri(getattr(artifact, "uri", None))
+    return None
+
+
+def _evaluated(evaluator: str, result: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    from databricks_nats.integrations.mlflow import current_hook
+
+    hook = current_hook()
+    run_id = getattr(result, "run_id", None)
+    if hook is None or not hook.enabled or not isinstance(run_id, str):
+        return
+    metrics = {}
+    for name, value in list((getattr(result, "metrics", None) or {}).items())[:_METRICS_MAX]:
+        number = _number(value)
+        if number is not None:
+            metrics[str(name)] = number
+    data = {
+        "metrics": metrics,
+        "results_uri": _results_uri(result),
+        "evaluator": evaluator,
+        "rows": _rows(result, args, kwargs),
+    }
+    known = hook._runs.get(run_id)  # a run still going (the caller's): its names are known
+    if known is not None:
+        hook.emit("mlflow.run.evaluated", {**_run_fields(run_id, known), **data})
+        return
+    store = _compat_tracking_store()  # the store of the current tracking URI, which evaluate logged to
+
+    def look_up() -> None:  # the run evaluate made and ended itself: its names, from the same store
+        info = store.get_run(run_id).info
+        known = {
+            "experiment_id": str(info.experiment_id),
+            "run_name": info.run_name,
+            "artifact_uri": artifacts.normal_uri(info.artifact_uri),
+            "run_url": hook._store_ui(store).run_url(str(info.experiment_id), run_id),
+        }
+        hook.emit("mlflow.run.evaluated", {**_run_fields(run_id, known), **data})
+
+    _later(look_up)
+
+
+def _run_fields(run_id: str, known: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "experiment_id": known["experiment_id"],
+        "run_id": run_id,
+        "run_name": known.get("run_name"),
+        "run_url": known.get("run_url"),
+        "artifact_uri": known.get("artifact_uri"),
+    }
+
+
+def _compat_tracking_store() -> Any:
+    from mlflow.tracking._tracking_service.utils import _get_store
+
+    return _get_store()  # type: ignore[no-untyped-call]
+
+
+def _mlflow_ready() -> bool:
+    """Whether ``import mlflow`` has finished (the zero-code entry point installs while it runs)."""
+    module = sys.modules.get("mlflow")
+    return module is not None and not getattr(getattr(module, "__spec__", None), "_initializing", False)
+
+
+def install() -> None:
+    """Wrap the evaluation functions (idempotent); a no-op until ``import mlflow`` has finished."""
+    import importlib
+
+    if _patched or not _mlflow_ready():
+        return
+    for module_name, attr in _EVALUATORS:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:  # MLflow 2: no mlflow.genai
+            continue
+        original = getattr(module, attr, None)
+        if callable(original) and not hasattr(original, "__databricks_nats_original__"):
+            setattr(module, attr, _wrap_evaluate(original, f"{module_name}.{attr}"))
+            _patched.append((module, attr, original))
+
+
+def installed() -> bool:
+    return bool(_patched)
+
+
+def uninstall() -> None:
+    """Restore the evaluation functions; forget the traces seen and the counts held back."""
+    global _gate
+    while _patched:
+        module, attr, original = _patched.pop()
+        if getattr(getattr(module, attr, None), "__databricks_nats_original__", None) is original:
+            setattr(module, attr, original)  # unless replaced since (a user's patch stays)
+    _traces.clear()
+    _gate = _Gate()
