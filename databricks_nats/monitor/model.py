@@ -238,7 +238,7 @@ def _publisher(stored: float, etype: str, data: dict[str, Any], now: float, limi
         compute=data["compute"] if isinstance(data.get("compute"), dict) else {},
     )
     if row.stale:
-        row.why.append(f"no heartbeat for {age:.0f} s (stale after {stale_after:g} s)")
+        row.why.append(f"silent {age:.0f} s > {stale_after:g} s")  # no heartbeat for longer than allowed
     row.red = bool(row.why)
     return row
 

@@ -62,8 +62,10 @@ def render(snap: Snapshot) -> Any:
     )
 
     rates = Table(title="Events by source and type", title_justify="left", expand=False)
-    for col, justify in (("source", "left"), ("type", "left"), ("events", "right"), ("/s", "right")):
-        rates.add_column(col, justify=justify)  # type: ignore[arg-type]
+    rates.add_column("source", no_wrap=True)
+    rates.add_column("type", no_wrap=True)
+    rates.add_column("events", justify="right")
+    rates.add_column("/s", justify="right")
     rates.add_column("p50 ms", justify="right")
     rates.add_column("p99 ms", justify="right")
     rates.add_column("", style="red")
@@ -80,10 +82,12 @@ def render(snap: Snapshot) -> Any:
         )
 
     pubs = Table(title="Publishers (heartbeats)", title_justify="left")
-    for col in ("publisher", "state", "last seen", "queue", "spool", "oldest unacked", "acked", "dropped", ""):
-        pubs.add_column(col, justify="left" if col in ("publisher", "state", "") else "right")
+    pubs.add_column("publisher", no_wrap=True)
+    pubs.add_column("state", no_wrap=True)
+    for col in ("last seen", "queue", "spool", "unacked age", "acked", "dropped"):
+        pubs.add_column(col, justify="right")
     for p in snap.publishers:
-        state = "STALE" if p.stale else p.state + (f" ({p.reason})" if p.reason else "")
+        state = f"STALE ({'; '.join(p.why)})" if p.stale else p.state + (f" ({p.reason})" if p.reason else "")
         style = "red" if p.red else ("dim" if p.state == "stopped" else None if p.state == "connected" else "yellow")
         pubs.add_row(
             p.publisher_id,
@@ -94,13 +98,15 @@ def render(snap: Snapshot) -> Any:
             "-" if p.oldest_unacked_age_s is None else f"{p.oldest_unacked_age_s:,.1f} s",
             _num(p.acked),
             _num(p.dropped),
-            "; ".join(p.why),
             style=style,
         )
 
     cons = Table(title="Durable consumers", title_justify="left")
-    for col in ("consumer", "filter", "pending", "ack pending", "redelivered", "lag", ""):
-        cons.add_column(col, justify="left" if col in ("consumer", "filter", "") else "right")
+    cons.add_column("consumer", no_wrap=True)
+    cons.add_column("filter")
+    for col in ("pending", "ack pending", "redelivered", "lag"):
+        cons.add_column(col, justify="right")
+    cons.add_column("")
     for c in snap.consumers:
         cons.add_row(
             c.name,
