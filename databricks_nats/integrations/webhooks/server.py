@@ -93,8 +93,7 @@ class WebhookReceiver:
         self._say = RateLimitedLog(log)
         self._thread: threading.Thread | None = None
         handler = type("_BoundHandler", (_Handler,), {"receiver": self})
-        self._httpd = ThreadingHTTPServer((self.config.host, self.config.port), handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _Server((self.config.host, self.config.port), handler)
 
     # ---- lifecycle ----------------------------------------------------------------------------------
 
@@ -255,6 +254,14 @@ def _json(body: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _Refused("bad_json", "not an object")
     return value
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a sender that hung up or stalled mid-body: its thread ends, nothing else is affected
+        log.debug("webhook-receiver: connection from %s ended abnormally", client_address, exc_info=True)
 
 
 class _Handler(BaseHTTPRequestHandler):
