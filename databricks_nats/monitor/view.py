@@ -57,7 +57,7 @@ def render(snap: Snapshot) -> Any:
         f"p99 {_ms(snap.p99_ms)} ms",
         f" (bound {limits.max_p99_ms:g} ms)" if limits.max_p99_ms is not None else "",
         f"  alerts sent {snap.alerts}" if snap.alerts else "",
-        "  ",
+        "\n",
         status,
     )
 
