@@ -8,6 +8,10 @@ We hook the three registries MLflow hands stores out of, on their *instances*:
 
 Each store or repository they return is wrapped once, by setting attributes on the instance (so
 ``isinstance`` checks keep working and cached instances are reused); ``uninstall`` takes them off again.
+A wrapper is a method of its instance (``__self__``, ``__func__``, ``__wrapped__``, the original signature) that
+looks the original up at call time (``method_target``): a class-level patch made after installation (a test's
+``mock.patch.object(SqlAlchemyStore, "log_param")``) is what it calls. Wrapper frames set
+``__tracebackhide__`` (pytest and IPython leave such frames out of the tracebacks they show).
 The tracking store's async logging queue captured the unwrapped ``log_batch`` at construction: we point
 ``_logging_func`` at the wrapper (and back). The per-run artifact repository cache is cleared so
 repositories made before installation get wrapped.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import types
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -27,11 +32,15 @@ from databricks_nats.errors import DatabricksNatsError
 __all__ = [
     "MlflowCompatError",
     "install",
+    "install_method",
     "is_unity_catalog_registry",
     "mark",
+    "method_target",
     "mlflow_version",
     "patch",
     "rebind_async_queue",
+    "repo_tracking_uri",
+    "tracking_store",
     "uninstall",
 ]
 
@@ -73,6 +82,7 @@ def _hook(obj: Any, attr: str, wrap: Callable[[Any], Any]) -> None:
 
     @functools.wraps(original)  # keeps the signature: MLflow inspects builder signatures
     def hooked(*args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
         handed = original(*args, **kwargs)
         if handed is not last[0]:
             last[0] = wrap(handed)
@@ -114,6 +124,7 @@ def _hook_registry_lazily(wrap_registry: Callable[[Any], Any]) -> None:
 
     @functools.wraps(original)
     def get_store_registry(*args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
         registry = original(*args, **kwargs)
         if not hooked or hooked[0] is not registry:
             hooked[:] = [registry]
@@ -154,6 +165,51 @@ def patch(obj: Any, name: str, wrapper: Any) -> None:
     saved = obj.__dict__.setdefault(_MARK, {})
     saved.setdefault(name, obj.__dict__.get(name, _MISSING))
     setattr(obj, name, wrapper)
+
+
+def _class_attribute(cls: type, name: str) -> Any:
+    for klass in cls.__mro__:
+        raw = klass.__dict__.get(name, _MISSING)
+        if raw is not _MISSING:
+            return raw
+    return _MISSING
+
+
+def method_target(obj: Any, name: str) -> tuple[Callable[[Any], Any], Any] | None:
+    """``(target, original)`` for wrapping ``obj.name``, or None when there is no such attribute.
+
+    ``target(obj)`` gives, at call time, what ``obj.name`` would be without our wrapper: an instance attribute set
+    before wrapping, else the class attribute as it is *now* (bound through the descriptor protocol, as attribute
+    access binds it; a ``MagicMock`` patched onto the class is returned as is). ``original`` is what the wrapper
+    takes its name, docstring and signature from.
+    """
+    own = obj.__dict__.get(name, _MISSING) if hasattr(obj, "__dict__") else _MISSING
+    if own is not _MISSING:
+        return (lambda _obj: own), getattr(own, "__func__", own)
+    cls = type(obj)
+    first = _class_attribute(cls, name)
+    if first is _MISSING:
+        return None
+
+    def target(self: Any) -> Any:
+        kind = type(self)
+        raw = _class_attribute(kind, name)
+        get = getattr(type(raw), "__get__", None)
+        return raw if get is None else get(raw, self, kind)
+
+    return target, getattr(first, "__func__", first)
+
+
+def install_method(obj: Any, name: str, func: Callable[..., Any], original: Any) -> None:
+    """Set ``func`` (taking the instance first) as ``obj.name``, a method bound to ``obj``; ``uninstall`` restores.
+
+    ``func`` takes ``original``'s name, docstring and ``__wrapped__`` (MLflow inspects ``create_model_version``'s
+    signature). A plain function set on the instance before us stays a plain function.
+    """
+    functools.update_wrapper(func, original)
+    own = obj.__dict__.get(name, _MISSING)
+    plain = own is not _MISSING and not isinstance(own, types.MethodType)
+    patch(obj, name, functools.partial(func, obj) if plain else types.MethodType(func, obj))
 
 
 def rebind_async_queue(store: Any) -> None:
@@ -201,15 +257,30 @@ def spark_set_run_property(run_id: str | None) -> None:
     set_active_run(run_id)
 
 
+def repo_tracking_uri(repo: Any) -> str | None:
+    """The tracking URI an artifact repository was made for (MLflow 3 passes it; 2.x does not: None)."""
+    uri = getattr(repo, "tracking_uri", None)
+    return uri if isinstance(uri, str) and uri else None
+
+
+def tracking_store(uri: str) -> Any:
+    """The tracking store MLflow builds (and caches) for ``uri``: the same one a client bound to it uses."""
+    from mlflow.tracking._tracking_service import utils
+
+    return utils._get_store(uri)  # type: ignore[no-untyped-call]
+
+
 def store_uri(store: Any) -> str | None:
     """The URI a tracking or registry store was built for (``databricks``, ``databricks-uc://p``, ``http://…``).
 
     REST stores hold ``functools.partial(get_*_host_creds, store_uri)`` as ``get_host_creds`` (MLflow 2.13-3.x);
     Unity Catalog stores also keep ``store_uri``. Unknown: None (the caller falls back to the current URI).
     """
-    uri = store.__dict__.get("store_uri") if hasattr(store, "__dict__") else None
-    if isinstance(uri, str) and uri:
-        return uri
+    own = store.__dict__ if hasattr(store, "__dict__") else {}
+    for attr in ("store_uri", "db_uri"):  # UC stores; SqlAlchemyStore (sqlite://…, no UI)
+        uri = own.get(attr)
+        if isinstance(uri, str) and uri:
+            return uri
     creds = getattr(store, "get_host_creds", None)
     if isinstance(creds, functools.partial) and creds.args and isinstance(creds.args[0], str):
         return creds.args[0]

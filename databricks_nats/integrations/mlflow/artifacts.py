@@ -15,7 +15,6 @@ authority is dropped, as MLflow's own ``DatabricksArtifactRepository`` does for 
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 from collections.abc import Callable
@@ -24,7 +23,17 @@ from typing import Any
 from databricks_nats.client import current_client
 from databricks_nats.integrations.mlflow import _compat
 
-__all__ = ["SAMPLE", "local_flavors", "model_of", "normal_uri", "read_flavors", "run_of", "wrap_repo"]
+__all__ = [
+    "SAMPLE",
+    "Announce",
+    "dataset_item",
+    "local_flavors",
+    "model_of",
+    "normal_uri",
+    "read_flavors",
+    "run_of",
+    "wrap_repo",
+]
 
 SAMPLE = 20
 MAX_FLAVORS = 20
@@ -100,88 +109,112 @@ def _walk(local_dir: str) -> tuple[int, int, list[dict[str, Any]]]:
     return count, total, sample
 
 
-def wrap_repo(
-    repo: Any,
-    emit: Callable[[str, dict[str, Any]], None],
-    experiment_of: Callable[[str], str | None],
-    note_flavors: Callable[[str, list[str]], None] | None = None,
-) -> Any:
-    """Wrap ``log_artifact`` and ``log_artifacts`` of a run's repository; note flavours of a logged model's."""
+Announce = Callable[[str, str | None, str | None, dict[str, Any]], None]
+"""``announce(run_id, experiment id the URI shows or None, tracking URI of the repository, data)``: the hook adds
+the experiment id (known run, else the URI's, else looked up on its worker) and publishes."""
+
+
+def wrap_repo(repo: Any, announce: Announce, note_flavors: Callable[[str, list[str]], None] | None = None) -> Any:
+    """Wrap ``log_artifact`` and ``log_artifacts`` of a run's repository; note flavours of a logged model's.
+
+    Nothing is asked of anyone here: the run's experiment is the hook's business when an upload is announced
+    (a repository made for downloads announces nothing and costs nothing).
+    """
     owner = run_of(str(getattr(repo, "artifact_uri", "")))
     if owner is None:
         model_id = model_of(str(getattr(repo, "artifact_uri", "")))
         if model_id is not None and note_flavors is not None:
             _wrap_model_repo(repo, model_id, note_flavors)
         return repo
-    run_id = owner[1]
-    experiment_id = experiment_of(run_id) or owner[0]  # a custom artifact_location hides the experiment
+    shown, run_id = owner
+    layout = shown if shown.isdigit() else None  # a custom artifact_location shows a folder, not the experiment
+    tracking_uri = _compat.repo_tracking_uri(repo)
     base_uri = normal_uri(str(repo.artifact_uri)) or ""
     active: set[str] = set()
-    one, many = repo.log_artifact, repo.log_artifacts
 
-    def announce(path: str | None, files: list[dict[str, Any]], count: int, total: int) -> None:
+    def tell(path: str | None, files: list[dict[str, Any]], count: int, total: int) -> None:
         try:
             prefix = f"{path}/" if path else ""
-            emit(
-                "mlflow.run.artifacts",
-                {
-                    "experiment_id": experiment_id,
-                    "run_id": run_id,
-                    "artifact_uri": base_uri,
-                    "path": path,
-                    "files": [{**f, "path": prefix + f["path"]} for f in files],
-                    "file_count": count,
-                    "total_bytes": total,
-                    "sample_truncated": count > len(files),
-                },
-            )
+            data = {
+                "run_id": run_id,
+                "artifact_uri": base_uri,
+                "path": path,
+                "files": [{**f, "path": prefix + f["path"]} for f in files],
+                "file_count": count,
+                "total_bytes": total,
+                "sample_truncated": count > len(files),
+            }
+            announce(run_id, layout, tracking_uri, data)
         except Exception as e:  # noqa: BLE001 - never break the upload
             current_client().fail(e, "mlflow artifact hook")
 
-    @functools.wraps(one)
-    def log_artifact(local_file: str, artifact_path: str | None = None, *a: Any, **k: Any) -> Any:
-        full = os.path.abspath(local_file)
-        inner = any(full.startswith(d + os.sep) for d in tuple(active))
-        size = None if inner else _size(full)
-        result = one(local_file, artifact_path, *a, **k)
-        if not inner:
-            announce(artifact_path, [{"path": os.path.basename(local_file), "size": size}], 1, size or 0)
-        return result
+    one = _compat.method_target(repo, "log_artifact")
+    many = _compat.method_target(repo, "log_artifacts")
+    if one is not None:
+        target_one = one[0]
 
-    @functools.wraps(many)
-    def log_artifacts(local_dir: str, artifact_path: str | None = None, *a: Any, **k: Any) -> Any:
-        full = os.path.abspath(local_dir)
-        count, total, sample = _walk(full)
-        active.add(full)
-        try:
-            result = many(local_dir, artifact_path, *a, **k)
-        finally:
-            active.discard(full)
-        announce(artifact_path, sample, count, total)
-        return result
+        def log_artifact(self: Any, local_file: str, artifact_path: str | None = None, *a: Any, **k: Any) -> Any:
+            __tracebackhide__ = True
+            full = os.path.abspath(local_file)
+            inner = any(full.startswith(d + os.sep) for d in tuple(active))
+            size = None if inner else _size(full)
+            result = target_one(self)(local_file, artifact_path, *a, **k)
+            if not inner:
+                tell(artifact_path, [{"path": os.path.basename(local_file), "size": size}], 1, size or 0)
+            return result
 
-    _compat.patch(repo, "log_artifact", log_artifact)
-    _compat.patch(repo, "log_artifacts", log_artifacts)
+        _compat.install_method(repo, "log_artifact", log_artifact, one[1])
+    if many is not None:
+        target_many = many[0]
+
+        def log_artifacts(self: Any, local_dir: str, artifact_path: str | None = None, *a: Any, **k: Any) -> Any:
+            __tracebackhide__ = True
+            full = os.path.abspath(local_dir)
+            count, total, sample = _walk(full)
+            active.add(full)
+            try:
+                result = target_many(self)(local_dir, artifact_path, *a, **k)
+            finally:
+                active.discard(full)
+            tell(artifact_path, sample, count, total)
+            return result
+
+        _compat.install_method(repo, "log_artifacts", log_artifacts, many[1])
     return repo
 
 
 def _wrap_model_repo(repo: Any, model_id: str, note_flavors: Callable[[str, list[str]], None]) -> None:
-    many = repo.log_artifacts
+    many = _compat.method_target(repo, "log_artifacts")
+    if many is None:
+        return
+    target = many[0]
 
-    @functools.wraps(many)
-    def log_artifacts(local_dir: str, artifact_path: str | None = None, *a: Any, **k: Any) -> Any:
+    def log_artifacts(self: Any, local_dir: str, artifact_path: str | None = None, *a: Any, **k: Any) -> Any:
+        __tracebackhide__ = True
         flavors = None
         if not artifact_path:  # the model directory itself (MLmodel at its root)
             try:
                 flavors = read_flavors(local_dir)
             except Exception as e:  # noqa: BLE001 - never break the upload
                 current_client().fail(e, "mlflow model flavours")
-        result = many(local_dir, artifact_path, *a, **k)
+        result = target(self)(local_dir, artifact_path, *a, **k)
         if flavors:
             note_flavors(model_id, flavors)
         return result
 
-    _compat.patch(repo, "log_artifacts", log_artifacts)
+    _compat.install_method(repo, "log_artifacts", log_artifacts, many[1])
+
+
+def dataset_item(d: Any, value_max: int = 500) -> dict[str, Any]:
+    """A dataset input of a run (``log_inputs``) as a pointer: name, digest, source type, source, context."""
+    ds = getattr(d, "dataset", d)
+    return {
+        "name": getattr(ds, "name", None),
+        "digest": getattr(ds, "digest", None),
+        "source_type": getattr(ds, "source_type", None),
+        "source": str(getattr(ds, "source", ""))[:value_max],
+        "context": next((t.value for t in getattr(d, "tags", []) or [] if t.key == "mlflow.data.context"), None),
+    }
 
 
 def _size(path: str) -> int | None:

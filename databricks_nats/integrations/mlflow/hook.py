@@ -1,9 +1,16 @@
 """Wrappers for MLflow stores and artifact repositories that turn successful calls into pointer events.
 
-Every wrapper calls MLflow first and returns (or raises) exactly what MLflow did; only after a successful
-call does it describe the call as an event. Describing never raises into the caller (fail-open, logged
-and counted in ``stats()``) unless ``strict`` is set. A per-thread depth guard publishes only the
-outermost store call (``FileStore.create_run`` calls ``set_tag`` and ``update_run_info`` itself).
+Every wrapper calls MLflow first and returns (or raises) exactly what MLflow did: the same result, the same
+exception object. It is a method of the store it sits on, one frame per call, hidden from pytest's and IPython's
+tracebacks (``__tracebackhide__``), and it calls the store's class attribute as it is at call time, so a
+class-level patch is called. Only after a successful call does it describe the call as an event, without any
+remote call: from the call's arguments and result, and from what MLflow's own calls taught the hook (runs from
+``get_run`` results, experiments' names, Unity Catalog names). What only a lookup could tell (a run created
+elsewhere, a model's full name, the workspace URL) is looked up on the hook's worker thread (``later.py``)
+against the store the call used, and the event goes out from there, with the call's time and context; a run's
+(or a model's) later events wait behind it, so their order holds. Describing never raises into the caller
+(fail-open, logged and counted) unless ``strict`` is set. A per-thread depth guard publishes only the outermost
+store call (``FileStore.create_run`` calls ``set_tag`` and ``update_run_info`` itself).
 """
 
 from __future__ import annotations
@@ -11,23 +18,26 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import functools
+import logging
 import os
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
+from databricks_nats._exit import at_exit
 from databricks_nats.client import Client, current_client
-from databricks_nats.integrations.mlflow import _compat, artifacts, facts, genai, registry, urls
+from databricks_nats.integrations.mlflow import _compat, artifacts, facts, genai, later, lifecycle, registry, runs, urls
+from databricks_nats.integrations.mlflow.later import Later, NeedsLookup
 from databricks_nats.integrations.mlflow.metrics import MetricsCoalescer
 from databricks_nats.integrations.mlflow.names import NameResolver
 
-__all__ = ["Hook"]
+__all__ = ["Hook", "NeedsLookup"]  # NeedsLookup: from later.py, where the worker that answers it lives
 
-_VALUE_MAX = 500
-_TERMINAL = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "killed"}
+log = logging.getLogger("databricks_nats")
 _UNSET: Any = object()
+Described = tuple[str, dict[str, Any]] | None
 
 
 class Hook:
@@ -36,14 +46,18 @@ class Hook:
     def __init__(self) -> None:
         self.enabled = True
         self._local = threading.local()
-        self._runs: dict[str, dict[str, Any]] = {}  # run_id -> {experiment_id, start_time, run_name, artifact_uri}
+        self._runs: dict[str, dict[str, Any]] = {}  # run_id -> what describes it (see _remember)
         self._flavors: dict[str, list[str]] = {}  # logged model id -> flavours read from its uploaded MLmodel
         self._settings: Any = None
         self._store_uris: weakref.WeakKeyDictionary[Any, str | None] = weakref.WeakKeyDictionary()
         self._uis: dict[str | None, urls.Ui] = {}  # tracking/registry URI -> its UI, for these settings
-        self._workspace_url: Any = _UNSET  # looked up on first need after each (re)configure
+        self._workspace_url: Any = _UNSET  # looked up (on the worker) on first need after each (re)configure
+        self._databricks = False  # a Databricks store was handed out: the workspace URL will be needed
         self.names = NameResolver()
-        self.metrics = MetricsCoalescer(lambda data: self._emit("mlflow.run.metrics", data), "coalesce", 1.0)
+        self.experiments = lifecycle.Experiments()
+        self.later = Later()
+        self.metrics = MetricsCoalescer(functools.partial(runs.metrics_event, self), "coalesce", 1.0)
+        at_exit(self._settle_at_exit)  # before the clients' exit flush
         self.reconfigure()
 
     def reconfigure(self, client: Client | None = None) -> None:
@@ -59,18 +73,29 @@ class Hook:
         self._allow = settings.allow_keys
         self.metrics.mode = settings.metrics_mode
         self.metrics.interval = settings.metrics_interval
+        if self._databricks:
+            self._prefetch_workspace()
 
-    def _refresh(self) -> None:
+    def refresh(self) -> None:
         """Pick up settings replaced since the last run began (``configure()`` again): two attribute reads."""
         settings = current_client().settings
         if settings is not self._settings:
             self._apply(settings)
 
+    def settle(self, timeout: float = 10.0) -> bool:
+        """Wait until the events deferred to the worker so far are published (tests, exit); True when they are."""
+        return self.later.drain(timeout)
+
+    def _settle_at_exit(self) -> None:
+        self.settle(5.0)
+
     # ---- UI URLs ---------------------------------------------------------------------------------
 
     def _workspace(self) -> str | None:
-        """The workspace URL from context detection (else ``DATABRICKS_HOST``): once per (re)configure."""
+        """The workspace URL from context detection (else ``DATABRICKS_HOST``): once per configure, on the worker."""
         if self._workspace_url is _UNSET:
+            if not self.later.on_worker():
+                raise NeedsLookup
             found = None
             try:
                 from databricks_nats.integrations.databricks.context import detect_context
@@ -88,6 +113,18 @@ class Hook:
         url: str | None = self._workspace_url
         return url
 
+    def _prefetch_workspace(self) -> None:
+        if self._workspace_url is _UNSET and not self.later.pending("workspace"):
+            self.later.submit("workspace", self._quietly(self._workspace))
+
+    @staticmethod
+    def _quietly(task: Callable[[], Any]) -> Callable[[], None]:
+        def run() -> None:
+            with contextlib.suppress(Exception):
+                task()
+
+        return run
+
     def _ui(self, uri: str | None) -> urls.Ui:
         """The UI runs and models of a store built for this URI live in (computed once per URI and configure)."""
         ui = self._uis.get(uri)
@@ -102,18 +139,28 @@ class Hook:
             self._uis[uri] = ui
         return ui
 
-    def _store_ui(self, store: Any) -> urls.Ui:
+    def _uri(self, store: Any) -> str | None:
         try:
             uri = self._store_uris.get(store, _UNSET)
         except TypeError:  # not weak-referenceable
             uri = _UNSET
         if uri is _UNSET:
             uri = _compat.store_uri(store) if store is not None else None
-        return self._ui(uri or _compat.current_tracking_uri())
+        return uri or _compat.current_tracking_uri()
+
+    def store_ui(self, store: Any) -> urls.Ui:
+        """The UI of what a store holds (its URI's; may raise ``NeedsLookup`` off the worker: the workspace URL)."""
+        return self._ui(self._uri(store))
+
+    _store_ui = store_ui
 
     def _note_store(self, store: Any) -> None:
+        uri = _compat.store_uri(store)
         with contextlib.suppress(TypeError):  # not weak-referenceable: its URI is read again when needed
-            self._store_uris[store] = _compat.store_uri(store)
+            self._store_uris[store] = uri
+        if urls.is_databricks_uri(uri) or str(uri or "").startswith("databricks-uc"):
+            self._databricks = True
+            self._prefetch_workspace()  # ready, as a rule, before the first event needs it
 
     # ---- plumbing --------------------------------------------------------------------------------
 
@@ -123,40 +170,73 @@ class Hook:
 
     emit = _emit  # what the describers of other modules (genai, registry) publish through
 
-    def _wrap(self, obj: Any, name: str, describe: Callable[..., None]) -> None:
-        original = getattr(obj, name, None)
-        if original is None:
+    def publish(self, key: Hashable, build: Callable[[], Described]) -> None:
+        """Publish what ``build()`` describes: now, unless it needs a lookup (``NeedsLookup``) or an earlier event of
+        ``key`` waits on the worker; then on the worker, with this call's time and context."""
+        if not self.enabled:
             return
-        local = self._local
+        client = current_client()
+        if not self.later.pending(key):
+            try:
+                described = build()
+            except NeedsLookup:
+                pass
+            else:
+                if described is not None:
+                    later.send(client, described, None)
+                return
+        when = time.time_ns()
+        if not self.later.submit(key, functools.partial(later.deferred, client, build, when)):
+            client.fail(RuntimeError(f"{self.later.max_pending} events wait already"), "mlflow hook worker")
 
-        @functools.wraps(original)  # MLflow inspects some signatures (create_model_version)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def _wrap(self, obj: Any, name: str, describe: Callable[..., None]) -> None:
+        found = _compat.method_target(obj, name)
+        if found is None:
+            return
+        target, original = found
+        local = self._local
+        hook = self
+
+        def wrapper(store: Any, /, *args: Any, **kwargs: Any) -> Any:
+            __tracebackhide__ = True
             depth = getattr(local, "depth", 0)
             local.depth = depth + 1
             try:
-                result = original(*args, **kwargs)
+                result = target(store)(*args, **kwargs)
             finally:
                 local.depth = depth
-            if depth == 0 and self.enabled:
+            if depth == 0 and hook.enabled:
                 try:
-                    describe(obj, result, *args, **kwargs)
+                    describe(store, result, *args, **kwargs)
                 except Exception as e:  # noqa: BLE001 - a hook bug must never break training
                     current_client().fail(e, f"mlflow hook {name}")
             return result
 
-        _compat.patch(obj, name, wrapper)
+        _compat.install_method(obj, name, wrapper, original)
 
-    def _keep(self, key: str) -> bool:
+    def keep(self, key: str) -> bool:
+        """Whether a param or tag key may be published (the deny and allow lists)."""
         low = key.lower()
         if any(fnmatch.fnmatchcase(low, p) for p in self._deny):
             return False
         return not self._allow or any(fnmatch.fnmatchcase(low, p) for p in self._allow)
 
-    def _run_base(self, store: Any, run_id: str) -> dict[str, Any]:
+    # ---- runs ------------------------------------------------------------------------------------
+
+    def _known(self, store: Any, run_id: str) -> dict[str, Any]:
+        """What describes a run: known (created here, a ``get_run`` result), else asked of ``store`` on the worker."""
         known = self._runs.get(run_id)
-        if known is None:  # a run created elsewhere (another process, before the hook): ask once
-            info = store.get_run(run_id).info
-            known = self._remember(info, store)
+        if known is None:
+            if store is None or not self.later.on_worker():
+                raise NeedsLookup
+            known = self.remember(store.get_run(run_id), store)  # the store the call used, never the default URI
+        return known
+
+    def run_base(self, store: Any, run_id: str) -> dict[str, Any]:
+        """The fields every run event has. Off the worker, raises ``NeedsLookup`` for a run the hook does not know
+        (or a workspace URL not looked up yet): call it from a ``publish`` build."""
+        known = self._known(store, run_id)
+        known["run_url"] = self._ui(known["uri"]).run_url(known["experiment_id"], run_id)
         return {
             "experiment_id": known["experiment_id"],
             "run_id": run_id,
@@ -165,18 +245,44 @@ class Hook:
             "run_url": known["run_url"],
         }
 
-    def _remember(self, info: Any, store: Any = None) -> dict[str, Any]:
+    _run_base = run_base
+
+    def saw_start(self, run_id: str) -> bool:
+        """Whether this run's ``mlflow.run.started`` went out (or is on its way)."""
+        known = self._runs.get(run_id)
+        return known is not None and bool(known["started"])
+
+    def run_start_time(self, run_id: str) -> int | None:
+        start = self._runs.get(run_id, {}).get("start_time")
+        return start if isinstance(start, int) else None
+
+    def remember(self, run: Any, store: Any = None) -> dict[str, Any]:
+        """Remember a run (a ``Run`` or ``RunInfo``): cheap, no lookup (its UI URL is made when an event needs it)."""
+        info = getattr(run, "info", run)
+        tags = getattr(getattr(run, "data", None), "tags", None) or {}
+        before = self._runs.get(info.run_id)
         known = {
             "experiment_id": str(info.experiment_id),
             "start_time": info.start_time,
             "run_name": info.run_name,
             "artifact_uri": artifacts.normal_uri(info.artifact_uri),
-            "run_url": self._store_ui(store).run_url(str(info.experiment_id), info.run_id),
+            "user": getattr(info, "user_id", None) or None,
+            "parent_run_id": tags.get("mlflow.parentRunId") if isinstance(tags, dict) else None,
+            "uri": self._uri(store),
+            "started": bool(before and before["started"]),  # its run.started went out
         }
-        if len(self._runs) > 10_000:  # bounded: forget the oldest
-            self._runs.pop(next(iter(self._runs)))
+        if before is None and len(self._runs) > 10_000:  # bounded: forget the oldest
+            self._runs.pop(next(iter(self._runs)), None)
         self._runs[info.run_id] = known
         return known
+
+    def started(self, store: Any, run_id: str) -> Described:
+        """The run's ``mlflow.run.started`` (for a run created elsewhere, from what ``get_run`` says)."""
+        known = self._known(store, run_id)
+        data = {**self.run_base(store, run_id), "start_time": known["start_time"]}
+        data.update(parent_run_id=known["parent_run_id"], user=known["user"])
+        known["started"] = True
+        return "mlflow.run.started", data
 
     # ---- tracking store --------------------------------------------------------------------------
 
@@ -184,134 +290,14 @@ class Hook:
         if not _compat.mark(store):
             return store
         self._note_store(store)
-        calls: list[tuple[str, Callable[..., None]]] = [
-            ("create_run", self._create_run),
-            ("update_run_info", self._update_run_info),
-            ("log_batch", self._log_batch),
-            ("log_metric", self._log_metric),
-            ("log_param", self._log_param),
-            ("set_tag", self._set_tag),
-            ("log_inputs", self._log_inputs),
-            ("create_logged_model", self._create_logged_model),
-            ("finalize_logged_model", self._finalize_logged_model),
-        ]
-        calls += [(name, functools.partial(describe, self)) for name, describe in genai.TRACKING_CALLS]
-        for name, describe in calls:
-            self._wrap(store, name, describe)
+        for name, describe in (*runs.CALLS, *lifecycle.CALLS, *genai.TRACKING_CALLS):
+            self._wrap(store, name, functools.partial(describe, self))
         _compat.rebind_async_queue(store)
         return store
 
-    def _create_run(self, store: Any, run: Any, *args: Any, **kwargs: Any) -> None:
-        info = run.info
-        known = self._remember(info, store)
-        tags = dict(run.data.tags or {})
-        # create_run(experiment_id, user_id, start_time, tags, run_name): the tags given, if the Run lacks them
-        given = kwargs.get("tags", args[3] if len(args) > 3 else None)
-        for tag in given or ():
-            tags.setdefault(tag.key, tag.value)
-        self._emit(
-            "mlflow.run.started",
-            {
-                "experiment_id": known["experiment_id"],
-                "run_id": info.run_id,
-                "run_name": info.run_name,
-                "run_url": known["run_url"],
-                "artifact_uri": known["artifact_uri"],
-                "start_time": info.start_time,
-                "parent_run_id": tags.get("mlflow.parentRunId"),
-                "user": info.user_id or None,
-            },
-        )
-        self._refresh()  # the first event built the transport: its settings (deny list) are now known
-        self._emit_kv(store, info.run_id, "tags", tags)  # start_run(tags=…); system tags are filtered
-        _compat.spark_set_run_property(info.run_id)
-
-    def _update_run_info(
-        self, store: Any, result: Any, run_id: str, run_status: Any, end_time: Any = None, *a: Any, **k: Any
-    ) -> None:
-        status = _compat.run_status_name(run_status)
-        action = _TERMINAL.get(status)
-        if action is None:
-            return  # a rename or RUNNING: not the end of the run
-        base = self._run_base(store, run_id)
-        start = self._runs.get(run_id, {}).get("start_time")
-        duration = int(end_time - start) if isinstance(end_time, int) and isinstance(start, int) else None
-
-        def ended(latest: dict[str, Any]) -> None:
-            self._emit(f"mlflow.run.{action}", {**base, "status": status, "duration_ms": duration, "metrics": latest})
-
-        self.metrics.finish(run_id, then=ended)  # the final metrics event and the end are the run's last events
-        self._runs.pop(run_id, None)
-        _compat.spark_set_run_property(None)
-
-    def _log_batch(
-        self,
-        store: Any,
-        result: Any,
-        run_id: str,
-        metrics: Any = (),
-        params: Any = (),
-        tags: Any = (),
-        *a: Any,
-        **k: Any,
-    ) -> None:
-        if metrics:
-            self.metrics.add(run_id, functools.partial(self._run_base, store, run_id), list(metrics))
-        if params:
-            self._emit_kv(store, run_id, "params", {p.key: p.value for p in params})
-        if tags:
-            self._emit_kv(store, run_id, "tags", {t.key: t.value for t in tags})
-
-    def _log_metric(self, store: Any, result: Any, run_id: str, metric: Any, *a: Any, **k: Any) -> None:
-        self.metrics.add(run_id, functools.partial(self._run_base, store, run_id), [metric])
-
-    def _log_param(self, store: Any, result: Any, run_id: str, param: Any, *a: Any, **k: Any) -> None:
-        self._emit_kv(store, run_id, "params", {param.key: param.value})
-
-    def _set_tag(self, store: Any, result: Any, run_id: str, tag: Any, *a: Any, **k: Any) -> None:
-        self._emit_kv(store, run_id, "tags", {tag.key: tag.value})
-
-    def _emit_kv(self, store: Any, run_id: str, kind: str, values: dict[str, Any]) -> None:
-        kept = {
-            k: str(v)[:_VALUE_MAX]
-            for k, v in values.items()
-            if not (kind == "tags" and k.startswith("mlflow.")) and self._keep(k)
-        }
-        if kept:
-            self._emit(f"mlflow.run.{kind}", {**self._run_base(store, run_id), kind: kept})
-
-    def _log_inputs(self, store: Any, result: Any, run_id: str, datasets: Any = None, *a: Any, **k: Any) -> None:
-        items = []
-        for d in datasets or []:
-            ds = getattr(d, "dataset", d)
-            items.append(
-                {
-                    "name": getattr(ds, "name", None),
-                    "digest": getattr(ds, "digest", None),
-                    "source_type": getattr(ds, "source_type", None),
-                    "source": str(getattr(ds, "source", ""))[:_VALUE_MAX],
-                    "context": next(
-                        (t.value for t in getattr(d, "tags", []) or [] if t.key == "mlflow.data.context"), None
-                    ),
-                }
-            )
-        if items:
-            self._emit("mlflow.run.inputs", {**self._run_base(store, run_id), "datasets": items})
-
-    def _create_logged_model(self, store: Any, model: Any, *args: Any, **kwargs: Any) -> None:
-        data = _logged_model_data(model, self._flavors.get(model.model_id, []), self._store_ui(store))
-        self._emit("mlflow.logged_model.logged", data)
-
-    def _finalize_logged_model(self, store: Any, model: Any, model_id: str, status: Any, *a: Any, **k: Any) -> None:
-        flavors = self._flavors.pop(model_id, None)
-        if model is not None and hasattr(model, "model_id"):
-            if flavors is None:  # files uploaded by a path we did not see: read a local MLmodel, never the network
-                flavors = artifacts.local_flavors(getattr(model, "artifact_location", None))
-            data = _logged_model_data(model, flavors, self._store_ui(store))
-        else:
-            data = {"model_id": model_id, "experiment_id": "", "flavors": flavors or []}
-        data["status"] = str(getattr(status, "name", status))
-        self._emit("mlflow.logged_model.finalized", data)
+    def flavors_of(self, model_id: str, forget: bool = False) -> list[str] | None:
+        """The flavours noted for a logged model (None: none noted); ``forget``: it is finalised."""
+        return self._flavors.pop(model_id, None) if forget else self._flavors.get(model_id)
 
     def note_flavors(self, model_id: str, flavors: list[str]) -> None:
         """Remember the flavours of a logged model's MLmodel as its files are uploaded (until finalised)."""
@@ -327,8 +313,10 @@ class Hook:
         uc = _compat.is_unity_catalog_registry(store)  # from the registry URI's store, never from dots in names
         self._note_store(store)
         if uc:  # results that carry the registry's full name teach the resolver, without an event
+            described = {name for name, _ in registry.CALLS}  # those teach it through _registry_event
             for name in ("get_registered_model", "get_model_version"):
-                self._wrap(store, name, self._learn_name)
+                if name not in described:
+                    self._wrap(store, name, self._learn_name)
         for name, action in registry.CALLS:
             self._wrap(store, name, functools.partial(self._registry_event, action, uc))
         return store
@@ -340,56 +328,58 @@ class Hook:
             self.names.learn(store, typed, full)
 
     def _registry_event(self, action: str, uc: bool, store: Any, result: Any, *args: Any, **kwargs: Any) -> None:
-        resolve = None
-        if uc:  # one subject per model: the registry's three-level name, whatever the caller typed
-            full = registry.result_name(result)
-            if full:
-                self.names.learn(store, registry.typed_name(action, args, kwargs), full)
-            else:
-                resolve = functools.partial(self.names.resolve, store)
-        ui = self._store_ui(store) if uc else urls.NO_UI
-        described = registry.describe_registry_call(action, result, args, kwargs, uc, resolve, ui)
-        if described is None:
-            return
-        event_type, data = described
-        if "key" in data and not self._keep(str(data["key"])):  # tags: the deny list, as for run tags
-            return
-        self._emit(event_type, data)
+        typed = registry.typed_name(action, args, kwargs)
+        full = registry.result_name(result) if uc else None
+        if full:
+            self.names.learn(store, typed, full)
+
+        def resolve(name: str) -> str:  # the resolver's answer; a lookup only on the worker
+            if name.count(".") >= 2:
+                return name
+            if self.later.on_worker():
+                return self.names.resolve(store, name)
+            known = self.names.known(store, name)
+            if known is None:
+                raise NeedsLookup
+            return known
+
+        def build() -> Described:
+            ui = self.store_ui(store) if uc else urls.NO_UI
+            described = registry.describe_registry_call(
+                action, result, args, kwargs, uc, resolve if uc and not full else None, ui
+            )
+            if described is not None and "key" in described[1] and not self.keep(str(described[1]["key"])):
+                return None  # tags: the deny list, as for run tags
+            return described
+
+        self.publish(("registered", self._uri(store), typed), build)
 
     # ---- artifact repositories ---------------------------------------------------------------------
 
     def wrap_artifacts(self, repo: Any) -> Any:
         if _compat.is_delegating_repo(repo) or not _compat.mark(repo):
             return repo
-        return artifacts.wrap_repo(repo, self._emit, self.experiment_of, self.note_flavors)
+        return artifacts.wrap_repo(repo, self._artifacts_event, self.note_flavors)
 
-    def experiment_of(self, run_id: str) -> str | None:
-        """The experiment of a run (an artifact URI need not contain it): known runs, else asked once."""
+    def _artifacts_event(self, run_id: str, shown: str | None, tracking_uri: str | None, data: dict[str, Any]) -> None:
+        def build() -> Described:
+            return "mlflow.run.artifacts", {"experiment_id": self._experiment_of(run_id, shown, tracking_uri), **data}
+
+        self.publish(("run", run_id), build)
+
+    def _experiment_of(self, run_id: str, shown: str | None, tracking_uri: str | None) -> str:
+        """A run's experiment: the run's known one, else the one its artifact URI shows, else asked on the worker
+        of the tracking store the repository was made for (never the default URI's); unknown: ``""``."""
         known = self._runs.get(run_id)
-        if known is None:
-            from mlflow.tracking import MlflowClient
-
-            try:
-                known = self._remember(MlflowClient().get_run(run_id).info)  # the current tracking URI's store
-            except Exception:  # noqa: BLE001 - the URI's layout is the fallback
-                return None
-        return str(known["experiment_id"])
-
-
-def _logged_model_data(model: Any, flavors: list[str] | None = None, ui: urls.Ui = urls.NO_UI) -> dict[str, Any]:
-    experiment_id = str(getattr(model, "experiment_id", ""))
-    data = {
-        "experiment_id": experiment_id,
-        "model_id": model.model_id,
-        "name": getattr(model, "name", None),
-        "source_run_id": getattr(model, "source_run_id", None),
-        "artifact_location": artifacts.normal_uri(getattr(model, "artifact_location", None)),
-        "model_uri": urls.logged_model_uri(model.model_id),
-        "flavors": list(flavors or []),
-        "status": str(getattr(getattr(model, "status", None), "name", getattr(model, "status", None)) or "") or None,
-        "created_at": getattr(model, "creation_timestamp", None) or int(time.time() * 1000),
-    }
-    url = ui.logged_model_url(experiment_id, model.model_id)
-    if url:
-        data["model_url"] = url
-    return data
+        if known is not None:
+            return str(known["experiment_id"])
+        if shown:
+            return shown
+        if tracking_uri is None:
+            return ""
+        if not self.later.on_worker():
+            raise NeedsLookup
+        try:
+            return str(self._known(_compat.tracking_store(tracking_uri), run_id)["experiment_id"])
+        except Exception:  # noqa: BLE001 - no such run there, no network: the experiment stays unknown
+            return ""

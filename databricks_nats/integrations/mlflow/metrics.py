@@ -6,8 +6,10 @@ last event. A point arriving when the interval has passed emits at once; otherwi
 polling), emits it then. ``finish(run_id)`` emits the final event of a run. Mode ``every`` emits one event
 per logging call; ``off`` emits none.
 
-Events are handed to ``emit`` while the lock is held (emitting only enqueues: it never blocks), so a
-periodic event taken by the thread can never be handed over after the run's final event and its end.
+Events are handed to ``emit(run_id, owner, payload)`` while the lock is held (the hook publishes or queues
+for its worker: it never blocks), so a periodic event taken by the thread can never be handed over after the
+run's final event and its end. The payload has ``metrics``, ``points`` and ``final``; the hook adds what
+describes the run (``owner`` is what ``add`` was given with the run's first points: the store).
 """
 
 from __future__ import annotations
@@ -26,10 +28,10 @@ MAX_KEYS = 200  # metric keys kept per run (the event is also size-capped)
 
 
 class _RunMetrics:
-    __slots__ = ("base", "due", "last_emit", "latest", "points")
+    __slots__ = ("due", "last_emit", "latest", "owner", "points")
 
-    def __init__(self, base: dict[str, Any]) -> None:
-        self.base = base
+    def __init__(self, owner: Any) -> None:
+        self.owner = owner
         self.latest: dict[str, dict[str, Any]] = {}
         self.points = 0
         self.last_emit = 0.0
@@ -39,7 +41,7 @@ class _RunMetrics:
 class MetricsCoalescer:
     """Collects metric points per run and emits bounded ``mlflow.run.metrics`` events."""
 
-    def __init__(self, emit: Callable[[dict[str, Any]], None], mode: str, interval: float) -> None:
+    def __init__(self, emit: Callable[[str, Any, dict[str, Any]], None], mode: str, interval: float) -> None:
         self._emit = emit
         self.mode = mode
         self.interval = interval
@@ -47,16 +49,15 @@ class MetricsCoalescer:
         self._cond = threading.Condition(threading.Lock())
         self._thread: threading.Thread | None = None
 
-    def add(self, run_id: str, base: Callable[[], dict[str, Any]], metrics: list[Any]) -> None:
-        """Record metric entities (key, value, step, timestamp) logged to a run; ``base()`` describes a new run."""
+    def add(self, run_id: str, owner: Any, metrics: list[Any]) -> None:
+        """Record metric entities (key, value, step, timestamp) logged to a run (``owner``: handed to ``emit``)."""
         if self.mode == "off" or not metrics:
             return
-        new = base() if run_id not in self._runs else None  # outside the lock: it may ask the store once
         now = time.monotonic()
         with self._cond:
             run = self._runs.get(run_id)
             if run is None:
-                run = self._runs[run_id] = _RunMetrics(new if new is not None else base())
+                run = self._runs[run_id] = _RunMetrics(owner)
             for m in metrics:
                 have = run.latest.get(m.key)
                 if have is None and len(run.latest) >= MAX_KEYS:
@@ -66,7 +67,7 @@ class MetricsCoalescer:
                     run.latest[m.key] = {"value": m.value, "step": m.step, "timestamp": m.timestamp}
             run.points += len(metrics)
             if self.mode == "every" or now - run.last_emit >= self.interval:
-                self._emit(self._take(run, now, final=False))
+                self._emit(run_id, run.owner, self._take(run, now, final=False))
             elif run.due is None:
                 run.due = run.last_emit + self.interval
                 self._ensure_thread()
@@ -88,7 +89,7 @@ class MetricsCoalescer:
             run = self._runs.pop(run_id, None)
             values = {k: v["value"] for k, v in run.latest.items()} if run is not None else {}
             if run is not None and self.mode != "off" and run.points:
-                self._emit(self._take(run, time.monotonic(), final=True))
+                self._emit(run_id, run.owner, self._take(run, time.monotonic(), final=True))
             if then is not None:
                 then(values)
         return values
@@ -96,12 +97,12 @@ class MetricsCoalescer:
     def flush_all(self) -> None:
         """Emit what every run has pending (at exit)."""
         with self._cond:
-            for run in self._runs.values():
+            for run_id, run in self._runs.items():
                 if run.points:
-                    self._emit(self._take(run, time.monotonic(), final=False))
+                    self._emit(run_id, run.owner, self._take(run, time.monotonic(), final=False))
 
     def _take(self, run: _RunMetrics, now: float, final: bool) -> dict[str, Any]:
-        payload = {**run.base, "metrics": dict(run.latest), "points": run.points, "final": final}
+        payload = {"metrics": dict(run.latest), "points": run.points, "final": final}
         run.points = 0
         run.last_emit = now
         run.due = None
@@ -124,9 +125,9 @@ class MetricsCoalescer:
                 if wait > 0:
                     self._cond.wait(wait)
                     continue
-                for r in self._runs.values():
+                for run_id, r in self._runs.items():
                     if r.due is not None and r.due <= now:
                         try:
-                            self._emit(self._take(r, now, final=False))
+                            self._emit(run_id, r.owner, self._take(r, now, final=False))
                         except Exception:  # strict mode raises; this thread must live on
                             log.warning("databricks-nats: periodic metrics event failed", exc_info=True)

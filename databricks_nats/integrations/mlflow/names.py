@@ -6,8 +6,11 @@ carries a name (registered, version created, get) and, for a name it has not see
 ``store.get_registered_model(typed)``, through the store the call used, after that call succeeded. The answer
 (or, when the lookup fails, the typed name) is cached per registry and name, bounded; a failure is logged at
 WARNING once per client (then at DEBUG) and counted in ``fallbacks``; it never raises.
-The caller waits at most ``timeout`` seconds (MLflow's own retries could take minutes during an outage): a
-lookup still running then is a fallback for this event, and its answer, when it comes, is learned for the next.
+``resolve`` is called on the hook's worker thread only (``later.py``; the MLflow caller never waits for it:
+off the worker the hook uses ``known`` and defers the event when the name is not known). The worker waits at
+most ``timeout`` seconds (MLflow's own retries could take minutes during an outage), so the events queued
+behind it are not held longer: a lookup still running then is a fallback for this event, and its answer, when
+it comes, is learned for the next.
 """
 
 from __future__ import annotations
