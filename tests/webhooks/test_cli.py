@@ -75,3 +75,31 @@ def test_the_command_refuses_to_start_with_nothing_to_receive(tmp_path) -> None:
     done = subprocess.run(_cli("webhook-receiver", "--port", "0"), env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "DATABRICKS_NATS_WEBHOOK_MLFLOW_SECRET" in done.stderr
+
+
+def test_credentials_come_from_files_and_variables_never_from_arguments(tmp_path) -> None:
+    """A rotation keeps both MLflow secrets; the job password comes from a file; nothing secret is an argument."""
+    import argparse
+
+    from databricks_nats.integrations.webhooks.cli import add_parser, config_from
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    (tmp_path / "new").write_text("new-secret\n")
+    (tmp_path / "pw").write_text("file-password\n")
+    args = parser.parse_args(
+        [
+            "webhook-receiver",
+            "--mlflow-secret-file",
+            str(tmp_path / "new"),
+            "--jobs-password-file",
+            str(tmp_path / "pw"),
+        ]
+    )
+    env = {"DATABRICKS_NATS_WEBHOOK_MLFLOW_SECRET_PREVIOUS": "old-secret", "DATABRICKS_NATS_WEBHOOK_JOBS_USER": "u"}
+    config = config_from(args, env)
+    assert [s.reveal() for s in config.mlflow_secrets] == ["new-secret", "old-secret"]
+    assert (config.jobs_user, config.jobs_password.reveal()) == ("u", "file-password")
+    assert "secret" not in repr(config).replace("mlflow_secrets", "")  # masked in every repr
+    with pytest.raises(SystemExit):
+        parser.parse_args(["webhook-receiver", "--mlflow-secret", "on-the-command-line"])

@@ -41,6 +41,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Receive MLflow OSS webhooks (POST /mlflow, signature verified) and Databricks job "
         "notifications (POST /databricks/jobs, basic auth) and publish them as mlflow.model.*, mlflow.prompt.* "
         "and databricks.job_run.* events. GET /health shows the counters. Stops on SIGINT/SIGTERM.",
+        allow_abbrev=False,  # --mlflow-secret VALUE must not pass for --mlflow-secret-file: no secret as an argument
     )
     app_port = os.environ.get("DATABRICKS_APP_PORT")
     p.add_argument("--host", default=os.environ.get(f"{_VAR}HOST") or ("0.0.0.0" if app_port else "127.0.0.1"))  # noqa: S104
