@@ -252,6 +252,15 @@ class Hook:
         known = self._runs.get(run_id)
         return known is not None and bool(known["started"])
 
+    def note_status(self, run_id: str, status: str) -> str | None:
+        """Record a known run's new status; return the one it had (None: unknown run)."""
+        known = self._runs.get(run_id)
+        if known is None:
+            return None
+        before: str | None = known["status"]
+        known["status"] = status
+        return before
+
     def run_start_time(self, run_id: str) -> int | None:
         start = self._runs.get(run_id, {}).get("start_time")
         return start if isinstance(start, int) else None
@@ -269,6 +278,7 @@ class Hook:
             "user": getattr(info, "user_id", None) or None,
             "parent_run_id": tags.get("mlflow.parentRunId") if isinstance(tags, dict) else None,
             "uri": self._uri(store),
+            "status": _compat.run_status_name(info.status) if getattr(info, "status", None) is not None else None,
             "started": bool(before and before["started"]),  # its run.started went out
         }
         if before is None and len(self._runs) > 10_000:  # bounded: forget the oldest

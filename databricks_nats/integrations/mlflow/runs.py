@@ -51,12 +51,16 @@ def _update_run_info(
     hook: Any, store: Any, result: Any, run_id: str, run_status: Any, end_time: Any = None, *a: Any, **k: Any
 ) -> None:
     status = _compat.run_status_name(run_status)
-    action = _TERMINAL.get(status)
-    if action is None:
-        return  # a rename or RUNNING: not the end of the run
+    if hook.note_status(run_id, status) == status:
+        return  # a rename (MLflow passes the status the run has): nothing started or ended
     key = ("run", run_id)
+    action = _TERMINAL.get(status)
+    if action is None and status != "RUNNING":
+        return
     if not hook.saw_start(run_id):  # resumed, or created elsewhere: its start comes first
         hook.publish(key, lambda: hook.started(store, run_id))
+    if action is None:
+        return
 
     def ended(latest: dict[str, Any]) -> None:
         def build() -> Described:
