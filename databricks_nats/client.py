@@ -224,6 +224,7 @@ class Client:
         dataref: str | None = None,
         causation: Causation | None = None,
         id: str | None = None,
+        time_ns: int | None = None,
     ) -> Event | None:
         """Publish an event without blocking; return it, or None when it could not be created (fail-open).
 
@@ -233,6 +234,7 @@ class Client:
         names the event this one reacts to (default: the one being handled here, ``caused_by``). ``id`` fixes
         the event's id (its ``Nats-Msg-Id``): two publishers of one fact that derive the same id
         (``databricks_nats.model.ids.derived_id``) have it stored once by the stream's de-duplication.
+        ``time_ns``: when it happened (nanoseconds since the epoch), if not now: an event described later.
         """
         try:
             etype = _checked(event_type, data)  # refused before any publisher starts
@@ -242,7 +244,9 @@ class Client:
             if dataref is not None and type(dataref) is not str:
                 dataref = str(dataref)  # a Path, a URL object…
             snapshot = jsonsafe.snapshot(data, _cap(transport), etype)
-            event = new_event(event_type, snapshot, keys=keys, dataref=dataref, causation=causation, id=id)
+            event = new_event(
+                event_type, snapshot, keys=keys, dataref=dataref, causation=causation, id=id, time_ns=time_ns
+            )
             transport.emit(event)
             return event
         except Exception as e:  # noqa: BLE001 - fail-open: training code never sees publishing errors
