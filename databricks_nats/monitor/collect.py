@@ -44,6 +44,7 @@ class Collector:
         self._nc: Any = None
         self._js: Any = None
         self._sub: Any = None
+        self._backlog = 1
 
     async def open(self) -> None:
         from nats.js.api import DeliverPolicy
@@ -56,23 +57,28 @@ class Collector:
         self._nc = await reader.connect(s, "monitor", DatabricksSecrets(), default_identity(s))
         self._js = self._nc.jetstream()
         await self._js.stream_info(s.stream_name)  # a missing stream is one clear error, not an empty view
-        last = await self._consumer(f"{s.namespace}.system.publisher.>", deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)
+        last, stored = await self._consumer(
+            f"{s.namespace}.system.publisher.>", deliver_policy=DeliverPolicy.LAST_PER_SUBJECT
+        )
         try:
-            await self._drain(last, heartbeats_only=True)
+            if stored:
+                await self._drain(last, heartbeats_only=True)
         finally:
             with contextlib.suppress(Exception):
                 await last.unsubscribe()
         since = StartPosition.at(_dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(seconds=self.window.window_s))
-        self._sub = await self._consumer(f"{s.namespace}.>", **reader.deliver_options(since))
+        self._sub, self._backlog = await self._consumer(f"{s.namespace}.>", **reader.deliver_options(since))
 
-    async def _consumer(self, subject: str, **start: Any) -> Any:
+    async def _consumer(self, subject: str, **start: Any) -> tuple[Any, int]:
+        """A pull subscription on a new ephemeral consumer, and how many stored messages it has to deliver."""
         from nats.js.api import AckPolicy, ConsumerConfig
 
         config = ConsumerConfig(
             ack_policy=AckPolicy.NONE, inactive_threshold=_IDLE, mem_storage=True, filter_subject=subject, **start
         )
         info = await self._js.add_consumer(self.settings.stream_name, config)
-        return await self._js.pull_subscribe_bind(info.name, stream=self.settings.stream_name)
+        sub = await self._js.pull_subscribe_bind(info.name, stream=self.settings.stream_name)
+        return sub, int(info.num_pending or 0)
 
     async def _drain(self, sub: Any, heartbeats_only: bool = False) -> int:
         """Read until the consumer has nothing pending (or nothing arrives within a second)."""
@@ -108,7 +114,8 @@ class Collector:
 
     async def catch_up(self) -> int:
         """Read everything stored so far; return how many events."""
-        return await self._drain(self._sub)
+        backlog, self._backlog = self._backlog, 1  # nothing stored at start: no need to wait for a fetch
+        return await self._drain(self._sub) if backlog else 0
 
     async def poll(self, seconds: float) -> int:
         """Read what arrives during ``seconds``; return how many events."""
