@@ -19,14 +19,16 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
+_POINTERS = (
+    "run_id", "name", "version", "alias", "model_id", "trace_id", "query_id", "batch_id", "table", "duration_ms",
+    "publisher_id", "state",
+)  # fmt: skip
+
+
 def format_event(envelope: dict[str, Any], subject: str) -> str:
     """One readable line: time, type, subject and the event's main pointers."""
     data = envelope.get("data") or {}
-    pointers = [
-        f"{k}={data[k]}"
-        for k in ("run_id", "name", "version", "alias", "model_id", "query_id", "batch_id", "table", "duration_ms")
-        if data.get(k) not in (None, "")
-    ]
+    pointers = [f"{k}={data[k]}" for k in _POINTERS if data.get(k) not in (None, "")]
     if envelope.get("dataref"):
         pointers.append(f"ref={envelope['dataref']}")
     stamp = str(envelope.get("time", ""))[11:23]
