@@ -339,7 +339,7 @@ class _ModelBroke(Exception):
 
 
 def test_a_failing_evaluation_raises_unchanged_and_announces_nothing(tracking, record):
-    from databricks_nats.integrations.mlflow import genai
+    from databricks_nats.integrations.mlflow import evaluation
 
     events = record()
     raised = _ModelBroke("no")
@@ -351,7 +351,7 @@ def test_a_failing_evaluation_raises_unchanged_and_announces_nothing(tracking, r
     with pytest.raises(_ModelBroke) as caught:
         mlflow.models.evaluate(model=model, data=_FRAME, targets="y", model_type="regressor")
     assert caught.value is raised
-    ours = [f for f, _ in traceback.walk_tb(caught.value.__traceback__) if f.f_code.co_filename == genai.__file__]
+    ours = [f for f, _ in traceback.walk_tb(caught.value.__traceback__) if f.f_code.co_filename == evaluation.__file__]
     assert [(f.f_code.co_name, f.f_locals.get("__tracebackhide__")) for f in ours] == [("evaluate", True)]
     assert not events.of_type("mlflow.run.evaluated")
 

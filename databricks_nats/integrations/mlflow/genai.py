@@ -1,4 +1,4 @@
-"""GenAI events (MLflow 3): traces, assessments and evaluations, described from the calls MLflow makes.
+"""GenAI events (MLflow 3): traces and assessments, described from the store calls MLflow makes.
 
 ``TRACKING_CALLS`` names the tracking store methods the hook wraps, each with its describer
 ``describe(hook, store, result, *args, **kwargs)``, which publishes through ``hook.emit``:
@@ -13,19 +13,17 @@
   one ``mlflow.assessment.logged`` with the name, kind, source, the value's type and the value only when a
   number or boolean, never free text or rationale.
 
-``install()`` wraps the evaluation functions users call (``mlflow.evaluate``, ``mlflow.models.evaluate``,
-``mlflow.genai.evaluate``): a successful evaluation becomes one ``mlflow.run.evaluated``. Lookups a call does
-not carry (a trace's experiment, an ended run's names) are made later on one background thread, against the
-store the call used, never on the caller's path.
+``install()``/``uninstall()`` put on and take off the evaluation wrappers (``evaluation.py``:
+``mlflow.run.evaluated``). What a call does not carry (the experiment of a trace this process did not see end,
+an ended run's names) is looked up by ``later()`` on one background thread, against the store the call used,
+never on the caller's path.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import queue
-import sys
 import threading
 import time
 import zlib
@@ -33,14 +31,12 @@ from collections.abc import Callable
 from typing import Any
 
 from databricks_nats.client import current_client
-from databricks_nats.integrations.mlflow import artifacts
 from databricks_nats.integrations.mlflow.settings import sample_rate
 
-__all__ = ["TRACES_PER_SECOND", "TRACKING_CALLS", "install", "installed", "uninstall"]
+__all__ = ["TRACES_PER_SECOND", "TRACKING_CALLS", "install", "later", "trace_url", "uninstall"]
 
 TRACES_PER_SECOND = 100  # per experiment: more traces than this in one second are coalesced
 _KNOWN_MAX = 4096  # traces remembered for their assessments (trace id -> experiment, run)
-_METRICS_MAX = 500
 _TOKEN_KEYS = ("input_tokens", "output_tokens", "total_tokens")
 
 
@@ -116,7 +112,10 @@ def _int_or_none(value: Any) -> int | None:
 
 def trace_url(hook: Any, store: Any, experiment_id: str, trace_id: str) -> str | None:
     """The trace's page in the UI of its tracking server (the experiment's Traces tab), when known."""
-    ui = hook._store_ui(store)
+    try:
+        ui = hook._store_ui(store)
+    except Exception:  # noqa: BLE001 - the UI's address not known yet (looked up elsewhere): no URL
+        return None
     if not ui.base:
         return None
     page = "ml/experiments" if ui.kind == "databricks" else "#/experiments"
@@ -224,7 +223,7 @@ def _create_assessment(hook: Any, store: Any, result: Any, *args: Any, **kwargs:
         metadata = getattr(info, "trace_metadata", None) or {}
         publish(_experiment_of(info), metadata.get("mlflow.sourceRun"))
 
-    _later(look_up)
+    later(look_up)
 
 
 TRACKING_CALLS: tuple[tuple[str, Callable[..., None]], ...] = (
@@ -240,7 +239,7 @@ _worker: list[threading.Thread] = []
 _worker_lock = threading.Lock()
 
 
-def _later(job: Callable[[], None]) -> None:
+def later(job: Callable[[], None]) -> None:
     """Run ``job`` on the lookup thread; when 1000 are already waiting it is dropped (and counted)."""
     if not _worker:
         with _worker_lock:
@@ -263,152 +262,18 @@ def _work() -> None:
             current_client().fail(e, "mlflow genai lookup")
 
 
-# ---- evaluation ------------------------------------------------------------------------------------
-
-_EVALUATORS = (  # (module, attribute): the public functions, the name users call them by
-    ("mlflow", "evaluate"),
-    ("mlflow.models", "evaluate"),
-    ("mlflow.genai", "evaluate"),
-)
-_patched: list[tuple[Any, str, Any]] = []  # (module, attribute, original)
-_local = threading.local()
-
-
-def _wrap_evaluate(original: Callable[..., Any], evaluator: str) -> Callable[..., Any]:
-    @functools.wraps(original)
-    def evaluate(*args: Any, **kwargs: Any) -> Any:
-        __tracebackhide__ = True  # pytest and IPython hide this frame
-        depth = getattr(_local, "depth", 0)
-        _local.depth = depth + 1
-        try:
-            result = original(*args, **kwargs)
-        finally:
-            _local.depth = depth
-        if depth == 0:  # mlflow.genai.evaluate may call another evaluate: the outermost one is the event
-            try:
-                _evaluated(evaluator, result, args, kwargs)
-            except Exception as e:  # noqa: BLE001 - an evaluation is never failed by its event
-                current_client().fail(e, f"mlflow hook {evaluator}")
-        return result
-
-    evaluate.__databricks_nats_original__ = original  # type: ignore[attr-defined]
-    return evaluate
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool | str | bytes) or not hasattr(value, "__float__"):  # numbers, numpy's included
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _rows(result: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
-    table = getattr(result, "result_df", None)  # mlflow.genai.evaluate: one row per evaluated record
-    if table is not None:
-        return len(table)
-    data = kwargs.get("data", args[1] if len(args) > 1 else None)  # evaluate(model, data, …)
-    if data is not None and not isinstance(data, str | bytes) and hasattr(data, "__len__"):
-        return len(data)
-    return None
-
-
-def _results_uri(result: Any) -> str | None:
-    tables = getattr(result, "artifacts", None)
-    if isinstance(tables, dict):
-        for name, artifact in tables.items():
-            if "eval_results_table" in str(name):
-                return artifacts.normal_uri(getattr(artifact, "uri", None))
-    return None
-
-
-def _evaluated(evaluator: str, result: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    from databricks_nats.integrations.mlflow import current_hook
-
-    hook = current_hook()
-    run_id = getattr(result, "run_id", None)
-    if hook is None or not hook.enabled or not isinstance(run_id, str):
-        return
-    metrics = {}
-    for name, value in list((getattr(result, "metrics", None) or {}).items())[:_METRICS_MAX]:
-        number = _number(value)
-        if number is not None:
-            metrics[str(name)] = number
-    data = {
-        "metrics": metrics,
-        "results_uri": _results_uri(result),
-        "evaluator": evaluator,
-        "rows": _rows(result, args, kwargs),
-    }
-    known = hook._runs.get(run_id)  # a run still going (the caller's): its names are known
-    if known is not None:
-        hook.emit("mlflow.run.evaluated", {**_run_fields(run_id, known), **data})
-        return
-    store = _compat_tracking_store()  # the store of the current tracking URI, which evaluate logged to
-
-    def look_up() -> None:  # the run evaluate made and ended itself: its names, from the same store
-        info = store.get_run(run_id).info
-        known = {
-            "experiment_id": str(info.experiment_id),
-            "run_name": info.run_name,
-            "artifact_uri": artifacts.normal_uri(info.artifact_uri),
-            "run_url": hook._store_ui(store).run_url(str(info.experiment_id), run_id),
-        }
-        hook.emit("mlflow.run.evaluated", {**_run_fields(run_id, known), **data})
-
-    _later(look_up)
-
-
-def _run_fields(run_id: str, known: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "experiment_id": known["experiment_id"],
-        "run_id": run_id,
-        "run_name": known.get("run_name"),
-        "run_url": known.get("run_url"),
-        "artifact_uri": known.get("artifact_uri"),
-    }
-
-
-def _compat_tracking_store() -> Any:
-    from mlflow.tracking._tracking_service.utils import _get_store
-
-    return _get_store()  # type: ignore[no-untyped-call]
-
-
-def _mlflow_ready() -> bool:
-    """Whether ``import mlflow`` has finished (the zero-code entry point installs while it runs)."""
-    module = sys.modules.get("mlflow")
-    return module is not None and not getattr(getattr(module, "__spec__", None), "_initializing", False)
-
-
 def install() -> None:
-    """Wrap the evaluation functions (idempotent); a no-op until ``import mlflow`` has finished."""
-    import importlib
+    """Wrap the evaluation functions (``evaluation.py``); a no-op until ``import mlflow`` has finished."""
+    from databricks_nats.integrations.mlflow import evaluation
 
-    if _patched or not _mlflow_ready():
-        return
-    for module_name, attr in _EVALUATORS:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:  # MLflow 2: no mlflow.genai
-            continue
-        original = getattr(module, attr, None)
-        if callable(original) and not hasattr(original, "__databricks_nats_original__"):
-            setattr(module, attr, _wrap_evaluate(original, f"{module_name}.{attr}"))
-            _patched.append((module, attr, original))
-
-
-def installed() -> bool:
-    return bool(_patched)
+    evaluation.install()
 
 
 def uninstall() -> None:
     """Restore the evaluation functions; forget the traces seen and the counts held back."""
     global _gate
-    while _patched:
-        module, attr, original = _patched.pop()
-        if getattr(getattr(module, attr, None), "__databricks_nats_original__", None) is original:
-            setattr(module, attr, original)  # unless replaced since (a user's patch stays)
+    from databricks_nats.integrations.mlflow import evaluation
+
+    evaluation.uninstall()
     _traces.clear()
     _gate = _Gate()
