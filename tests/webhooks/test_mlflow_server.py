@@ -186,6 +186,7 @@ def test_prompt_changes_arrive_as_prompt_events_never_as_model_events_nor_with_t
 
     stored = _stored(nats_server, receiver, name, 8)
     events = _by_type(stored)
+    assert len(stored) == 8, receiver.stats()
     assert set(events) == {
         "mlflow.prompt.created", "mlflow.prompt.version_created", "mlflow.prompt.alias_set",
         "mlflow.prompt.alias_deleted", "mlflow.prompt.tag_set", "mlflow.prompt.tag_deleted",

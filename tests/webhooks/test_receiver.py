@@ -120,9 +120,16 @@ def test_bodies_that_are_too_large_not_json_or_to_no_route_are_refused(receiver,
     assert post("/nowhere", b"{}")[1]["reason"] == "not_found"
     budget = json.dumps({"entity": "budget_policy", "action": "exceeded", "data": {}}).encode()
     assert post("/mlflow", budget, signed(budget)) == (200, {"ok": True, "ignored": "budget_policy.exceeded"})
+    own = {
+        "entity": "prompt_tag",
+        "action": "set",
+        "data": {"name": "p", "key": "_mlflow_experiment_ids", "value": "0"},
+    }
+    own_body = json.dumps(own).encode()  # MLflow's own tag (the prompt linked to an experiment): the hook skips it too
+    assert post("/mlflow", own_body, signed(own_body))[1]["ignored"] == "prompt_tag.set"
     stats = receiver.stats()
     assert stats["refused"] == {"too_large": 1, "bad_json": 1, "malformed": 1, "not_found": 1}
-    assert stats["ignored"] == 1
+    assert stats["ignored"] == 2
 
 
 def test_health_shows_the_routes_and_counters(receiver) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from databricks_nats.integrations.mlflow.facts import fact_id
+from databricks_nats.integrations.mlflow.prompts import internal_prompt_tag, prompt_uri, user_tag
 from databricks_nats.integrations.mlflow.urls import model_uri
 
 __all__ = [
@@ -28,7 +29,6 @@ __all__ = [
     "TIMESTAMP_HEADER",
     "Headers",
     "describe",
-    "prompt_uri",
     "sign",
     "verify",
 ]
@@ -109,19 +109,21 @@ def verify(headers: Headers, body: bytes, secrets: Iterable[str], *, window: flo
     return None if ok else "bad_signature"
 
 
-def prompt_uri(name: str, version: str | None = None, alias: str | None = None) -> str:
-    """``prompts:/<name>/<version>``, ``prompts:/<name>@<alias>`` or ``prompts:/<name>``."""
-    if alias:
-        return f"prompts:/{name}@{alias}"
-    return f"prompts:/{name}/{version}" if version else f"prompts:/{name}"
-
-
 def _text(value: Any) -> str | None:
     return None if value is None or value == "" else str(value)
 
 
+def _mlflows_own(event_type: str, key: str | None) -> bool:
+    """A tag MLflow keeps for itself: ``mlflow.*`` / ``_mlflow*`` on a prompt (the experiments it is linked to…),
+    the prompt registry's on a model."""
+    if event_type.startswith("mlflow.prompt."):
+        return not user_tag(key)
+    return internal_prompt_tag(key)
+
+
 def describe(body: Mapping[str, Any]) -> tuple[str, dict[str, Any], str | None] | None:
-    """``(event type, data, event id)`` for one delivery body, or None for an event we do not map.
+    """``(event type, data, event id)`` for one delivery body, or None for an event we do not map (and MLflow's
+    own tags: ``mlflow.*`` / ``_mlflow*`` on a prompt, the prompt registry's on a model, as the hook does).
 
     Raises ``ValueError`` when a mapped event lacks the fields that identify it (a malformed delivery).
     """
@@ -140,6 +142,8 @@ def describe(body: Mapping[str, Any]) -> tuple[str, dict[str, Any], str | None] 
     for field in _NEEDS.get(action, ()):
         if not given[field]:
             raise ValueError(f"no {field}")
+    if "tag" in action and _mlflows_own(event_type, key):
+        return None  # the hook skips these too
     data: dict[str, Any]
     if event_type.startswith("mlflow.model."):
         data = {"name": name, "catalog_name": None, "is_unity_catalog": False}
