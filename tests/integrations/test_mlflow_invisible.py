@@ -234,6 +234,7 @@ def test_artifacts_of_an_unseen_run_ask_nobody_and_name_the_runs_experiment(
     src = tmp_path / "notes.txt"
     src.write_text("hello")
 
+    (tmp_path / "down").mkdir()  # MLflow 2.x wants the destination to exist
     bound.log_artifact(run_id, str(src))
     out = bound.download_artifacts(run_id, "notes.txt", str(tmp_path / "down"))
 
