@@ -21,7 +21,19 @@ from typing import Any
 
 from benchmarks._common import RESULTS_DIR, print_table, verdict, write_results
 
-BENCHES = ("core", "mlflow", "spark", "latency", "memory", "idle", "backlog", "durability", "callout")
+BENCHES = (
+    "core",
+    "mlflow",
+    "spark",
+    "latency",
+    "memory",
+    "idle",
+    "backlog",
+    "durability",
+    "callout",
+    "webhooks",
+    "otel",
+)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

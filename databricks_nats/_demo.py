@@ -24,8 +24,8 @@ def run(args: Any) -> int:
     import datetime as dt
 
     import databricks_nats as dn
-    from databricks_nats.cli import _print_events
     from databricks_nats.consumer import subscribe
+    from databricks_nats.eventlines import print_events
 
     with _server(args.url) as url:
         workdir = tempfile.mkdtemp(prefix="dbx-nats-demo-")
@@ -36,7 +36,7 @@ def run(args: Any) -> int:
         sub = subscribe(start=dt.datetime.now(dt.timezone.utc))
         print(f"listening on {settings.namespace}.>  (events arrive live below)\n", flush=True)
         with logs_to(log) as out:  # Spark's and MLflow's own lines go to the log, events to the terminal
-            printer = threading.Thread(target=_print_events, args=(sub, False, None, stop, seen, out, counts))
+            printer = threading.Thread(target=print_events, args=(sub, False, None, stop, seen, out, counts))
             printer.daemon = True
             printer.start()
             (simulated if args.simulate else real)(dn, workdir, out)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
-from collections import Counter
 from collections.abc import Sequence
-from typing import IO, Any
+from typing import Any
+
+from databricks_nats.eventlines import print_events
 
 __all__ = ["main"]
 
@@ -17,48 +17,6 @@ __all__ = ["main"]
 def _fail(message: str, code: int = 2) -> int:
     print(f"databricks-nats: {message}", file=sys.stderr)
     return code
-
-
-_POINTERS = (
-    "run_id", "name", "version", "alias", "model_id", "trace_id", "query_id", "batch_id", "table", "duration_ms",
-    "publisher_id", "state",
-)  # fmt: skip
-
-
-def format_event(envelope: dict[str, Any], subject: str) -> str:
-    """One readable line: time, type, subject and the event's main pointers."""
-    data = envelope.get("data") or {}
-    pointers = [f"{k}={data[k]}" for k in _POINTERS if data.get(k) not in (None, "")]
-    if envelope.get("dataref"):
-        pointers.append(f"ref={envelope['dataref']}")
-    stamp = str(envelope.get("time", ""))[11:23]
-    etype = str(envelope.get("type", "")).removeprefix("databricks.")
-    return f"{stamp}  {etype:<28} {subject}  {' '.join(pointers)[:160]}"
-
-
-def _print_events(
-    sub: Any,
-    as_json: bool,
-    limit: int | None,
-    stop: threading.Event | None = None,
-    seen: list[int] | None = None,
-    out: IO[str] | None = None,
-    counts: Counter[str] | None = None,
-) -> int:
-    """Print events from a subscription to ``out`` (stdout) until ``limit`` events or ``stop``; return how many.
-    ``counts`` counts them per type."""
-    seen = seen if seen is not None else [0]
-    while (limit is None or seen[0] < limit) and not (stop is not None and stop.is_set()):
-        try:
-            event = sub.next(timeout=0.5 if stop is not None else None)
-        except TimeoutError:
-            continue
-        line = json.dumps(event.envelope) if as_json else format_event(event.envelope, event.subject or "")
-        print(line, file=out or sys.stdout, flush=True)
-        if counts is not None:
-            counts[event.type] += 1
-        seen[0] += 1
-    return seen[0]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -77,7 +35,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
         settings = resolve_settings(**overrides)
         start = StartPosition.parse(args.since or "new", "--since")
         with subscribe(args.type, subjects=[args.filter] if args.filter else None, start=start, **overrides) as sub:
-            _print_events(sub, args.json, args.count)
+            print_events(sub, args.json, args.count)
     except KeyboardInterrupt:
         return 0
     except Exception as e:  # noqa: BLE001 - one clear line instead of a traceback
