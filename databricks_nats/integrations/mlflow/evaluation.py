@@ -5,7 +5,8 @@ done before installing keeps MLflow's own). A successful evaluation becomes one 
 run's ids, the metrics' names and values, the results table's URI (``eval_results_table``, when one was logged;
 ``mlflow.genai.evaluate`` keeps its results in the run's traces), the function called and the rows evaluated.
 Results and exceptions are MLflow's, unchanged; nothing is published when the evaluation raises. The names of a
-run evaluate made and ended itself are looked up on the lookup thread (``genai.later``), never by the caller.
+run evaluate made and ended itself are looked up on the hook's worker thread (``hook.publish``), never by the
+caller.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import Any
 
 from databricks_nats.client import current_client
 from databricks_nats.integrations.mlflow import artifacts
-from databricks_nats.integrations.mlflow.genai import later
 
 __all__ = ["install", "installed", "uninstall"]
 
@@ -86,7 +86,7 @@ def _evaluated(evaluator: str, result: Any, args: tuple[Any, ...], kwargs: dict[
     from databricks_nats.integrations.mlflow import current_hook
 
     hook = current_hook()
-    run_id = getattr(result, "run_id", None)
+    run_id = getattr(result, "run_id", None) or _compat_run_id(result)
     if hook is None or not hook.enabled or not isinstance(run_id, str):
         return
     metrics = {}
@@ -101,38 +101,12 @@ def _evaluated(evaluator: str, result: Any, args: tuple[Any, ...], kwargs: dict[
         "rows": _rows(result, args, kwargs),
     }
     store = _compat_tracking_store()  # the store of the current tracking URI, which evaluate logged to
-    known = hook._runs.get(run_id)  # a run still going (the caller's): its names are known
-    if known is not None:
-        hook.emit("mlflow.run.evaluated", {**_run_fields(hook, store, run_id, known), **data})
-        return
-
-    def look_up() -> None:  # the run evaluate made and ended itself: its names, from the same store
-        info = store.get_run(run_id).info
-        known = {
-            "experiment_id": str(info.experiment_id),
-            "run_name": info.run_name,
-            "artifact_uri": artifacts.normal_uri(info.artifact_uri),
-        }
-        hook.emit("mlflow.run.evaluated", {**_run_fields(hook, store, run_id, known), **data})
-
-    later(look_up)
+    # a run evaluate made and ended itself is looked up on the hook's worker; after the run's other events
+    hook.publish(("run", run_id), lambda: ("mlflow.run.evaluated", {**hook.run_base(store, run_id), **data}))
 
 
-def _run_fields(hook: Any, store: Any, run_id: str, known: dict[str, Any]) -> dict[str, Any]:
-    experiment_id = known["experiment_id"]
-    url = known.get("run_url")
-    if url is None:
-        try:
-            url = hook._store_ui(store).run_url(experiment_id, run_id)
-        except Exception:  # noqa: BLE001 - the UI's address not known yet: the event goes without its URL
-            url = None
-    return {
-        "experiment_id": experiment_id,
-        "run_id": run_id,
-        "run_name": known.get("run_name"),
-        "run_url": url,
-        "artifact_uri": known.get("artifact_uri"),
-    }
+def _compat_run_id(result: Any) -> Any:
+    return getattr(result, "_run_id", None)  # MLflow 2's EvaluationResult has no run_id property
 
 
 def _compat_tracking_store() -> Any:

@@ -13,27 +13,26 @@
   one ``mlflow.assessment.logged`` with the name, kind, source, the value's type and the value only when a
   number or boolean, never free text or rationale.
 
-``install()``/``uninstall()`` put on and take off the evaluation wrappers (``evaluation.py``:
-``mlflow.run.evaluated``). What a call does not carry (the experiment of a trace this process did not see end,
-an ended run's names) is looked up by ``later()`` on one background thread, against the store the call used,
-never on the caller's path.
+Events go out through ``hook.publish``: what a call does not carry (the experiment of a trace this process did
+not see end, a workspace URL) is looked up on the hook's worker thread (``later.py``), against the store the call
+used, never on the caller's path. ``install()``/``uninstall()`` put on and take off the evaluation wrappers
+(``evaluation.py``: ``mlflow.run.evaluated``).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import queue
 import threading
 import time
 import zlib
 from collections.abc import Callable
 from typing import Any
 
-from databricks_nats.client import current_client
+from databricks_nats.integrations.mlflow.later import NeedsLookup
 from databricks_nats.integrations.mlflow.settings import sample_rate
 
-__all__ = ["TRACES_PER_SECOND", "TRACKING_CALLS", "install", "later", "trace_url", "uninstall"]
+__all__ = ["TRACES_PER_SECOND", "TRACKING_CALLS", "install", "trace_url", "uninstall"]
 
 TRACES_PER_SECOND = 100  # per experiment: more traces than this in one second are coalesced
 _KNOWN_MAX = 4096  # traces remembered for their assessments (trace id -> experiment, run)
@@ -112,10 +111,7 @@ def _int_or_none(value: Any) -> int | None:
 
 def trace_url(hook: Any, store: Any, experiment_id: str, trace_id: str) -> str | None:
     """The trace's page in the UI of its tracking server (the experiment's Traces tab), when known."""
-    try:
-        ui = hook._store_ui(store)
-    except Exception:  # noqa: BLE001 - the UI's address not known yet (looked up elsewhere): no URL
-        return None
+    ui = hook._store_ui(store)  # off the worker, NeedsLookup while a workspace URL is not known yet
     if not ui.base:
         return None
     page = "ml/experiments" if ui.kind == "databricks" else "#/experiments"
@@ -144,22 +140,22 @@ def _start_trace(hook: Any, store: Any, result: Any, *args: Any, **kwargs: Any) 
     stats = _json_field(metadata, "mlflow.trace.sizeStats")
     usage = _json_field(metadata, "mlflow.trace.tokenUsage")
     tokens = {k: _int_or_none(usage.get(k)) for k in _TOKEN_KEYS} if isinstance(usage, dict) else {}
-    hook.emit(
-        "mlflow.trace.logged",
-        {
-            "experiment_id": experiment_id,
-            "trace_id": trace_id,
-            "trace_url": trace_url(hook, store, experiment_id, trace_id),
-            "status": str(getattr(state, "value", state) or "STATE_UNSPECIFIED"),
-            "duration_ms": _int_or_none(getattr(info, "execution_duration", None)),
-            "span_count": _int_or_none(stats.get("num_spans")) if isinstance(stats, dict) else None,
-            "token_usage": {k: v for k, v in tokens.items() if v is not None} or None,
-            "run_id": run_id,
-            "model_id": metadata.get("mlflow.modelId") or None,
-            "request_time": _int_or_none(getattr(info, "request_time", None)),
-            "sample_rate": rate,
-            "coalesced": coalesced,
-        },
+    data = {
+        "experiment_id": experiment_id,
+        "trace_id": trace_id,
+        "status": str(getattr(state, "value", state) or "STATE_UNSPECIFIED"),
+        "duration_ms": _int_or_none(getattr(info, "execution_duration", None)),
+        "span_count": _int_or_none(stats.get("num_spans")) if isinstance(stats, dict) else None,
+        "token_usage": {k: v for k, v in tokens.items() if v is not None} or None,
+        "run_id": run_id,
+        "model_id": metadata.get("mlflow.modelId") or None,
+        "request_time": _int_or_none(getattr(info, "request_time", None)),
+        "sample_rate": rate,
+        "coalesced": coalesced,
+    }
+    hook.publish(
+        ("trace", trace_id),
+        lambda: ("mlflow.trace.logged", {**data, "trace_url": trace_url(hook, store, experiment_id, trace_id)}),
     )
 
 
@@ -207,59 +203,27 @@ def _create_assessment(hook: Any, store: Any, result: Any, *args: Any, **kwargs:
         "run_id": getattr(assessment, "run_id", None) or None,
     }
 
-    def publish(experiment_id: str | None, run_id: str | None) -> None:
-        if experiment_id:
-            data["run_id"] = data["run_id"] or run_id
-            url = trace_url(hook, store, experiment_id, trace_id)
-            hook.emit("mlflow.assessment.logged", {"experiment_id": experiment_id, **data, "trace_url": url})
+    def build() -> tuple[str, dict[str, Any]] | None:
+        known: tuple[str | None, str | None] | None = _traces.get(trace_id)
+        if known is None:  # a trace not seen ending in this process: its experiment, from the same store
+            if not hook.later.on_worker():
+                raise NeedsLookup
+            info = store.get_trace_info(trace_id)
+            known = (_experiment_of(info), (getattr(info, "trace_metadata", None) or {}).get("mlflow.sourceRun"))
+        experiment_id, run_id = known
+        if not experiment_id:
+            return None
+        url = trace_url(hook, store, experiment_id, trace_id)
+        described = {"experiment_id": experiment_id, **data, "trace_url": url, "run_id": data["run_id"] or run_id}
+        return "mlflow.assessment.logged", described
 
-    known = _traces.get(trace_id)
-    if known is not None:
-        publish(*known)
-        return
-
-    def look_up() -> None:  # a trace not seen ending in this process: its experiment, from the same store
-        info = store.get_trace_info(trace_id)
-        metadata = getattr(info, "trace_metadata", None) or {}
-        publish(_experiment_of(info), metadata.get("mlflow.sourceRun"))
-
-    later(look_up)
+    hook.publish(("trace", trace_id), build)
 
 
 TRACKING_CALLS: tuple[tuple[str, Callable[..., None]], ...] = (
     ("start_trace", _start_trace),
     ("create_assessment", _create_assessment),
 )
-
-
-# ---- the background lookups ------------------------------------------------------------------------
-
-_jobs: queue.Queue[Callable[[], None]] = queue.Queue(maxsize=1000)
-_worker: list[threading.Thread] = []
-_worker_lock = threading.Lock()
-
-
-def later(job: Callable[[], None]) -> None:
-    """Run ``job`` on the lookup thread; when 1000 are already waiting it is dropped (and counted)."""
-    if not _worker:
-        with _worker_lock:
-            if not _worker:
-                thread = threading.Thread(target=_work, name="databricks-nats-mlflow-lookups", daemon=True)
-                thread.start()
-                _worker.append(thread)
-    try:
-        _jobs.put_nowait(job)
-    except queue.Full as e:
-        current_client().fail(e, "mlflow genai lookup (queue full)")
-
-
-def _work() -> None:
-    while True:
-        job = _jobs.get()
-        try:
-            job()
-        except Exception as e:  # noqa: BLE001 - a lookup that fails costs its event only
-            current_client().fail(e, "mlflow genai lookup")
 
 
 def install() -> None:
