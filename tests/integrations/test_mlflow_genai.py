@@ -368,3 +368,60 @@ def test_uninstall_gives_back_mlflows_own_evaluate_functions(tracking, record):
         import mlflow.genai
 
         assert not hasattr(mlflow.genai.evaluate, "__databricks_nats_original__")
+
+
+ZERO_CODE = """
+import mlflow
+from mlflow.genai.scorers import scorer
+
+mlflow.set_experiment("zero-code")
+
+@mlflow.trace
+def answer(q):
+    return q.upper()
+
+answer("q")
+mlflow.flush_trace_async_logging()
+mlflow.log_feedback(trace_id=mlflow.get_last_active_trace_id(), name="ok", value=True)
+
+@scorer
+def exact(outputs, expectations):
+    return outputs == expectations["answer"]
+
+mlflow.genai.evaluate(
+    data=[{"inputs": {"q": "a"}, "expectations": {"answer": "A"}}], predict_fn=answer, scorers=[exact]
+)
+"""
+
+
+@needs_mlflow_3
+@pytest.mark.slow
+def test_zero_code_process_announces_traces_assessments_and_evaluations(nats_server, namespace, tmp_path):
+    """Configured by environment variables only, the hook (installed while `import mlflow` runs) wraps
+    mlflow.genai.evaluate once MLflow hands out its first store; the exit flush delivers everything."""
+    import os
+    import subprocess
+    import sys
+
+    from databricks_nats.settings import resolve_settings
+    from databricks_nats.testing import read_stream
+
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DATABRICKS_", "SPARK_"))}
+    env = {
+        **keep,
+        "DATABRICKS_NATS_EXIT_FLUSH_TIMEOUT": "60",
+        "DATABRICKS_NATS_URL": nats_server.url,
+        "DATABRICKS_NATS_WORKSPACE": namespace["workspace"],
+        "DATABRICKS_NATS_ENV": namespace["env"],
+        "DATABRICKS_NATS_SPOOL_DIR": str(tmp_path / "spool"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", ZERO_CODE], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stream = resolve_settings(environ={}, spark_conf={}, **namespace).stream_name
+    types = [m["envelope"]["type"].removeprefix("databricks.") for m in read_stream(nats_server.url, stream)]
+    assert types.count("mlflow.run.evaluated") == 1, proc.stderr[-3000:]
+    assert types.count("mlflow.trace.logged") >= 2  # ours, and the evaluation's row
+    assert types.count("mlflow.assessment.logged") >= 2  # ours, and the scorer's
