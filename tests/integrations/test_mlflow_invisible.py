@@ -84,6 +84,22 @@ def test_a_class_level_patch_of_a_store_method_is_called_with_the_hook_on(tracki
     assert params.data["params"] == {"lr": "0.1"}
 
 
+def test_a_plain_mock_patched_onto_the_class_is_called_as_without_the_hook(tracking, record):
+    """``mock.patch.object(SqlAlchemyStore, "log_param")`` (a MagicMock, no ``self``): called with the call's own
+    arguments, exactly as attribute access without the hook would call it."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    record()
+    client = MlflowClient()
+    run_id = client.create_run(tracking.experiment_id).info.run_id
+    with mock.patch.object(SqlAlchemyStore, "log_param") as patched:
+        client.log_param(run_id, "lr", "0.1")
+    (call,) = patched.call_args_list
+    assert call.args[0] == run_id
+    assert call.args[1].key == "lr"
+    assert client.get_run(run_id).data.params == {}  # the mock stored nothing, as without the hook
+
+
 def test_wrapped_store_methods_remain_methods_with_their_signature_and_uninstall_restores_them(tracking, record):
     """``__self__``, ``__func__``, ``__wrapped__`` and the signature (MLflow inspects create_model_version's)."""
     record()

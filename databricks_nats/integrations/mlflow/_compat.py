@@ -190,12 +190,15 @@ def method_target(obj: Any, name: str) -> tuple[Callable[[Any], Any], Any] | Non
     first = _class_attribute(cls, name)
     if first is _MISSING:
         return None
+    if isinstance(first, staticmethod):  # nothing to bind (getattr on the class gives the plain function)
+        return (lambda self: getattr(type(self), name)), first.__func__
 
     def target(self: Any) -> Any:
-        kind = type(self)
-        raw = _class_attribute(kind, name)
-        get = getattr(type(raw), "__get__", None)
-        return raw if get is None else get(raw, self, kind)
+        raw = getattr(type(self), name)  # the class attribute now: a patch made after wrapping included
+        if type(raw) is types.FunctionType:  # the common case, bound as attribute access would bind it
+            return types.MethodType(raw, self)
+        get = getattr(type(raw), "__get__", None)  # a MagicMock has none: called as is, as access would give it
+        return raw if get is None else get(raw, self, type(self))
 
     return target, getattr(first, "__func__", first)
 
