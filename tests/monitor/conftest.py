@@ -10,9 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from jsonschema import Draft202012Validator
 
-from databricks_nats.model import catalog
 from databricks_nats.testing import NatsServer
 
 CLI = [sys.executable, "-m", "databricks_nats.cli"]
@@ -64,16 +62,3 @@ def monitor_json(monitor: Callable[..., subprocess.CompletedProcess[str]]) -> Ca
         return done.returncode, json.loads(lines[0])
 
     return run
-
-
-@pytest.fixture(scope="session")
-def assert_valid_event() -> Callable[[dict[str, Any]], None]:
-    """Validate a stored envelope's data against its catalogued type's JSON Schema."""
-
-    def check(envelope: dict[str, Any]) -> None:
-        event_type = envelope["type"].removeprefix("databricks.")
-        schema = catalog.lookup(event_type).schema()
-        errors = [f"{list(e.path)}: {e.message}" for e in Draft202012Validator(schema).iter_errors(envelope["data"])]
-        assert not errors, f"data of {event_type}: {errors}"
-
-    return check
