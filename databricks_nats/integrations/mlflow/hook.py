@@ -15,14 +15,11 @@ store call (``FileStore.create_run`` calls ``set_tag`` and ``update_run_info`` i
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import functools
 import logging
-import os
 import threading
 import time
-import weakref
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -32,11 +29,11 @@ from databricks_nats.integrations.mlflow import _compat, artifacts, facts, genai
 from databricks_nats.integrations.mlflow.later import Later, NeedsLookup
 from databricks_nats.integrations.mlflow.metrics import MetricsCoalescer
 from databricks_nats.integrations.mlflow.names import NameResolver
+from databricks_nats.integrations.mlflow.places import Places
 
 __all__ = ["Hook", "NeedsLookup"]  # NeedsLookup: from later.py, where the worker that answers it lives
 
 log = logging.getLogger("databricks_nats")
-_UNSET: Any = object()
 Described = tuple[str, dict[str, Any]] | None
 
 
@@ -49,13 +46,10 @@ class Hook:
         self._runs: dict[str, dict[str, Any]] = {}  # run_id -> what describes it (see _remember)
         self._flavors: dict[str, list[str]] = {}  # logged model id -> flavours read from its uploaded MLmodel
         self._settings: Any = None
-        self._store_uris: weakref.WeakKeyDictionary[Any, str | None] = weakref.WeakKeyDictionary()
-        self._uis: dict[str | None, urls.Ui] = {}  # tracking/registry URI -> its UI, for these settings
-        self._workspace_url: Any = _UNSET  # looked up (on the worker) on first need after each (re)configure
-        self._databricks = False  # a Databricks store was handed out: the workspace URL will be needed
         self.names = NameResolver()
         self.experiments = lifecycle.Experiments()
         self.later = Later()
+        self.places = Places(self.later)
         self.metrics = MetricsCoalescer(functools.partial(runs.metrics_event, self), "coalesce", 1.0)
         at_exit(self._settle_at_exit)  # before the clients' exit flush
         self.reconfigure()
@@ -67,14 +61,11 @@ class Hook:
 
     def _apply(self, settings: Any) -> None:
         self._settings = settings
-        self._uis = {}
-        self._workspace_url = _UNSET
+        self.places.reset(settings)
         self._deny = settings.deny_keys
         self._allow = settings.allow_keys
         self.metrics.mode = settings.metrics_mode
         self.metrics.interval = settings.metrics_interval
-        if self._databricks:
-            self._prefetch_workspace()
 
     def refresh(self) -> None:
         """Pick up settings replaced since the last run began (``configure()`` again): two attribute reads."""
@@ -91,76 +82,17 @@ class Hook:
 
     # ---- UI URLs ---------------------------------------------------------------------------------
 
-    def _workspace(self) -> str | None:
-        """The workspace URL from context detection (else ``DATABRICKS_HOST``): once per configure, on the worker."""
-        if self._workspace_url is _UNSET:
-            if not self.later.on_worker():
-                raise NeedsLookup
-            found = None
-            try:
-                from databricks_nats.integrations.databricks.context import detect_context
-
-                settings = self._settings if self._settings is not None else current_client().settings
-                found = detect_context(settings, sdk=True).workspace_url
-                if not found and settings.detect_context:
-                    from databricks_nats.integrations.databricks.sdk import identity
-
-                    known = identity(settings.context_timeout)  # cached per process: the SDK's configured host
-                    found = known.workspace_url if known is not None else None
-            except Exception as e:  # noqa: BLE001 - a URL is a nicety, never a reason to fail
-                current_client().fail(e, "mlflow workspace url")
-            self._workspace_url = urls.databricks_workspace_url(found)
-        url: str | None = self._workspace_url
-        return url
-
-    def _prefetch_workspace(self) -> None:
-        if self._workspace_url is _UNSET and not self.later.pending("workspace"):
-            self.later.submit("workspace", self._quietly(self._workspace))
-
-    @staticmethod
-    def _quietly(task: Callable[[], Any]) -> Callable[[], None]:
-        def run() -> None:
-            with contextlib.suppress(Exception):
-                task()
-
-        return run
-
     def _ui(self, uri: str | None) -> urls.Ui:
-        """The UI runs and models of a store built for this URI live in (computed once per URI and configure)."""
-        ui = self._uis.get(uri)
-        if ui is None:
-            if uri and uri.startswith("databricks-uc"):
-                ui = urls.Ui("databricks", self._workspace())
-            else:
-                on_databricks = bool(os.environ.get("DATABRICKS_RUNTIME_VERSION"))
-                ui = urls.ui_for(uri, self._workspace, on_databricks)
-            if len(self._uis) > 64:
-                self._uis.clear()
-            self._uis[uri] = ui
-        return ui
+        return self.places.ui(uri)
 
     def _uri(self, store: Any) -> str | None:
-        try:
-            uri = self._store_uris.get(store, _UNSET)
-        except TypeError:  # not weak-referenceable
-            uri = _UNSET
-        if uri is _UNSET:
-            uri = _compat.store_uri(store) if store is not None else None
-        return uri or _compat.current_tracking_uri()
+        return self.places.uri(store)
 
     def store_ui(self, store: Any) -> urls.Ui:
         """The UI of what a store holds (its URI's; may raise ``NeedsLookup`` off the worker: the workspace URL)."""
-        return self._ui(self._uri(store))
+        return self.places.ui(self.places.uri(store))
 
     _store_ui = store_ui
-
-    def _note_store(self, store: Any) -> None:
-        uri = _compat.store_uri(store)
-        with contextlib.suppress(TypeError):  # not weak-referenceable: its URI is read again when needed
-            self._store_uris[store] = uri
-        if urls.is_databricks_uri(uri) or str(uri or "").startswith("databricks-uc"):
-            self._databricks = True
-            self._prefetch_workspace()  # ready, as a rule, before the first event needs it
 
     # ---- plumbing --------------------------------------------------------------------------------
 
@@ -299,7 +231,7 @@ class Hook:
     def wrap_tracking(self, store: Any) -> Any:
         if not _compat.mark(store):
             return store
-        self._note_store(store)
+        self.places.note(store)
         for name, describe in (*runs.CALLS, *lifecycle.CALLS, *genai.TRACKING_CALLS):
             self._wrap(store, name, functools.partial(describe, self))
         _compat.rebind_async_queue(store)
@@ -321,7 +253,7 @@ class Hook:
         if not _compat.mark(store):
             return store
         uc = _compat.is_unity_catalog_registry(store)  # from the registry URI's store, never from dots in names
-        self._note_store(store)
+        self.places.note(store)
         if uc:  # results that carry the registry's full name teach the resolver, without an event
             described = {name for name, _ in registry.CALLS}  # those teach it through _registry_event
             for name in ("get_registered_model", "get_model_version"):
