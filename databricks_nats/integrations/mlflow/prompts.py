@@ -155,5 +155,5 @@ def describe_prompt(
         data["key"] = key
         if action.endswith("tag_set"):
             value = call.get("value", getattr(tag, "value", None))
-            data["value"] = None if value is None else str(value)[:_VALUE_MAX]
+            data["value"] = "" if value is None else str(value)[:_VALUE_MAX]  # as the webhook receiver cuts it
     return f"mlflow.prompt.{action}", data

@@ -284,5 +284,6 @@ def _describe_model(
             return None
         data["key"] = key
         if action.endswith("tag_set"):
-            data["value"] = str(getattr(tag, "value", ""))[:500]
+            value = getattr(tag, "value", None)
+            data["value"] = "" if value is None else str(value)[:500]  # as the webhook receiver cuts it
     return f"mlflow.model.{action}", data
