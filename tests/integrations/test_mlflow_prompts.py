@@ -14,6 +14,7 @@ import pytest
 from mlflow import MlflowClient
 
 from databricks_nats.integrations.mlflow import facts
+from databricks_nats.integrations.mlflow.urls import NO_UI
 
 genai = pytest.mark.skipif(
     int(mlflow.__version__.split(".")[0]) < 3,
@@ -202,3 +203,35 @@ def test_the_top_level_prompt_api_publishes_prompt_events_only(tracking, record,
     _check(events, subject_of, assert_valid_event, "qa-bot-top")
     assert (events[3].data["alias"], events[3].data["version"]) == ("production", "1")
     _no_template(events)
+
+
+@genai
+def test_a_name_nothing_said_anything_about_is_looked_up_where_the_hook_allows_it(tracking):
+    """``is_prompt_name``: a call naming an unseen prompt (no result, no tags) asks the registry, once, through the
+    store the call used; an unseen model stays a model; a name the registry does not know is taken for a model."""
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
+
+    from databricks_nats.integrations.mlflow import prompts, registry
+
+    mlflow.genai.register_prompt("qa-bot-unseen", _TEMPLATE)  # no hook: this process learned nothing of it
+    MlflowClient().create_registered_model("churn-unseen")
+    store = SqlAlchemyStore(tracking.uri)
+    asked: list[str] = []
+
+    def lookup(name: str) -> bool | None:
+        asked.append(name)
+        return prompts.registered_is_prompt(store, name)
+
+    def alias_set(name: str):
+        return registry.describe_registry_call(
+            "alias_set", None, (name, "production", "1"), {}, False, None, NO_UI, lookup
+        )
+
+    try:
+        assert alias_set("qa-bot-unseen")[0] == "mlflow.prompt.alias_set"
+        assert alias_set("qa-bot-unseen")[0] == "mlflow.prompt.alias_set"  # learned: not asked again
+        assert alias_set("churn-unseen")[0] == "mlflow.model.alias_set"
+        assert alias_set("no-such-name")[0] == "mlflow.model.alias_set"
+        assert asked == ["qa-bot-unseen", "churn-unseen", "no-such-name"]
+    finally:
+        store.engine.dispose()

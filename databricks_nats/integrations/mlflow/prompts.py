@@ -24,6 +24,7 @@ __all__ = [
     "evidence",
     "internal_prompt_tag",
     "prompt_uri",
+    "registered_is_prompt",
     "tag_dict",
     "user_tag",
 ]
@@ -117,6 +118,16 @@ class PromptNames:
     def clear(self) -> None:
         with self._lock:
             self._names.clear()
+
+
+def registered_is_prompt(store: Any, name: str) -> bool | None:
+    """Ask the registry whether ``name`` is a prompt (one ``get_registered_model`` through ``store``, the store the
+    call used). None when it cannot say (deleted, no permission, no network). A remote call: only ever from the
+    hook's worker thread, never on an MLflow caller's path."""
+    try:
+        return evidence(store.get_registered_model(name))
+    except Exception:  # noqa: BLE001 - unknown stays unknown (taken for a model)
+        return None
 
 
 def prompt_uri(name: str, version: str | None = None, alias: str | None = None) -> str:

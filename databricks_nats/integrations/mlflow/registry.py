@@ -194,10 +194,14 @@ def describe_registry_call(
     uc: bool,
     resolve: Callable[[str], str] | None = None,
     ui: Ui = NO_UI,
+    is_prompt_name: Callable[[str], bool | None] | None = None,
 ) -> tuple[str, dict[str, Any]] | None:
     """The event (type, data) for one registry call (name, version, pointers), or None when there is nothing to say.
 
     ``resolve``: turns a name the caller typed into the registry's full name (used when the result has none).
+    ``is_prompt_name``: asked only when neither the call nor this process's earlier results say whether the name
+    is a prompt (True/False; None: still unknown, taken for a model). It may raise to defer the description to
+    where a lookup is allowed (``prompts.registered_is_prompt`` on the hook's worker).
     """
     call = _bind(action, args, kwargs)
     typed = typed_name(action, args, kwargs)
@@ -210,6 +214,10 @@ def describe_registry_call(
         name = resolve(name) or name
         if is_prompt is None:
             is_prompt = PROMPT_NAMES.known(name)
+    if is_prompt is None and is_prompt_name is not None and action not in _READS:
+        is_prompt = is_prompt_name(name)
+        if is_prompt is not None:
+            PROMPT_NAMES.note(name, is_prompt)
     version = getattr(result, "version", None) if action in _VERSION_RESULTS else None
     version = str(version if version is not None else call.get("version") or "") or None
 
