@@ -235,3 +235,37 @@ def test_a_name_nothing_said_anything_about_is_looked_up_where_the_hook_allows_i
         assert asked == ["qa-bot-unseen", "churn-unseen", "no-such-name"]
     finally:
         store.engine.dispose()
+
+
+@genai
+def test_the_hook_and_the_webhook_receiver_give_each_prompt_change_one_id(tracking, record):
+    """MLflow's prompt webhooks (the payloads its server builds from the request) get the hook's ids."""
+    from databricks_nats.integrations.webhooks.mlflow import describe
+
+    events = record()
+    mlflow.genai.register_prompt("qa-bot-both", _TEMPLATE, commit_message="first")
+    mlflow.genai.set_prompt_alias("qa-bot-both", "production", 1)
+    mlflow.genai.delete_prompt_alias("qa-bot-both", "production")
+    mlflow.genai.set_prompt_tag("qa-bot-both", "owner", "ana")
+    MlflowClient().delete_prompt_tag("qa-bot-both", "owner")
+    mlflow.genai.set_prompt_version_tag("qa-bot-both", 1, "reviewed", "yes")
+    MlflowClient().delete_prompt_version_tag("qa-bot-both", 1, "reviewed")
+    name = {"name": "qa-bot-both"}
+    webhooks = [  # (entity.action, payload) in the order of the calls above
+        ("prompt.created", {**name, "tags": {}, "description": "first"}),
+        ("prompt_version.created", {**name, "version": "1", "template": _TEMPLATE, "tags": {}, "description": "first"}),
+        ("prompt_alias.created", {**name, "alias": "production", "version": "1"}),
+        ("prompt_alias.deleted", {**name, "alias": "production"}),
+        ("prompt_tag.set", {**name, "key": "owner", "value": "ana"}),
+        ("prompt_tag.deleted", {**name, "key": "owner"}),
+        ("prompt_version_tag.set", {**name, "version": "1", "key": "reviewed", "value": "yes"}),
+        ("prompt_version_tag.deleted", {**name, "version": "1", "key": "reviewed"}),
+    ]
+
+    assert len(events) == len(webhooks)
+    for event, (kind, payload) in zip(events, webhooks, strict=True):
+        entity, action = kind.split(".")
+        described = describe({"entity": entity, "action": action, "data": payload})
+        assert described is not None
+        assert (described[0], described[2]) == (event.type, event.envelope["id"]), kind
+        assert _TEMPLATE not in str(described[1])  # the receiver drops the template too

@@ -192,3 +192,36 @@ def test_registry_reads_publish_nothing(tracking, record):
     client.get_model_version_by_alias("read-only", "champion")
     client.search_registered_models()
     assert list(events) == []
+
+
+def test_the_hook_and_the_webhook_receiver_give_each_model_change_one_id(tracking, record):
+    """What MLflow's server sends as a webhook for a change (its request's fields, as the server builds the payload)
+    gets the id the hook gave the same change: JetStream stores a change both announce once."""
+    from databricks_nats.integrations.webhooks.mlflow import describe
+
+    events = record()
+    client = MlflowClient()
+    client.create_registered_model("churn-both", tags={"team": "growth"})
+    client.create_model_version("churn-both", _SOURCE)
+    client.set_model_version_tag("churn-both", 1, "validated", "yes")
+    client.delete_model_version_tag("churn-both", 1, "validated")
+    client.set_registered_model_alias("churn-both", "production", 1)
+    client.delete_registered_model_alias("churn-both", "production")
+    webhooks = [  # (entity.action, payload) in the order of the calls above
+        ("registered_model.created", {"name": "churn-both", "tags": {"team": "growth"}, "description": None}),
+        (
+            "model_version.created",
+            {"name": "churn-both", "version": "1", "source": _SOURCE, "run_id": None, "tags": {}, "description": None},
+        ),
+        ("model_version_tag.set", {"name": "churn-both", "version": "1", "key": "validated", "value": "yes"}),
+        ("model_version_tag.deleted", {"name": "churn-both", "version": "1", "key": "validated"}),
+        ("model_version_alias.created", {"name": "churn-both", "alias": "production", "version": "1"}),
+        ("model_version_alias.deleted", {"name": "churn-both", "alias": "production"}),
+    ]
+
+    assert len(events) == len(webhooks)
+    for event, (kind, payload) in zip(events, webhooks, strict=True):
+        entity, action = kind.split(".")
+        described = describe({"entity": entity, "action": action, "data": payload})
+        assert described is not None
+        assert (described[0], described[2]) == (event.type, event.envelope["id"]), kind
