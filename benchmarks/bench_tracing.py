@@ -25,11 +25,14 @@ from typing import Any
 from benchmarks._common import machine, median, print_table, ratio, verdict, write_results
 
 TARGET = 1.05
-MEASURES = {  # (export mode, clock): what the row says
-    ("async", "wall"): "traced call, MLflow's default async export: the caller's wall time",
-    ("async", "cpu"): "the same, process CPU (calls + export + publishing, every thread)",
-    ("sync", "wall"): "traced call, export inline (async logging off): wall time",
-    ("sync", "cpu"): "the same, process CPU (every thread)",
+PHASES = (("async", "every"), ("async", "sample:0.1"), ("sync", "every"))  # (MLflow's export, traces_mode)
+MEASURES = {  # (export, traces_mode, clock): what the row says
+    ("async", "every", "wall"): "traced call, MLflow's default async export: the caller's wall time",
+    ("async", "every", "cpu"): "the same, process CPU (calls + export + publishing, every thread)",
+    ("async", "sample:0.1", "wall"): "the same with traces_mode=sample:0.1: the caller's wall time",
+    ("async", "sample:0.1", "cpu"): "the same, process CPU",
+    ("sync", "every", "wall"): "traced call, export inline (async logging off): wall time",
+    ("sync", "every", "cpu"): "the same, process CPU (every thread)",
 }
 
 
@@ -62,7 +65,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    block, pairs = (10, 8) if args.quick else (20, 30)
+    block, pairs = (10, 6) if args.quick else (20, 24)
     warnings.filterwarnings("ignore")
 
     import mlflow
@@ -90,9 +93,9 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="bench-tracing-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
     mlflow.set_experiment("bench-tracing")
-    results: dict[tuple[str, str], dict[str, list[float]]] = {m: {"off": [], "on": []} for m in MEASURES}
+    results: dict[tuple[str, str, str], dict[str, list[float]]] = {m: {"off": [], "on": []} for m in MEASURES}
     with NatsServer() as srv:
-        databricks_nats.configure(url=srv.url, spool_dir=os.path.join(tmp, "spool"), workspace="bench", env="tracing")
+        settings = {"url": srv.url, "spool_dir": os.path.join(tmp, "spool"), "workspace": "bench", "env": "tracing"}
 
         def timed_block(hooked: bool, inline: bool) -> tuple[float, float]:
             (hook.install if hooked else hook.uninstall)()
@@ -106,7 +109,8 @@ def main() -> None:
                 mlflow.flush_trace_async_logging()  # the export's CPU is counted, its waiting is not timed
             return wall / block * 1e6, (time.process_time() - c0) / block * 1e6
 
-        for mode in ("async", "sync"):
+        for mode, traces_mode in PHASES:
+            databricks_nats.configure(**settings, traces_mode=traces_mode)
             os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = str(mode == "async").lower()
             mlflow.tracing.reset()  # MLflow builds its exporter again, reading the switch
             for i in range(3 * block):  # warm-up: connection pool, caches, the export threads
@@ -115,8 +119,9 @@ def main() -> None:
             for p in range(pairs):
                 for side in ("off", "on") if p % 2 == 0 else ("on", "off"):
                     wall, cpu = timed_block(side == "on", mode == "sync")
-                    results[(mode, "wall")][side].append(wall)
-                    results[(mode, "cpu")][side].append(cpu)
+                    results[(mode, traces_mode, "wall")][side].append(wall)
+                    results[(mode, traces_mode, "cpu")][side].append(cpu)
+        databricks_nats.configure(**settings, traces_mode="every")
         describe = describe_cost(answer)
         hook.uninstall()
         databricks_nats.flush(30)
