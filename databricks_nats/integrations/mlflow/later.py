@@ -12,9 +12,12 @@ context, so the causation and trace context of the MLflow call are the event's. 
 from __future__ import annotations
 
 import contextvars
+import functools
 import inspect
 import logging
+import os
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -47,6 +50,15 @@ class Later:
         self._keys: dict[Hashable, int] = {}  # key -> tasks of it queued or running
         self._busy = 0  # tasks queued or running
         self._thread: threading.Thread | None = None
+        if hasattr(os, "register_at_fork"):  # a forked child starts empty: the parent's thread and lock stay behind
+            os.register_at_fork(after_in_child=functools.partial(_forget, weakref.ref(self)))
+
+    def _forget(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._tasks.clear()
+        self._keys.clear()
+        self._busy = 0
+        self._thread = None
 
     def on_worker(self) -> bool:
         """Whether the calling thread is the worker (where lookups are allowed)."""
@@ -99,6 +111,12 @@ class Later:
                     self._busy -= 1
                     self.done += 1
                     self._cond.notify_all()
+
+
+def _forget(ref: weakref.ref[Later]) -> None:
+    later = ref()
+    if later is not None:
+        later._forget()
 
 
 def deferred(client: Client, build: Callable[[], Described], when: int) -> None:
