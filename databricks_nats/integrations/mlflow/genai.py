@@ -73,10 +73,14 @@ _gate = _Gate()
 _traces: dict[str, tuple[str, str | None]] = {}  # trace id -> (experiment id, run id), the newest last
 
 
+_traces_lock = threading.Lock()  # MLflow exports traces on several threads
+
+
 def _remember_trace(trace_id: str, experiment_id: str, run_id: str | None) -> None:
-    if len(_traces) >= _KNOWN_MAX:
-        _traces.pop(next(iter(_traces)), None)
-    _traces[trace_id] = (experiment_id, run_id)
+    with _traces_lock:
+        if len(_traces) >= _KNOWN_MAX:
+            _traces.pop(next(iter(_traces)), None)
+        _traces[trace_id] = (experiment_id, run_id)
 
 
 def _trace_info(result: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
