@@ -44,6 +44,9 @@ IDENTITY.update(
         "mlflow.run.failed": ("run_id",),
         "mlflow.run.killed": ("run_id",),
         "mlflow.experiment.created": ("experiment_id",),
+        # a trace (or an assessment) a hooked client exports and a hooked tracking server stores: one event
+        "mlflow.trace.logged": ("trace_id",),
+        "mlflow.assessment.logged": ("trace_id", "assessment_id"),
     }
 )
 
