@@ -52,8 +52,12 @@ IDENTITY.update(
 
 
 def fact_id(event_type: str, data: Mapping[str, Any]) -> str | None:
-    """The derived id of this change, or None (a fresh id) when its type has no identifying fields."""
+    """The derived id of this change, or None (a fresh id) when its type has no identifying fields or one of them
+    is missing (None; an empty string is a value)."""
     fields = IDENTITY.get(event_type)
     if fields is None:
         return None
-    return derived_id(event_type, *(data.get(f) for f in fields))
+    parts = [data.get(f) for f in fields]
+    if any(p is None for p in parts):  # not known (an assessment without its id): a fresh id, never a false match
+        return None
+    return derived_id(event_type, *parts)
