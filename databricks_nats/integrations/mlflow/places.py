@@ -49,20 +49,25 @@ class Places:
                 raise NeedsLookup
             found = None
             try:
-                from databricks_nats.integrations.databricks.context import detect_context
-
-                settings = self.settings if self.settings is not None else current_client().settings
-                found = detect_context(settings, sdk=True).workspace_url
-                if not found and settings.detect_context:
-                    from databricks_nats.integrations.databricks.sdk import identity
-
-                    known = identity(settings.context_timeout)  # cached per process: the SDK's configured host
-                    found = known.workspace_url if known is not None else None
+                with _compat.import_hooks_lock():  # detection imports: MLflow's lock first (see _compat)
+                    found = self._detect()
             except Exception as e:  # noqa: BLE001 - a URL is a nicety, never a reason to fail
                 current_client().fail(e, "mlflow workspace url")
             self._workspace_url = urls.databricks_workspace_url(found)
         url: str | None = self._workspace_url
         return url
+
+    def _detect(self) -> str | None:
+        from databricks_nats.integrations.databricks.context import detect_context
+
+        settings = self.settings if self.settings is not None else current_client().settings
+        found: str | None = detect_context(settings, sdk=True).workspace_url
+        if not found and settings.detect_context:
+            from databricks_nats.integrations.databricks.sdk import identity
+
+            known = identity(settings.context_timeout)  # cached per process: the SDK's configured host
+            found = known.workspace_url if known is not None else None
+        return found
 
     def _prefetch(self) -> None:
         if self._workspace_url is _UNSET and not self.later.pending("workspace"):
