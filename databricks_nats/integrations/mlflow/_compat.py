@@ -31,7 +31,6 @@ from databricks_nats.errors import DatabricksNatsError
 
 __all__ = [
     "MlflowCompatError",
-    "import_hooks_lock",
     "install",
     "install_method",
     "is_unity_catalog_registry",
@@ -261,19 +260,6 @@ def spark_set_run_property(run_id: str | None) -> None:
     set_active_run(run_id)
 
 
-def import_hooks_lock() -> Any:
-    """MLflow's post-import-hook lock (an ``RLock``), else a no-op context.
-
-    MLflow's import finder takes it on every import (``find_spec``), and ``mlflow.autolog()`` holds it while it
-    imports: a background thread that imports (the hook's worker) must take it *before* any module lock, as
-    MLflow's own threads do, or it deadlocks with a thread inside ``autolog()``. Never imports anything itself.
-    """
-    import sys
-
-    lock = getattr(sys.modules.get("mlflow.utils.import_hooks"), "_post_import_hooks_lock", None)
-    return lock if lock is not None else contextlib.nullcontext()
-
-
 def repo_tracking_uri(repo: Any) -> str | None:
     """The tracking URI an artifact repository was made for (MLflow 3 passes it; 2.x does not: None)."""
     uri = getattr(repo, "tracking_uri", None)
@@ -282,10 +268,9 @@ def repo_tracking_uri(repo: Any) -> str | None:
 
 def tracking_store(uri: str) -> Any:
     """The tracking store MLflow builds (and caches) for ``uri``: the same one a client bound to it uses."""
-    with import_hooks_lock():  # building a store may import (see import_hooks_lock)
-        from mlflow.tracking._tracking_service import utils
+    from mlflow.tracking._tracking_service import utils
 
-        return utils._get_store(uri)  # type: ignore[no-untyped-call]
+    return utils._get_store(uri)  # type: ignore[no-untyped-call]
 
 
 def store_uri(store: Any) -> str | None:

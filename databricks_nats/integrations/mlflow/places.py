@@ -39,8 +39,6 @@ class Places:
         self.settings = settings
         self._uis = {}
         self._workspace_url = _UNSET
-        if self._databricks:
-            self._prefetch()
 
     def workspace(self) -> str | None:
         """The workspace URL from context detection (else ``DATABRICKS_HOST``): once per configure, on the worker."""
@@ -49,8 +47,7 @@ class Places:
                 raise NeedsLookup
             found = None
             try:
-                with _compat.import_hooks_lock():  # detection imports: MLflow's lock first (see _compat)
-                    found = self._detect()
+                found = self._detect()
             except Exception as e:  # noqa: BLE001 - a URL is a nicety, never a reason to fail
                 current_client().fail(e, "mlflow workspace url")
             self._workspace_url = urls.databricks_workspace_url(found)
@@ -108,4 +105,16 @@ class Places:
             self._store_uris[store] = uri
         if urls.is_databricks_uri(uri) or str(uri or "").startswith("databricks-uc"):
             self._databricks = True
+            _warm_imports()  # here, on the caller's thread: the worker must not import (see _warm_imports)
             self._prefetch()  # ready, as a rule, before the first event needs it
+
+
+def _warm_imports() -> None:
+    """Import what detection uses on the caller's thread: an import on the worker while another thread is inside
+    ``mlflow.autolog()`` deadlocks (MLflow holds its import-hook lock while importing, and its import finder
+    takes that lock under the interpreter's import lock)."""
+    with contextlib.suppress(Exception):
+        import databricks_nats.integrations.databricks.context
+        import databricks_nats.integrations.databricks.sdk  # noqa: F401
+    with contextlib.suppress(Exception):
+        import databricks.sdk  # noqa: F401 - MLflow's Databricks stores use it: installed where it matters
