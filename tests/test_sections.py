@@ -29,7 +29,7 @@ from databricks_nats.settings import (
     resolve_settings,
     setting,
 )
-from databricks_nats.transport.telemetry import TelemetrySettings
+from databricks_nats.telemetry_settings import TelemetrySettings
 
 SECTION_SETTINGS = {
     "metrics_mode": MlflowSettings,

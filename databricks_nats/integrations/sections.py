@@ -18,7 +18,7 @@ import sys
 from types import ModuleType
 
 from databricks_nats.integrations.mlflow.settings import MlflowSettings
-from databricks_nats.transport.telemetry import TelemetrySettings
+from databricks_nats.telemetry_settings import TelemetrySettings
 
 __all__ = ["SECTIONS", "MlflowSettings", "SparkSettings", "TelemetrySettings"]
 

@@ -1,8 +1,9 @@
 """A publisher's metrics through OpenTelemetry: read from its ``Stats`` when a reader collects, never per event.
 
-Nothing happens without ``opentelemetry-api`` (an optional package: every MLflow 3 runtime ships it) or with
-``otel_metrics = false``. With it, the publisher registers on the global ``MeterProvider`` (the application's,
-e.g. one exporting OTLP to a collector; the API's default provider records nothing):
+Settings: the section ``telemetry_settings.TelemetrySettings``. Nothing happens without ``opentelemetry-api``
+(an optional package: every MLflow 3 runtime ships it) or with ``otel_metrics = false``. With it, the
+publisher registers on the global ``MeterProvider`` (the application's, e.g. one exporting OTLP to a
+collector; the API's default provider records nothing):
 
 * counters (observable, cumulative): ``databricks_nats.events.emitted`` and ``…acked`` per ``source``,
   ``…duplicates``, ``…dropped`` per ``reason``, ``…spooled``, ``…retried``; ``databricks_nats.connection.connects``
@@ -26,38 +27,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
-from databricks_nats.settings import register_section, setting
-from databricks_nats.values import boolean, non_negative
-
-__all__ = ["CONNECTION_STATES", "Telemetry", "TelemetrySettings", "start_telemetry", "stop_telemetry"]
+__all__ = ["CONNECTION_STATES", "Telemetry", "start_telemetry", "stop_telemetry"]
 
 log = logging.getLogger("databricks_nats")
 CONNECTION_STATES = ("connecting", "connected", "disconnected", "closed")
 _prometheus_lock = threading.Lock()
 _prometheus: dict[tuple[str, int], Any] = {}  # (host, port) -> its MeterProvider: one HTTP server per port
-
-
-def _port(v: Any) -> int:
-    port = int(v)
-    if not 0 <= port <= 65535:
-        raise ValueError("must be a TCP port (0 = off)")
-    return port
-
-
-@register_section
-@dataclass(frozen=True)
-class TelemetrySettings:
-    """Read with ``settings.section(TelemetrySettings)``."""
-
-    otel_metrics: bool = setting(True, boolean, doc="publish metrics through OpenTelemetry when it is installed")
-    prometheus_port: int = setting(0, _port, doc="serve the metrics for Prometheus on this port (0 = off)")
-    prometheus_host: str = setting("127.0.0.1", str, doc="the address the Prometheus endpoint listens on")
-    health_interval: float = setting(
-        60.0, non_negative(float), doc="seconds between system.publisher.health heartbeats (0 = none)"
-    )
 
 
 class Telemetry:

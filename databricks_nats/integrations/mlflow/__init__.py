@@ -69,10 +69,10 @@ def install_deferred() -> None:
 
 
 def _wrap_tracking_deferred(store: Any) -> Any:
-    from databricks_nats.integrations.mlflow import genai
+    from databricks_nats.integrations.mlflow import evaluation
 
     hook = _materialize()
-    genai.install()  # the evaluation functions: `import mlflow` has finished once MLflow hands out a store
+    evaluation.install(current_hook)  # `import mlflow` has finished once MLflow hands out a store
     return hook.wrap_tracking(store)
 
 
@@ -87,9 +87,9 @@ def _install(wrap_tracking: Any, wrap_registry: Any, wrap_artifacts: Any, hook: 
                 _hook.enabled = True
             _compat.install(wrap_tracking, wrap_registry, wrap_artifacts)
             if hook is not None:  # deferred: on the first store MLflow hands out (`import mlflow` has finished)
-                from databricks_nats.integrations.mlflow import genai
+                from databricks_nats.integrations.mlflow import evaluation
 
-                genai.install()  # mlflow.evaluate, mlflow.models.evaluate, mlflow.genai.evaluate
+                evaluation.install(current_hook)  # mlflow.evaluate, mlflow.models.evaluate, mlflow.genai.evaluate
             _active = True
             version = "%s.%s" % _compat.mlflow_version()  # noqa: UP031 - a tuple of two ints
             report_family("mlflow", True, f"MLflow {version} hook installed")
@@ -101,7 +101,7 @@ def _install(wrap_tracking: Any, wrap_registry: Any, wrap_artifacts: Any, hook: 
 def uninstall() -> None:
     """Remove the hook: registries are restored and stores and repositories already handed out are unwrapped."""
     global _active
-    from databricks_nats.integrations.mlflow import _compat, genai
+    from databricks_nats.integrations.mlflow import _compat, evaluation, genai
 
     with _lock:
         if not _active:
@@ -111,6 +111,7 @@ def uninstall() -> None:
             _hook.enabled = False
         _active = False
         _compat.uninstall()
+        evaluation.uninstall()
         genai.uninstall()
         report_family("mlflow", False, "MLflow hook removed")
 

@@ -31,6 +31,7 @@ _EVALUATORS = (  # (module, attribute): the public functions, the name users cal
 )
 _patched: list[tuple[Any, str, Any]] = []  # (module, attribute, original)
 _local = threading.local()
+_hook_of: Callable[[], Any] = lambda: None  # noqa: E731 - the installed hook, or None (given by install)
 
 
 def _wrap_evaluate(original: Callable[..., Any], evaluator: str) -> Callable[..., Any]:
@@ -83,9 +84,7 @@ def _results_uri(result: Any) -> str | None:
 
 
 def _evaluated(evaluator: str, result: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    from databricks_nats.integrations.mlflow import current_hook
-
-    hook = current_hook()
+    hook = _hook_of()
     run_id = getattr(result, "run_id", None) or _compat_run_id(result)
     if hook is None or not hook.enabled or not isinstance(run_id, str):
         return
@@ -121,10 +120,13 @@ def _mlflow_ready() -> bool:
     return module is not None and not getattr(getattr(module, "__spec__", None), "_initializing", False)
 
 
-def install() -> None:
-    """Wrap the evaluation functions (idempotent); a no-op until ``import mlflow`` has finished."""
+def install(hook_of: Callable[[], Any]) -> None:
+    """Wrap the evaluation functions (idempotent); a no-op until ``import mlflow`` has finished. ``hook_of``
+    returns the installed hook (or None) when an evaluation ends."""
     import importlib
 
+    global _hook_of
+    _hook_of = hook_of
     if _patched or not _mlflow_ready():
         return
     for module_name, attr in _EVALUATORS:

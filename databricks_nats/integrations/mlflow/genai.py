@@ -32,7 +32,7 @@ from typing import Any
 from databricks_nats.integrations.mlflow.later import NeedsLookup
 from databricks_nats.integrations.mlflow.settings import sample_rate
 
-__all__ = ["TRACES_PER_SECOND", "TRACKING_CALLS", "install", "trace_url", "uninstall"]
+__all__ = ["TRACES_PER_SECOND", "TRACKING_CALLS", "trace_url", "uninstall"]
 
 TRACES_PER_SECOND = 100  # per experiment: more traces than this in one second are coalesced
 _KNOWN_MAX = 4096  # traces remembered for their assessments (trace id -> experiment, run)
@@ -230,18 +230,8 @@ TRACKING_CALLS: tuple[tuple[str, Callable[..., None]], ...] = (
 )
 
 
-def install() -> None:
-    """Wrap the evaluation functions (``evaluation.py``); a no-op until ``import mlflow`` has finished."""
-    from databricks_nats.integrations.mlflow import evaluation
-
-    evaluation.install()
-
-
 def uninstall() -> None:
-    """Restore the evaluation functions; forget the traces seen and the counts held back."""
+    """Forget the traces seen and the counts held back (the hook was removed)."""
     global _gate
-    from databricks_nats.integrations.mlflow import evaluation
-
-    evaluation.uninstall()
     _traces.clear()
     _gate = _Gate()
