@@ -15,8 +15,8 @@
 
 Events go out through ``hook.publish``: what a call does not carry (the experiment of a trace this process did
 not see end, a workspace URL) is looked up on the hook's worker thread (``later.py``), against the store the call
-used, never on the caller's path. ``install()``/``uninstall()`` put on and take off the evaluation wrappers
-(``evaluation.py``: ``mlflow.run.evaluated``).
+used, never on the caller's path. ``uninstall()`` forgets the traces seen. Evaluations (``mlflow.run.evaluated``)
+are ``evaluation.py``'s.
 """
 
 from __future__ import annotations
