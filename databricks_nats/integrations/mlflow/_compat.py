@@ -31,6 +31,7 @@ from databricks_nats.errors import DatabricksNatsError
 
 __all__ = [
     "MlflowCompatError",
+    "evaluation_run_id",
     "install",
     "install_method",
     "is_unity_catalog_registry",
@@ -38,6 +39,7 @@ __all__ = [
     "method_target",
     "mlflow_version",
     "patch",
+    "raw_tags",
     "rebind_async_queue",
     "repo_tracking_uri",
     "tracking_store",
@@ -266,8 +268,9 @@ def repo_tracking_uri(repo: Any) -> str | None:
     return uri if isinstance(uri, str) and uri else None
 
 
-def tracking_store(uri: str) -> Any:
-    """The tracking store MLflow builds (and caches) for ``uri``: the same one a client bound to it uses."""
+def tracking_store(uri: str | None = None) -> Any:
+    """The tracking store MLflow builds (and caches) for ``uri`` (default: the current tracking URI, what
+    ``mlflow.evaluate`` logged to): the same one a client bound to it uses."""
     from mlflow.tracking._tracking_service import utils
 
     return utils._get_store(uri)  # type: ignore[no-untyped-call]
@@ -307,3 +310,18 @@ def registered_model_name(store: Any, name: str) -> str:
     Spark session's current catalog/schema client-side when there is one, else the server resolves it).
     """
     return str(store.get_registered_model(name).name)
+
+
+def raw_tags(result: Any) -> Any:
+    """The tags of a RegisteredModel / ModelVersion result, MLflow's own included: MLflow 3's ``tags`` property
+    hides ``mlflow.prompt.is_prompt``, ``_tags`` holds it. None when the result has neither."""
+    for attr in ("_tags", "tags"):
+        tags = getattr(result, attr, None)
+        if tags is not None:
+            return tags
+    return None
+
+
+def evaluation_run_id(result: Any) -> Any:
+    """The run of an EvaluationResult: MLflow 2's has no ``run_id`` property, only ``_run_id``."""
+    return getattr(result, "run_id", None) or getattr(result, "_run_id", None)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from databricks_nats.client import current_client
-from databricks_nats.integrations.mlflow import artifacts
+from databricks_nats.integrations.mlflow import _compat, artifacts
 
 __all__ = ["install", "installed", "uninstall"]
 
@@ -85,7 +85,7 @@ def _results_uri(result: Any) -> str | None:
 
 def _evaluated(evaluator: str, result: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     hook = _hook_of()
-    run_id = getattr(result, "run_id", None) or _compat_run_id(result)
+    run_id = _compat.evaluation_run_id(result)
     if hook is None or not hook.enabled or not isinstance(run_id, str):
         return
     metrics = {}
@@ -99,19 +99,9 @@ def _evaluated(evaluator: str, result: Any, args: tuple[Any, ...], kwargs: dict[
         "evaluator": evaluator,
         "rows": _rows(result, args, kwargs),
     }
-    store = _compat_tracking_store()  # the store of the current tracking URI, which evaluate logged to
+    store = _compat.tracking_store()  # the store of the current tracking URI, which evaluate logged to
     # a run evaluate made and ended itself is looked up on the hook's worker; after the run's other events
     hook.publish(("run", run_id), lambda: ("mlflow.run.evaluated", {**hook.run_base(store, run_id), **data}))
-
-
-def _compat_run_id(result: Any) -> Any:
-    return getattr(result, "_run_id", None)  # MLflow 2's EvaluationResult has no run_id property
-
-
-def _compat_tracking_store() -> Any:
-    from mlflow.tracking._tracking_service.utils import _get_store
-
-    return _get_store()  # type: ignore[no-untyped-call]
 
 
 def _mlflow_ready() -> bool:

@@ -17,6 +17,8 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from databricks_nats.integrations.mlflow import _compat
+
 __all__ = [
     "IS_PROMPT",
     "PromptNames",
@@ -62,14 +64,10 @@ def tag_dict(tags: Any) -> dict[str, str]:
     return found
 
 
-def _compat_result_tags(result: Any) -> dict[str, str] | None:
-    """All tags of a RegisteredModel / ModelVersion result, MLflow's own included (MLflow 3's ``tags`` property
-    hides ``mlflow.prompt.is_prompt``; ``_tags`` holds it). None: the result carries no tags at all."""
-    for attr in ("_tags", "tags"):
-        tags = getattr(result, attr, None)
-        if isinstance(tags, Mapping | list | tuple):
-            return tag_dict(tags)
-    return None
+def _result_tags(result: Any) -> dict[str, str] | None:
+    """All tags of a RegisteredModel / ModelVersion result, MLflow's own included; None: it carries none."""
+    tags = _compat.raw_tags(result)
+    return tag_dict(tags) if isinstance(tags, Mapping | list | tuple) else None
 
 
 def evidence(result: Any, call_tags: Any = None, source: Any = None) -> bool | None:
@@ -79,7 +77,7 @@ def evidence(result: Any, call_tags: Any = None, source: Any = None) -> bool | N
         return True
     if result is None or isinstance(result, str | int | bool):
         return None
-    tags = _compat_result_tags(result)
+    tags = _result_tags(result)
     if tags is not None and tags.get(IS_PROMPT, "").lower() == "true":
         return True
     if getattr(result, "source", None) in _PROMPT_SOURCES:
