@@ -99,6 +99,7 @@ class _Instruments:
     def __init__(self, meter: Any) -> None:
         from opentelemetry.metrics import Observation
 
+        self.meter = meter  # kept alive, so no other meter ever gets its id
         self.live: list[Telemetry] = []
         self._obs = Observation
         self._latency = meter.create_histogram(
@@ -131,7 +132,8 @@ class _Instruments:
         return observe
 
 
-_instruments: dict[int, _Instruments] = {}  # id(meter) -> its instruments (meters live as long as their provider)
+_instruments: dict[int, _Instruments] = {}  # id(meter) -> its instruments (each holds its meter: ids stay unique)
+_global_meter: Any = None
 
 
 def _meter(settings: Any) -> Any:
@@ -147,7 +149,10 @@ def _meter(settings: Any) -> Any:
     port = int(getattr(settings, "prometheus_port", 0))
     if port:
         return _prometheus_provider(str(settings.prometheus_host), port).get_meter("databricks_nats", ours)
-    return metrics.get_meter("databricks_nats", ours)
+    global _global_meter
+    if _global_meter is None:  # one meter for the process: the API's proxy follows a provider set later
+        _global_meter = metrics.get_meter("databricks_nats", ours)
+    return _global_meter
 
 
 def _prometheus_provider(host: str, port: int) -> Any:

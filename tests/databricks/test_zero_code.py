@@ -65,7 +65,8 @@ def test_registry_only_process_publishes_with_env_vars_only(nats_server: NatsSer
         MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
     )
     proc = _run(REGISTRY_ONLY, tmp_path / "job", env)
-    assert _types(nats_server, **namespace) == ["mlflow.model.registered", "mlflow.model.deleted"], proc.stderr[-3000:]
+    expected = ["mlflow.model.registered", "mlflow.model.tag_set", "mlflow.model.deleted"]
+    assert _types(nats_server, **namespace) == expected, proc.stderr[-3000:]
 
 
 def _token_server(tmp_path: Path, token: str) -> NatsServer:

@@ -45,14 +45,16 @@ def training_loop(transport: Any, run_id: str) -> Iterator[list[str]]:
 def mlflow_sqlite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[str]:
     """A private sqlite tracking store and registry and working directory; autologging and the hook go afterwards."""
     import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
     from databricks_nats.integrations import mlflow as nats_mlflow
 
     for name in list(os.environ):
-        if name.startswith(("DATABRICKS_NATS_", "MLFLOW_")):
+        if name.startswith(("DATABRICKS_NATS_", "MLFLOW_")) and name != "DATABRICKS_NATS_HEALTH_INTERVAL":
             monkeypatch.delenv(name)
     previous_uri = tracking_utils._tracking_uri
+    monkeypatch.setattr(registry_utils, "_registry_uri", registry_utils._registry_uri)  # restored afterwards
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)

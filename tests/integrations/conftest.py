@@ -59,8 +59,11 @@ def _isolated_mlflow(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             monkeypatch.delenv(name)
     for name in _MLFLOW_VARS:
         monkeypatch.delenv(name, raising=False)
+    from mlflow.tracking._model_registry import utils as registry_utils
+
     previous_uri = tracking_utils._tracking_uri
     monkeypatch.setattr(fluent, "_active_experiment_id", None)
+    monkeypatch.setattr(registry_utils, "_registry_uri", None)  # the registry follows the test's tracking URI
     yield
     with capture():  # whatever ending runs still publishes goes nowhere
         while mlflow.active_run() is not None:

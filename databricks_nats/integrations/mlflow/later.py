@@ -23,6 +23,7 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from databricks_nats.client import Client
+from databricks_nats.errors import DatabricksNatsError
 from databricks_nats.integrations.mlflow import facts
 
 __all__ = ["MAX_PENDING", "Later", "NeedsLookup", "deferred", "send"]
@@ -33,7 +34,7 @@ _EMIT_TAKES_TIME = "time_ns" in inspect.signature(Client.emit).parameters
 Described = tuple[str, dict[str, Any]] | None
 
 
-class NeedsLookup(Exception):
+class NeedsLookup(DatabricksNatsError):
     """Describing this call needs a lookup: it is described on the hook's worker thread instead."""
 
 

@@ -23,6 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from databricks_nats.client import Client
+from databricks_nats.errors import DatabricksNatsError
 from databricks_nats.integrations.webhooks import jobs, mlflow
 from databricks_nats.transport.stats import RateLimitedLog
 from databricks_nats.values import Secret
@@ -65,7 +66,9 @@ class ReceiverConfig:
     jobs_path: str = "/databricks/jobs"
 
 
-class _Refused(Exception):
+class _Refused(DatabricksNatsError):
+    """A request refused, with the reason counted (never leaves the server)."""
+
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(reason)
         self.reason, self.detail = reason, detail
