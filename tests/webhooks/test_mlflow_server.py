@@ -8,12 +8,7 @@ time) ``MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS=true``; ``MLFLOW_WEBHOOK_CACHE_TTL=1`` 
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -35,7 +30,7 @@ from databricks_nats.integrations.webhooks import ReceiverConfig, WebhookReceive
 from databricks_nats.ports import NoContext  # noqa: E402
 from databricks_nats.testing import NatsServer, read_stream  # noqa: E402
 from databricks_nats.values import Secret  # noqa: E402
-from tests.processes import free_port  # noqa: E402
+from tests.mlflow_server import mlflow_server as start_mlflow_server  # noqa: E402
 from tests.webhooks.shared import SECRET  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -57,40 +52,8 @@ EVENTS = [
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real ``mlflow server`` (sqlite backend) allowed to deliver webhooks to loopback; yields its URL."""
-    root = tmp_path_factory.mktemp("mlflow-webhooks")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DATABRICKS_NATS_"))}
-    env.update(WEBHOOK_ENV)
-    cmd = [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
-        "--default-artifact-root", str(root / "artifacts"),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
-    with open(root / "server.log", "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited with {proc.returncode}: {(root / 'server.log').read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:  # noqa: S310 - our own local server
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, (root / "server.log").read_text()[-3000:]
-            time.sleep(0.2)
+    with start_mlflow_server(tmp_path_factory.mktemp("mlflow-webhooks"), **WEBHOOK_ENV) as url:
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.fixture(scope="module")
