@@ -18,9 +18,9 @@ from databricks_nats.client import (
     configure,
     current_client,
     default_client,
-    fail_unconfigured,
     make_encoder,
 )
+from databricks_nats.failures import fail_unconfigured
 from databricks_nats.model.causation import Causation
 from databricks_nats.model.events import Event
 from databricks_nats.ports import FlushResult, Transport, plain_context

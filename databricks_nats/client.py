@@ -34,6 +34,7 @@ from databricks_nats._factory import (
     make_encoder,
 )
 from databricks_nats.errors import DatabricksNatsError, FlushTimeout, PublishError, StreamError
+from databricks_nats.failures import Failures
 from databricks_nats.model import catalog, jsonsafe
 from databricks_nats.model.causation import Causation
 from databricks_nats.model.events import Event, new_event
@@ -65,38 +66,6 @@ log = logging.getLogger("databricks_nats")
 
 EmitItem = tuple[str, Mapping[str, Any] | None] | tuple[str, Mapping[str, Any] | None, int]
 """What ``emit_many`` takes: ``(event_type, data)``, or ``(event_type, data, time_ns)`` for an earlier event."""
-
-
-def _clip(text: str, limit: int = 300) -> str:
-    return text if len(text) <= limit else f"{text[:limit]}… [{len(text) - limit} more characters]"
-
-
-class _Failures:
-    """Logs publishing failures: the first of a kind at WARNING, repeats at DEBUG (every 1000th at WARNING)."""
-
-    def __init__(self) -> None:
-        self._seen: dict[tuple[str, str], int] = {}  # (what, exception type) -> failures with the publisher below
-        self._of: object = None
-
-    def log(self, e: Exception, what: str, transport: object) -> str:
-        text = _clip(redact_url(f"{type(e).__name__}: {e}"))
-        if self._of is not transport or len(self._seen) > 256:  # a new publisher warns afresh
-            self._seen.clear()
-            self._of = transport
-        key = (what.split("(", 1)[0], type(e).__name__)
-        seen = self._seen[key] = self._seen.get(key, 0) + 1
-        level = logging.WARNING if seen == 1 or seen % 1000 == 0 else logging.DEBUG
-        repeat = f" ({seen} times so far)" if seen > 1 else ""
-        log.log(level, "databricks-nats: %s failed (%s)%s; training continues", _clip(what), text, repeat)
-        return text
-
-
-_unconfigured = _Failures()  # failures before any client could be made (bad settings in the environment)
-
-
-def fail_unconfigured(e: Exception, what: str) -> None:
-    """Log a failure that happened before a client existed (its settings did not resolve); never raises."""
-    _unconfigured.log(e, what, None)
 
 
 class _Given:
@@ -152,7 +121,7 @@ class Client:
         self._settings, self.context = self.context_provider.detect(resolved)
         self._lock = threading.RLock()
         self._transport: Transport | None = None
-        self._failures = _Failures()
+        self._failures = Failures()
         self._implicit = False  # made by current_client() from the environment: adopt() may replace it
         self._replaced = False  # no longer the default: a late use goes to the default client instead
         self._heartbeat: Any = None  # health.Heartbeat while a real publisher runs
