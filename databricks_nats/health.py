@@ -87,7 +87,7 @@ class Heartbeat:
         self.beats = 0
         self._stop = threading.Event()
         self._compute = _compute()
-        self._versions = _versions()
+        self._versions: dict[str, Any] = {}  # read on the heartbeat thread (package metadata costs milliseconds)
         self._thread = threading.Thread(target=self._run, name="databricks-nats-health", daemon=True)
         self._thread.start()
 
@@ -98,7 +98,7 @@ class Heartbeat:
     def _data(self) -> dict[str, Any]:
         transport = self.client.transport
         stats = transport.stats() if transport is not None else {}
-        if "mlflow" not in self._versions and "mlflow" in sys.modules:  # imported since: known from now on
+        if not self._versions or ("mlflow" not in self._versions and "mlflow" in sys.modules):  # MLflow came later
             self._versions = _versions()
         return {
             "publisher_id": self.id,

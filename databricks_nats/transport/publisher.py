@@ -204,10 +204,13 @@ class Publisher:
         Read from the heads of the in-flight window, the ready queue and the inbox; an event id derived from a
         fact (UUIDv5) carries no time and is passed over."""
         heads: list[Any] = []
-        with contextlib.suppress(Exception):  # the worker changes these meanwhile: a racy read, never an error
-            heads.extend(rec for rec, _sent in list(self._sender.inflight.values())[:1])
-            heads.extend(list(self._buffer.ready)[:1])
-            heads.extend(list(self._ingest.inbox)[:1])
+        for head in (
+            lambda: next(iter(self._sender.inflight.values()))[0],
+            lambda: self._buffer.ready[0],
+            lambda: self._ingest.inbox[0],
+        ):
+            with contextlib.suppress(Exception):  # empty, or changed by the worker meanwhile: a racy read, no error
+                heads.append(head())
         times = [t for t in map(_created_ms, heads) if t is not None]
         return round(max(0.0, time.time() - min(times) / 1000), 3) if times else None
 

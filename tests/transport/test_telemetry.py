@@ -77,6 +77,7 @@ def test_metrics_match_stats_after_a_run_with_an_outage(fresh_server, namespace,
 
     assert _value(down, "databricks_nats.connection.state", state="connected") == 0
     assert _value(down, "databricks_nats.queue.depth") + _value(down, "databricks_nats.spool.size") > 0
+    assert _value(down, "databricks_nats.unacked.oldest_age") >= 1.0  # emitted before the 1 s wait, not yet acked
     assert _value(points, "databricks_nats.events.emitted", source="myteam") == 40
     assert _value(points, "databricks_nats.events.emitted", source="otherteam") == 25
     assert _value(points, "databricks_nats.events.emitted") == stats["emitted"] == 65
@@ -90,6 +91,8 @@ def test_metrics_match_stats_after_a_run_with_an_outage(fresh_server, namespace,
     assert _value(points, "databricks_nats.connection.reconnects") == stats["reconnects"] >= 1
     assert _value(points, "databricks_nats.connection.state", state="connected") == 1
     assert _value(points, "databricks_nats.queue.depth") == 0
+    assert stats["oldest_unacked_age_s"] is None  # everything acked
+    assert "databricks_nats.unacked.oldest_age" not in points
     attrs = points["databricks_nats.ack.latency"][0][0]
     latencies = [p for _, p in points["databricks_nats.ack.latency"]]
     assert sum(p.count for p in latencies) == stats["acked"]  # one latency per acknowledged event
