@@ -40,10 +40,14 @@ _prometheus: dict[tuple[str, int], Any] = {}  # (host, port) -> its MeterProvide
 class Telemetry:
     """What one publisher reports: observations read from its ``stats`` and the ``gauges()`` it returns."""
 
-    def __init__(self, stats: Any, gauges: Callable[[], dict[str, Any]], attrs: dict[str, str]) -> None:
+    def __init__(
+        self, stats: Any, gauges: Callable[[], dict[str, Any]], attrs: dict[str, str], collected: bool = True
+    ) -> None:
         self._stats, self._gauges, self.attrs = stats, gauges, attrs
         stats.by_source = {}  # the worker counts per source from now on
-        stats.latency_tap = []  # ack latencies since the last collection, drained into the histogram
+        # ack latencies since the last collection, drained into the histogram; kept only once something collects
+        # (the API's default provider never does: a runtime without a collector pays nothing for them)
+        stats.latency_tap = [] if collected else None
 
     def observe(self, name: str) -> list[tuple[float, dict[str, str]]]:
         """(value, attributes) of one instrument (its name without ``databricks_nats.``)."""
@@ -62,7 +66,7 @@ class Telemetry:
 
     def latencies(self) -> list[float]:
         """The ack latencies measured since the last call."""
-        stats = self._stats
+        stats = self._stats  # the first collection of a provider set later switches the tap on
         tap, stats.latency_tap, stats.tap_seen = stats.latency_tap or [], [], 0
         return tap
 
@@ -188,13 +192,22 @@ def start_telemetry(settings: Any, stats: Any, gauges: Callable[[], dict[str, An
         log.warning("databricks-nats: metrics are off: %s: %s", type(e).__name__, e)
         return None
     attrs = {"workspace": str(settings.workspace), "env": str(settings.env), "namespace": str(settings.namespace)}
-    telemetry = Telemetry(stats, gauges, attrs)
+    telemetry = Telemetry(stats, gauges, attrs, collected=_collected(meter))
     with _prometheus_lock:
         instruments = _instruments.get(id(meter))
         if instruments is None:
             instruments = _instruments[id(meter)] = _Instruments(meter)
         instruments.live.append(telemetry)
     return telemetry
+
+
+def _collected(meter: Any) -> bool:
+    """Whether anything collects from ``meter`` yet: not while the global provider is still the API's default."""
+    from opentelemetry import metrics
+
+    if meter is not _global_meter:
+        return True  # the Prometheus endpoint's provider
+    return type(metrics.get_meter_provider()).__name__ not in ("_ProxyMeterProvider", "NoOpMeterProvider")
 
 
 def stop_telemetry(telemetry: Telemetry | None) -> None:

@@ -150,3 +150,31 @@ def test_without_opentelemetry_installed_publishing_works(nats_server, namespace
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "5"
+
+
+def test_latencies_are_kept_only_once_something_collects(nats_server, namespace, tmp_path):
+    """With the API's default provider (no collector) no latency is kept; a provider set later gets the
+    latencies from its first collection on."""
+    code = (
+        "from databricks_nats import Client\n"
+        f"c = Client(url={nats_server.url!r}, spool_dir={str(tmp_path / 'spool')!r}, "
+        f"workspace={namespace['workspace']!r}, env={namespace['env']!r})\n"
+        "for i in range(5): c.emit('myteam.features.refreshed', {'i': i}, keys=['users'])\n"
+        "assert c.flush(20).ok\n"
+        "before = c.transport.stats_.latency_tap\n"
+        "from opentelemetry import metrics\n"
+        "from opentelemetry.sdk.metrics import MeterProvider\n"
+        "from opentelemetry.sdk.metrics.export import InMemoryMetricReader\n"
+        "reader = InMemoryMetricReader(); metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))\n"
+        "reader.get_metrics_data()\n"
+        "for i in range(3): c.emit('myteam.features.refreshed', {'i': i}, keys=['users'])\n"
+        "assert c.flush(20).ok\n"
+        "data = reader.get_metrics_data()\n"
+        "counts = [p.count for r in data.resource_metrics for s in r.scope_metrics for m in s.metrics\n"
+        "          if m.name == 'databricks_nats.ack.latency' for p in m.data.data_points]\n"
+        "print(before, sum(counts))\n"
+        "c.close()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["None", "3"]
