@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 
 from databricks_nats.integrations.mlflow import facts
 from databricks_nats.integrations.mlflow.urls import NO_UI
+from tests.webhooks.shared import assert_same_ids
 
 genai = pytest.mark.skipif(
     int(mlflow.__version__.split(".")[0]) < 3,
@@ -242,8 +243,6 @@ def test_a_name_nothing_said_anything_about_is_looked_up_where_the_hook_allows_i
 @genai
 def test_the_hook_and_the_webhook_receiver_give_each_prompt_change_one_id(tracking, record):
     """MLflow's prompt webhooks (the payloads its server builds from the request) get the hook's ids."""
-    from databricks_nats.integrations.webhooks.mlflow import describe
-
     events = record()
     mlflow.genai.register_prompt("qa-bot-both", _TEMPLATE, commit_message="first")
     mlflow.genai.set_prompt_alias("qa-bot-both", "production", 1)
@@ -264,10 +263,5 @@ def test_the_hook_and_the_webhook_receiver_give_each_prompt_change_one_id(tracki
         ("prompt_version_tag.deleted", {**name, "version": "1", "key": "reviewed"}),
     ]
 
-    assert len(events) == len(webhooks)
-    for event, (kind, payload) in zip(events, webhooks, strict=True):
-        entity, action = kind.split(".")
-        described = describe({"entity": entity, "action": action, "data": payload})
-        assert described is not None
-        assert (described[0], described[2]) == (event.type, event.envelope["id"]), kind
+    for described in assert_same_ids(events, webhooks):
         assert _TEMPLATE not in str(described[1])  # the receiver drops the template too

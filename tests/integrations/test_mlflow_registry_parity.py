@@ -12,6 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from databricks_nats.integrations.mlflow import facts
+from tests.webhooks.shared import assert_same_ids
 
 _SOURCE = "mlflow-artifacts:/0/models/m-1/artifacts"  # a version's source: any URI the registry accepts
 
@@ -197,8 +198,6 @@ def test_registry_reads_publish_nothing(tracking, record):
 def test_the_hook_and_the_webhook_receiver_give_each_model_change_one_id(tracking, record):
     """What MLflow's server sends as a webhook for a change (its request's fields, as the server builds the payload)
     gets the id the hook gave the same change: JetStream stores a change both announce once."""
-    from databricks_nats.integrations.webhooks.mlflow import describe
-
     events = record()
     client = MlflowClient()
     client.create_registered_model("churn-both", tags={"team": "growth"})
@@ -219,9 +218,4 @@ def test_the_hook_and_the_webhook_receiver_give_each_model_change_one_id(trackin
         ("model_version_alias.deleted", {"name": "churn-both", "alias": "production"}),
     ]
 
-    assert len(events) == len(webhooks)
-    for event, (kind, payload) in zip(events, webhooks, strict=True):
-        entity, action = kind.split(".")
-        described = describe({"entity": entity, "action": action, "data": payload})
-        assert described is not None
-        assert (described[0], described[2]) == (event.type, event.envelope["id"]), kind
+    assert_same_ids(events, webhooks)
