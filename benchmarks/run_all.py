@@ -33,6 +33,7 @@ BENCHES = (
     "callout",
     "webhooks",
     "otel",
+    "tracing",
 )
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
