@@ -1,10 +1,13 @@
 """Every decision of the auth service, as an event (``system.auth.granted`` / ``denied``) and a log line.
 
 An audit record names the identity, the rule that matched, the permissions granted (or the reason for the
-refusal) and the client (host, name, library); never the token. Records are rate-limited per key (the identity
-for grants, the reason and client host for refusals): a token bucket of ``per_second`` with a burst of twice
-that. What the bucket holds back is counted and reported with the key's next record (``suppressed``), so a
-flood of garbage connections costs a few events a second, not one each.
+refusal) and the client (host, name, library); never the token. Records are rate-limited per key: a token
+bucket of ``per_second`` with a burst of twice that. A grant's key is its identity; a refusal's is its reason,
+the client host and the identity when one was verified (a token refused by the policy, not a bad token), so
+twenty identities refused by one rule from one host are twenty records, while one identity (or one host's
+unverifiable tokens) retrying in a loop costs a few events a second. Only a verified identity can open a key of
+its own: garbage cannot make the audit unbounded. What a bucket holds back is counted and reported with that
+key's next record (``suppressed``).
 """
 
 from __future__ import annotations
@@ -83,7 +86,7 @@ class Auditor:
         if granted and identity is not None:
             key: tuple[str, ...] = ("granted", identity.name)
         else:
-            key = ("denied", reason, str(client_info.get("host", "")))
+            key = ("denied", reason, str(client_info.get("host", "")), identity.name if identity else "")
         held = self._take(key)
         if held is None:
             return
