@@ -4,7 +4,7 @@
 left open, so the hook emits ``mlflow.run.finished``) while ``import mlflow`` runs; our MLflow entry point
 imports this module earlier in that same import, so the handler below is registered before MLflow's and
 runs after it. Without MLflow it is registered when ``databricks_nats.client`` is first imported; it flushes
-and closes every client whose publisher runs (``client.live_clients()``). Standard library only.
+and closes every client whose publisher runs (``_live.py``). Standard library only.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ through ``current_client()`` and learn about a new default client with ``on_reco
 
 Fail-open: ``emit`` never raises unless the client's settings are ``strict``; failures are logged (the first
 of a kind at WARNING, repeats at DEBUG) and counted. Every client with an open publisher is flushed at
-interpreter exit (``_exit.py``) and forgets its publisher in a forked child.
+interpreter exit and forgets its publisher in a forked child (``_live.py``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from databricks_nats._exit import at_exit
+from databricks_nats import _live
 from databricks_nats._factory import (
     NoopPublisher,
     build_transport,
@@ -41,6 +41,8 @@ from databricks_nats.model.events import Event, new_event
 from databricks_nats.ports import ContextProvider, FlushResult, SecretSource, TokenSource, Transport, plain_context
 from databricks_nats.settings import Settings, resolve_settings
 from databricks_nats.values import redact_url
+
+live_clients = _live.live_clients
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -153,7 +155,7 @@ class Client:
                 self._transport = build_transport(
                     self._settings, self.context, secrets=self.secrets, identity=self.identity
                 )
-                _live_add(self)
+                _live.add(self)
                 interval = float(getattr(self._settings, "health_interval", 0) or 0)
                 if interval > 0 and hasattr(self._transport, "stats_"):  # a real publisher, not a stand-in
                     from databricks_nats.health import Heartbeat
@@ -166,7 +168,7 @@ class Client:
         with self._lock:
             old, self._transport = self._transport, transport
             if transport is not None:
-                _live_add(self)
+                _live.add(self)
             return old
 
     # ---- publishing --------------------------------------------------------------------------------
@@ -278,7 +280,7 @@ class Client:
             heartbeat.stop("closed")  # system.publisher.stopped, flushed with the rest
         with self._lock:
             t, self._transport = self._transport, None
-            _live_discard(self)
+            _live.discard(self)
         return t.close(timeout) if t is not None else FlushResult(True, 0)
 
     def ensure_stream(self, *, update: bool = False, timeout: float = 10.0) -> StreamReport:
@@ -332,45 +334,6 @@ class Client:
         forget = getattr(t, "_spool_forget_after_fork", None)
         if forget is not None:
             forget()
-
-
-# ---- every client with a publisher: flushed at exit, forgotten in a forked child ----------------------------
-
-_live_lock = threading.Lock()
-_live: dict[int, Client] = {}  # id -> client; one dropped unclosed is kept, and its events flushed at exit
-
-
-def _live_add(client: Client) -> None:
-    with _live_lock:
-        _live[id(client)] = client
-
-
-def _live_discard(client: Client) -> None:
-    with _live_lock:
-        _live.pop(id(client), None)
-
-
-def live_clients() -> list[Client]:
-    """Every client whose publisher runs, oldest first."""
-    with _live_lock:
-        return list(_live.values())
-
-
-def _at_exit() -> None:
-    for client in live_clients():
-        try:
-            client.close(timeout=client.settings.exit_flush_timeout)
-        except Exception as e:  # noqa: BLE001 - one client's failure must not cost the others their events
-            log.warning("databricks-nats: exit flush failed: %s: %s", type(e).__name__, e)
-
-
-def _after_fork_in_child() -> None:
-    global _live_lock, _lock
-    _live_lock, _lock = threading.Lock(), threading.RLock()
-    clients = list(_live.values())
-    _live.clear()
-    for client in clients:
-        client._forget_after_fork()
 
 
 # ---- the default client: what the module functions and the integrations use -------------------------------
@@ -479,6 +442,10 @@ def _notify(client: Client) -> None:
             log.warning("databricks-nats: a reconfigure callback failed: %s: %s", type(e).__name__, e)
 
 
-at_exit(_at_exit)
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.RLock()  # another thread may have held it at the fork
+
+
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
