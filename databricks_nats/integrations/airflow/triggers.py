@@ -19,11 +19,14 @@ acknowledged, counted (``refused``), logged and announced once per chain as ``sy
 consumer is created on the first unpause and starts at ``start``: ``"new"`` (default) misses what was
 published before; an explicit time (``start="2026-12-01T00:00:00Z"``) catches up from there. Once the consumer
 exists, ``paused="catch_up"`` (default) delivers what was published while the DAG was paused when it is
-unpaused; ``paused="skip"`` acknowledges and drops every event published before the trigger started running
-(the unpause, but also a triggerer restart: the two look the same from here).
+unpaused; ``paused="skip"`` acknowledges and drops every event the stream had stored when the trigger started
+running (the unpause, but also a triggerer restart: the two look the same from here). It decides by the
+stream, not by clocks: the stream's last sequence, read when ``run()`` starts, is the mark; an event stored
+after it is delivered, however old its ``time`` (a publisher's spool sent after an outage, a skewed clock).
 
 **Newest only.** ``newest_only=True`` waits ``coalesce`` seconds (default 0.5) after a matching event for
-more, and hands over only the newest event of each subject (two alias moves 55 ms apart: only the second),
+more, and hands over only the newest event of each subject and ``alias`` (``newest_key``: two moves of a
+model's champion alias 55 ms apart: only the second; a move of its challenger alias in the same burst is kept),
 acknowledging the ones it superseded; a run then never starts for a version already replaced.
 
 Secrets never go into the trigger's arguments (Airflow stores them in its database): credentials come
@@ -43,6 +46,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
+from databricks_nats._factory import default_identity
 from databricks_nats.consumer import ReceivedEvent, Subscription
 from databricks_nats.errors import ConfigurationError, SubjectError
 from databricks_nats.integrations.airflow.conditions import accepts, normalize_where
@@ -51,6 +55,7 @@ from databricks_nats.loopguard import LoopGuard
 from databricks_nats.model.filters import subject_filter
 from databricks_nats.model.position import Start, StartPosition
 from databricks_nats.settings import Settings, describe, resolve_settings
+from databricks_nats.transport import reader
 
 __all__ = ["NatsEventTrigger"]
 
@@ -85,10 +90,10 @@ class NatsEventTrigger(BaseEventTrigger):
     :param settings: other non-secret settings (``{"connect_timeout": 5, "tls_ca": "/etc/ca.pem"}``).
     :param dag_id: the DAG this trigger starts, for loop protection (``airflow:dag/<dag_id>``); without it
         only the hop limit applies.
-    :param paused: ``"catch_up"`` (default) or ``"skip"``: events published before the trigger started
-        running (while the DAG was paused) are delivered, or acknowledged and dropped.
-    :param newest_only: hand over only the newest event of each subject among those arriving within
-        ``coalesce`` seconds.
+    :param paused: ``"catch_up"`` (default) or ``"skip"``: events the stream stored before the trigger started
+        running (while the DAG was paused) are delivered, or acknowledged and dropped (by stream sequence).
+    :param newest_only: hand over only the newest event of each subject and alias (``newest_key``) among
+        those arriving within ``coalesce`` seconds.
     """
 
     def __init__(
@@ -219,12 +224,14 @@ class NatsEventTrigger(BaseEventTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         sub: Subscription | None = None
         pause = _BACKOFF[0]
-        began = time.time_ns()
+        mark: int | None = None  # paused="skip": the stream's last sequence when run() started
         try:
             while True:
                 if sub is None:
                     sub = self._subscription()
                 try:
+                    if mark is None and self.paused == "skip":
+                        mark = await _last_seq(sub)  # once per run(), before the first event: kept on reconnects
                     event = await sub.next_async(timeout=_POLL)
                 except TimeoutError:
                     continue
@@ -239,9 +246,9 @@ class NatsEventTrigger(BaseEventTrigger):
                     pause = min(pause * 2, _BACKOFF[1])
                     continue
                 pause = _BACKOFF[0]
-                if self.paused == "skip" and event.time_ns < began:
+                if mark is not None and event.seq <= mark:
                     self.skipped += 1
-                    self.log.info("NATS trigger %s: skipped %s (published before it started)", self.durable, event.id)
+                    self.log.info("NATS trigger %s: skipped %s (stored before it started)", self.durable, event.id)
                     continue  # acknowledged by the next fetch
                 batch = await self._batch(sub, event) if self.newest_only else [event]
                 keep = _newest(batch)
@@ -249,7 +256,7 @@ class NatsEventTrigger(BaseEventTrigger):
                     keep = keep[-1:]
                 for old in batch:
                     if old not in keep:
-                        await old.ack_async()  # superseded by a newer event of the same subject
+                        await old.ack_async()  # superseded by a newer event of the same newest_key
                 for chosen in keep:
                     if self.once:
                         await chosen.ack_async()
@@ -262,14 +269,32 @@ class NatsEventTrigger(BaseEventTrigger):
                 await _close(sub)
 
 
+def newest_key(event: ReceivedEvent) -> tuple[str, str | None]:
+    """What ``newest_only`` keeps one event of: the subject (event type and subject keys, e.g. the model) and
+    the ``alias`` data field when there is one (each alias of a model moves on its own)."""
+    alias = event.data.get("alias")
+    return event.subject or "", None if alias is None else str(alias)
+
+
 def _newest(batch: list[ReceivedEvent]) -> list[ReceivedEvent]:
-    """The newest event of each subject in ``batch``, in stream order."""
-    newest: dict[str, ReceivedEvent] = {}
+    """The newest event of each ``newest_key`` in ``batch``, in stream order."""
+    newest: dict[tuple[str, str | None], ReceivedEvent] = {}
     for event in batch:
-        have = newest.get(event.subject or "")
+        key = newest_key(event)
+        have = newest.get(key)
         if have is None or event.seq > have.seq:
-            newest[event.subject or ""] = event
+            newest[key] = event
     return sorted(newest.values(), key=lambda e: e.seq)
+
+
+async def _last_seq(sub: Subscription) -> int:
+    """The stream's last sequence now (a connection of its own: the subscription's is not ours to share)."""
+    settings = sub.settings
+    nc = await reader.connect(settings, "trigger", sub.secrets, default_identity(settings))
+    try:
+        return (await reader.bounds(nc.jetstream(), settings.stream_name))[1]
+    finally:
+        await nc.close()
 
 
 class _Announcer:
