@@ -2,7 +2,8 @@
 
 ``--config FILE`` serves until SIGTERM/SIGINT (``service.serve``); ``--new-keys DIR`` writes a new issuer account
 key (``issuer.nk``) and xkey (``xkey.nk``), readable by the owner only, and prints the ``auth_callout`` block
-for nats-server with their public halves.
+for nats-server with their public halves. Existing keys are never overwritten: when either file exists,
+neither is written.
 """
 
 from __future__ import annotations
@@ -27,13 +28,23 @@ def cmd_auth_service(args: argparse.Namespace) -> int:
     if args.new_keys:
         from databricks_nats.integrations.identity import natsjwt, xkey
 
+        paths = [os.path.join(args.new_keys, name) for name in ("issuer.nk", "xkey.nk")]
+        # Every file is checked before any is written: a pair is written whole or not at all (a lone new
+        # issuer.nk next to an old xkey.nk would be a key whose public half was never printed).
+        for path in paths:
+            if os.path.lexists(path):
+                raise ConfigurationError("new_keys", f"{path} exists: keys are never overwritten")
         os.makedirs(args.new_keys, mode=0o700, exist_ok=True)
         issuer_seed, issuer = natsjwt.new_account_key()
         xkey_seed, xkey_public = xkey.new_xkey()
+        written: list[str] = []
         try:
-            _write_private(os.path.join(args.new_keys, "issuer.nk"), issuer_seed)
-            _write_private(os.path.join(args.new_keys, "xkey.nk"), xkey_seed)
-        except FileExistsError as e:
+            for path, seed in zip(paths, (issuer_seed, xkey_seed), strict=True):
+                _write_private(path, seed)
+                written.append(path)
+        except FileExistsError as e:  # created meanwhile by someone else: undo ours
+            for path in written:
+                os.unlink(path)
             raise ConfigurationError("new_keys", f"{e.filename} exists: keys are never overwritten") from None
         print(f"wrote {args.new_keys}/issuer.nk and {args.new_keys}/xkey.nk (owner-only); for nats-server:\n")
         print(
