@@ -22,7 +22,7 @@ from databricks_nats._factory import default_identity
 from databricks_nats.errors import StreamError, WaitTimeout
 from databricks_nats.integrations.databricks import DatabricksSecrets
 from databricks_nats.loopguard import LoopGuard
-from databricks_nats.model.causation import Causation, caused_by
+from databricks_nats.model.causation import Causation, Scope
 from databricks_nats.model.events import Event
 from databricks_nats.model.filters import matches, subject_filter
 from databricks_nats.model.position import Start, StartPosition
@@ -189,13 +189,15 @@ class Subscription:
         self._last = None
 
     def _wanted(self, event: ReceivedEvent) -> bool:
+        """Not a repeat, matching, and continuing no loop. The loop guard comes last: an event the caller would
+        have ignored anyway is no loop (counting or announcing it would be a false report)."""
         if self.dedupe is not None and self.dedupe.seen(event):
             return False
-        if not self.guard.allows(event.envelope):  # a loop: acknowledged, counted, announced, not handed over
+        if self.match is not None and not (
+            self.match(event) if callable(self.match) else matches(event.data, self.match)
+        ):
             return False
-        if self.match is None:
-            return True
-        return self.match(event) if callable(self.match) else matches(event.data, self.match)
+        return self.guard.allows(event.envelope)  # a loop: acknowledged, counted, announced, not handed over
 
     async def close_async(self) -> None:
         """Hand back what was fetched but not acknowledged (redelivered at once), then disconnect."""
@@ -218,21 +220,23 @@ class Subscription:
         _LOOPS.run(self.close_async(), 10.0)
 
     def __iter__(self) -> Iterator[ReceivedEvent]:
-        """Every matching event; what the loop body emits is caused by the event at hand (``caused_by``)."""
+        """Every matching event; what the loop body emits is caused by the event at hand (see ``_Handling``)."""
+        return _Handling(self, self._events())
+
+    def __aiter__(self) -> AsyncIterator[ReceivedEvent]:
+        return _Handling(self, self._events_async())
+
+    def _events(self) -> Iterator[ReceivedEvent]:
         try:
             while True:
-                event = self.next()
-                with caused_by(event.envelope, self.guard.target):
-                    yield event
+                yield self.next()
         finally:
             self.close()
 
-    async def __aiter__(self) -> AsyncIterator[ReceivedEvent]:
+    async def _events_async(self) -> AsyncIterator[ReceivedEvent]:
         try:
             while True:
-                event = await self.next_async()
-                with caused_by(event.envelope, self.guard.target):
-                    yield event
+                yield await self.next_async()
         finally:
             await self.close_async()
 
@@ -241,6 +245,47 @@ class Subscription:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Handling:
+    """A loop over a subscription: each event's causation is current only while the loop body handles it.
+
+    Current from the moment the event is handed over until the loop asks for the next one, or drops this
+    iterator (``break``, an exception: CPython releases it at once, in the loop's own context). The events
+    come from a generator that closes the subscription when it is closed (the async one by the event loop).
+    """
+
+    __slots__ = ("_events", "_scope", "_sub")
+
+    def __init__(self, sub: Subscription, events: Any) -> None:
+        self._sub, self._events = sub, events
+        self._scope: Scope | None = None
+
+    def _handled(self, event: ReceivedEvent) -> ReceivedEvent:
+        self._scope = Scope(Causation.from_envelope(event.envelope, self._sub.guard.target))
+        return event
+
+    def _end(self) -> None:
+        if self._scope is not None:
+            self._scope.end()
+            self._scope = None
+
+    def __iter__(self) -> _Handling:
+        return self
+
+    def __next__(self) -> ReceivedEvent:
+        self._end()
+        return self._handled(next(self._events))
+
+    def __aiter__(self) -> _Handling:
+        return self
+
+    async def __anext__(self) -> ReceivedEvent:
+        self._end()
+        return self._handled(await self._events.__anext__())
+
+    def __del__(self) -> None:
+        self._end()
 
 
 def _settings(overrides: dict[str, Any]) -> Settings:

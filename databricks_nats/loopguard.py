@@ -4,7 +4,9 @@ A ``LoopGuard`` belongs to one reactor, named by its target (``airflow:dag/<dag_
 ``prefect:deployment/<name>``, ``subscribe:<durable>``). ``allows(envelope)`` is False for an event whose chain is
 already ``hop_limit`` hops deep or already went through this target (``model.causation.loop_reason``); each
 refusal is counted (``refused``), logged (once per 30 s per reason) and announced as ``system.loop.detected``
-(once per chain: the correlation id), through the given client or the default one. Never raises.
+through the given client or the default one: once per chain (the correlation id) and ``report_every`` seconds,
+a refusal in between is only counted, and the chain's next report carries how many were held back since its last
+(``suppressed``), so a loop that keeps feeding itself shows up again with its rate. Never raises.
 
 JetStream de-duplication (``Nats-Msg-Id``) stays the replay protection for publishes, and each consumer's acks
 make it act once per event; the guard is what stops a chain of reactions that feeds itself.
@@ -13,8 +15,10 @@ make it act once per event; the guard is what stops a chain of reactions that fe
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from databricks_nats.model.causation import HOP_LIMIT, Causation, loop_reason
@@ -25,14 +29,25 @@ __all__ = ["LoopGuard"]
 log = logging.getLogger("databricks_nats")
 
 _REMEMBERED = 1024  # chains already announced
+REPORT_EVERY = 300.0  # seconds between two reports of one chain
 
 
 class LoopGuard:
-    def __init__(self, target: str | None, hop_limit: int = HOP_LIMIT, client: Any = None) -> None:
+    def __init__(
+        self,
+        target: str | None,
+        hop_limit: int = HOP_LIMIT,
+        client: Any = None,
+        report_every: float = REPORT_EVERY,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.target, self.hop_limit, self.client = target, hop_limit, client
+        self.report_every, self.clock = report_every, clock
         self.refused = 0
         self._say = RateLimitedLog(log)
-        self._announced: OrderedDict[str, int] = OrderedDict()  # correlation id -> refusals since announced
+        self._lock = threading.Lock()  # a trigger's guard outlives reconnects; bridges may share one
+        # correlation id -> [when last reported, refusals held back since]
+        self._announced: OrderedDict[str, list[float]] = OrderedDict()
 
     def allows(self, envelope: Mapping[str, Any]) -> bool:
         """True when acting on this event continues no loop; else counts, logs, announces and says False."""
@@ -51,16 +66,26 @@ class LoopGuard:
             reason,
         )
         chain = own.correlation_id if own else str(envelope.get("id"))
-        if chain in self._announced:
-            self._announced[chain] += 1
-            return False
-        self._announced[chain] = 0
-        if len(self._announced) > _REMEMBERED:
-            self._announced.popitem(last=False)
-        self._announce(envelope, own, reason)
+        suppressed = self._held_back(chain)
+        if suppressed is not None:
+            self._announce(envelope, own, reason, suppressed)
         return False
 
-    def _announce(self, envelope: Mapping[str, Any], own: Causation | None, reason: str) -> None:
+    def _held_back(self, chain: str) -> int | None:
+        """How many refusals of ``chain`` were held back when it is due a report now, else None (counted)."""
+        now = self.clock()
+        with self._lock:
+            seen = self._announced.pop(chain, None)
+            if seen is not None and now - seen[0] < self.report_every:
+                seen[1] += 1
+                self._announced[chain] = seen
+                return None
+            self._announced[chain] = [now, 0]
+            if len(self._announced) > _REMEMBERED:
+                self._announced.popitem(last=False)
+            return int(seen[1]) if seen is not None else 0
+
+    def _announce(self, envelope: Mapping[str, Any], own: Causation | None, reason: str, suppressed: int) -> None:
         try:
             from databricks_nats.client import current_client
 
@@ -75,7 +100,7 @@ class LoopGuard:
                     "via": list(own.via) if own else [],
                     "target": self.target,
                     "reason": reason,
-                    "suppressed": 0,
+                    "suppressed": suppressed,
                 },
                 causation=Causation.from_envelope(envelope, self.target),
             )

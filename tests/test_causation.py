@@ -3,6 +3,7 @@ refuses a chain that feeds itself (hop limit, its own target again), counting it
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from pathlib import Path
@@ -146,3 +147,113 @@ def test_a_subscription_that_feeds_itself_is_cut_and_reported(live: Any) -> None
     assert "already went through subscribe:echo" in report.data["reason"]
     assert report.causation is not None
     assert report.causation.causation_id == report.data["event_id"]
+
+
+def test_a_chain_refused_again_is_reported_again_later_with_what_was_held_back() -> None:
+    looping = {"id": "E5", "type": "databricks.airflow.task.succeeded", "causationid": "E4", "correlationid": "E0"}
+    now = [0.0]
+    with capture() as events:
+        guard = LoopGuard("airflow:dag/train", hop_limit=8, report_every=60.0, clock=lambda: now[0])
+        for hop in (8, 9, 10):  # one report, two held back
+            assert not guard.allows({**looping, "hop": hop})
+        now[0] = 61.0
+        assert not guard.allows({**looping, "hop": 11})  # due again: reports the two held back
+        assert not guard.allows({**looping, "hop": 12})
+        assert not guard.allows({**looping, "id": "F1", "correlationid": "F0", "hop": 8})  # another chain: its own
+    assert guard.refused == 6
+    reports = [(e.data["correlation_id"], e.data["hop"], e.data["suppressed"]) for e in events]
+    assert reports == [("E0", 8, 0), ("E0", 11, 2), ("F0", 8, 0)]
+
+
+def _alias_set(version: str) -> Any:
+    event = databricks_nats.emit("mlflow.model.alias_set", {"name": "m", "alias": "prod", "version": version})
+    assert event is not None
+    assert databricks_nats.flush(10).ok
+    return event
+
+
+def _leave(how: str) -> None:
+    if how == "raise":
+        raise LookupError("the loop body failed")
+
+
+@pytest.mark.parametrize("how", ["break", "raise"])
+@pytest.mark.parametrize("loop", ["for", "async for"])
+def test_a_loop_body_s_causation_is_current_only_while_it_handles_the_event(live: Any, loop: str, how: str) -> None:
+    """After ``break`` or an exception the event's causation is no longer current (the enclosing one is again),
+    whether or not the loop's iterator is finalised yet (an async generator is closed later, by the event loop)."""
+    original = _alias_set("3")
+    outer = Causation("O", "O", 1, ("airflow:dag/outer",))
+    seen: dict[str, Any] = {}
+
+    def check_after() -> None:
+        seen["after"] = current()
+        seen["emitted"] = databricks_nats.emit("myteam.deploy.started", {}, keys=["m"])
+
+    def sync_loop() -> None:
+        with caused_by(outer):
+            try:
+                for _event in subscribe("mlflow.model.alias_set", durable="d", start="all"):
+                    seen["inside"] = current()
+                    _leave(how)
+                    break
+            except LookupError:
+                pass
+            check_after()
+        seen["outside"] = current()
+
+    async def async_loop() -> None:
+        with caused_by(outer):
+            try:
+                async for _event in subscribe("mlflow.model.alias_set", durable="d", start="all"):
+                    seen["inside"] = current()
+                    _leave(how)
+                    break
+            except LookupError:
+                pass
+            check_after()
+        seen["outside"] = current()
+
+    if loop == "for":
+        sync_loop()
+    else:
+        asyncio.run(async_loop())
+    assert seen["inside"] == Causation(original.id, original.id, 1, ("subscribe:d",))
+    assert seen["after"] == outer
+    assert seen["emitted"].causation == outer
+    assert seen["outside"] is None
+
+
+def test_the_next_event_replaces_the_previous_one_s_causation(live: Any) -> None:
+    first, second = _alias_set("1"), _alias_set("2")
+
+    async def consume() -> list[Any]:
+        inside = []
+        async for _event in subscribe("mlflow.model.alias_set", start="all"):
+            inside.append(current())
+            if len(inside) == 2:
+                break
+        return [*inside, current()]
+
+    causes = asyncio.run(consume())
+    assert [c.causation_id if c else None for c in causes] == [first.id, second.id, None]
+
+
+def test_an_event_the_subscription_ignores_is_no_loop(live: Any) -> None:
+    """The match comes before the loop guard: a looping event nobody would have acted on is neither refused nor
+    reported; one that matches is (the guard still works)."""
+    deep = Causation("C", "C", 8)
+    for alias in ("staging", "prod"):
+        databricks_nats.emit("mlflow.model.alias_set", {"name": "m", "alias": alias, "version": "1"}, causation=deep)
+    wanted = _alias_set("2")  # an original event, matching
+    sub = subscribe("mlflow.model.alias_set", match={"alias": "prod"}, start="all")
+    callable_sub = subscribe("mlflow.model.alias_set", match=lambda e: e.data["version"] == "2", start="all")
+    with capture() as reports:  # the reports (the subscriptions read with the settings they were made with)
+        with sub:
+            got = sub.next(timeout=10)
+        with callable_sub:
+            also = callable_sub.next(timeout=10)
+    assert got.id == also.id == wanted.id
+    assert sub.guard.refused == 1  # the matching prod event, 8 hops deep
+    assert callable_sub.guard.refused == 0  # neither deep event matches
+    assert [r.data["event_type"] for r in reports.of_type("system.loop.detected")] == ["mlflow.model.alias_set"]

@@ -10,7 +10,11 @@ Every event emitted while another one is being handled carries four CloudEvents 
 
 "While handling" is a context (``caused_by(envelope, target)``, a ``contextvars`` variable, so threads and
 asyncio tasks each have their own): ``subscribe``'s loop body, a DAG run the Airflow trigger started, a flow run
-the Prefect bridge started. An event can also be given its causation explicitly (``Causation.from_envelope``).
+the Prefect bridge started. A loop body is not a ``with`` block: the loop leaves it by asking for the next event,
+but also by ``break`` or an exception, after which nothing of the loop runs again (an abandoned async generator is
+closed later, in another task). So a loop marks its event current with a ``Scope``, which it ends when it moves on
+or is dropped; ``current()`` skips a scope that has ended, whatever the variable still holds. An event can also be
+given its causation explicitly (``Causation.from_envelope``).
 
 A reactor (a bridge, a trigger, a subscription) asks ``loop_reason(envelope, target, limit)`` before it acts:
 an event whose hop is at the limit, or whose chain already went through this very target, is refused — the
@@ -26,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
 
-__all__ = ["HOP_LIMIT", "Causation", "caused_by", "current", "loop_reason"]
+__all__ = ["HOP_LIMIT", "Causation", "Scope", "caused_by", "current", "loop_reason"]
 
 HOP_LIMIT = 8  # the default: a chain this deep is assumed to be a loop
 
@@ -91,12 +95,37 @@ class Causation:
         return out
 
 
-_current: contextvars.ContextVar[Causation | None] = contextvars.ContextVar("databricks_nats_causation", default=None)
+class Scope:
+    """``cause`` is current from here until ``end()`` (a loop body's event); ``end`` is idempotent."""
+
+    __slots__ = ("_token", "cause", "done", "outer")
+
+    def __init__(self, cause: Causation) -> None:
+        self.cause, self.done = cause, False
+        self.outer = _current.get()  # what is current again once this scope ended
+        self._token = _current.set(self)
+
+    def end(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        with contextlib.suppress(ValueError):  # ended from another context: current() skips it anyway
+            _current.reset(self._token)
+
+
+_current: contextvars.ContextVar[Causation | Scope | None] = contextvars.ContextVar(
+    "databricks_nats_causation", default=None
+)
 
 
 def current() -> Causation | None:
-    """The causation of events emitted now (inside ``caused_by``), or None."""
-    return _current.get()
+    """The causation of events emitted now (inside ``caused_by`` or a loop body's ``Scope``), or None."""
+    value = _current.get()
+    while isinstance(value, Scope):
+        if not value.done:
+            return value.cause
+        value = value.outer
+    return value
 
 
 @contextlib.contextmanager
