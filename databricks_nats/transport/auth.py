@@ -5,16 +5,24 @@ every resolution) > the secret scope ``secret_scope``. The first that holds any 
 all of them; non-secret ``user``/``tls_ca``/``tls_cert`` settings complete a secret-scope set. An identity
 (``oidc_token`` or ``aws_iam``) replaces the static credentials: its token comes from the ``TokenSource`` the
 caller gives (``ports.py``) and is presented as the NATS token to the auth-callout service, which answers
-with a short-lived NATS user. It is re-read before it expires and at every connect.
+with a short-lived NATS user. It is read ahead of its expiry (``Link`` then replaces the connection) and, for a
+fast source (a file, a variable), again at every connect.
+
+**Inboxes.** The service lets an identity subscribe to its own inboxes only: ``inbox_prefix(token)``,
+``_INBOX.`` + the first 32 hex digits of the SHA-256 of the exact token presented (the one rule both sides
+import). So an identity's connection uses that inbox prefix (nats-py's ``inbox_prefix``, which JetStream acks,
+pulls and requests use) and binds its token per connection, not through a callback: nats-py's reconnect reuses
+the connection's prefix, so a new token needs a new connection (``needs_new_connection``).
 
 Secret scopes and ``{{secrets/<scope>/<key>}}`` references are read through the ``SecretSource`` the caller
 gives (``ports.py``; the Databricks one is ``integrations.databricks.DatabricksSecrets``): this module imports
 no integration. Without one, settings that name a scope or a reference raise ``ConfigurationError``.
 
-``CredentialProvider`` keeps the last resolution for ``credentials_ttl`` seconds and hands nats-py
-callbacks (token, user/password, user JWT and nonce signature) that read it at every (re)connect, so a
-rotated secret is used by the next reconnect without a restart. What nats-py binds once per connection
-(the NKey public key, TLS material, the set of auth methods) is compared by ``needs_new_connection``.
+``CredentialProvider`` keeps the last resolution for ``credentials_ttl`` seconds (an identity from a fast
+source: not at all) and hands nats-py callbacks (static token, user/password, user JWT and nonce signature)
+that read it at every (re)connect, so a rotated secret is used by the next reconnect without a restart. What
+nats-py binds once per connection (the NKey public key, TLS material, the set of auth methods, an identity's
+token and inbox) is compared by ``needs_new_connection``.
 No value ever appears in a repr, log line or error message.
 """
 
@@ -24,6 +32,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import os
 import re
@@ -44,6 +53,7 @@ __all__ = [
     "Credentials",
     "auth_options",
     "credentials_source",
+    "inbox_prefix",
     "require_identity_source",
     "require_nkeys",
     "require_secret_source",
@@ -58,6 +68,14 @@ _ALL_KINDS = ("creds", "token", "user", "password", "nkey_seed", "tls_ca", "tls_
 
 def _is_path(value: str) -> bool:
     return "\n" not in value and len(value) < 4096 and os.path.isfile(os.path.expanduser(value))
+
+
+def inbox_prefix(token: str) -> str:
+    """The inbox prefix of a connection that presents the identity token ``token``: ``_INBOX.`` + the first 32
+    hex digits of SHA-256 over the token's UTF-8 bytes, exactly as sent in CONNECT's ``auth_token``. The auth
+    service grants subscribe ``<this>.>`` (not ``_INBOX.>``): only the token's holder can compute it. Other
+    clients follow the same rule (nats.go: ``nats.CustomInboxPrefix(prefix)``; nats.py: ``inbox_prefix=``)."""
+    return "_INBOX." + hashlib.sha256(token.encode("utf-8")).hexdigest()[:32]
 
 
 _REFRESH_BEFORE = 60.0  # seconds before an identity token expires that a new one is read (at most)
@@ -139,6 +157,7 @@ class Credentials:
     tls_cert: str | None = None
     tls_key: Secret | None = None
     expires_at: float | None = None  # an identity token's expiry (epoch seconds)
+    identity: bool = False  # ``token`` is an identity token: bound per connection, with its own inbox prefix
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -151,7 +170,17 @@ class Credentials:
         return f"Credentials({self.describe()})"
 
     def _bound(self) -> tuple[Any, ...]:
-        return (self.kinds, self.nkey_seed, self.tls_ca, self.tls_cert, self.tls_key)
+        return (self.kinds, self.nkey_seed, self.tls_ca, self.tls_cert, self.tls_key, self._identity_token())
+
+    def _identity_token(self) -> Secret | None:
+        return self.token if self.identity else None
+
+    def identity_options(self) -> dict[str, Any]:
+        """nats-py options for an identity: its token, fixed for the connection, and that token's inbox prefix."""
+        if not self.identity or self.token is None:
+            return {}
+        token = self.token.reveal()
+        return {"token": token, "inbox_prefix": inbox_prefix(token)}
 
 
 def _from_settings(settings: Settings, secrets: SecretSource | None) -> Credentials:
@@ -205,7 +234,7 @@ def _from_identity(settings: Settings, identity: TokenSource | None, secrets: Se
     assert identity is not None
     found = identity.token()
     own = _from_settings(settings, secrets)  # TLS material and a user name still come from the settings
-    return dataclasses.replace(own, source=found.source, token=found.value, expires_at=found.expires_at)
+    return dataclasses.replace(own, source=found.source, token=found.value, expires_at=found.expires_at, identity=True)
 
 
 def resolve_credentials(
@@ -306,7 +335,9 @@ def auth_options(
         opts["user_credentials"] = RawCredentials(c.creds.reveal())
     elif c.nkey_seed is not None:
         opts["nkeys_seed_str"] = c.nkey_seed.reveal()
-    if c.token is not None:
+    if c.identity:
+        opts.update(c.identity_options())
+    elif c.token is not None:
         opts["token"] = c.token.reveal()
     if c.user:
         opts["user"] = c.user
@@ -355,7 +386,8 @@ def _in_thread(fn: Callable[[], Credentials]) -> asyncio.Future[Credentials]:
 
 
 class CredentialProvider:
-    """The current credentials, re-resolved at most every ``credentials_ttl`` seconds, off the event loop."""
+    """The current credentials, re-resolved at most every ``credentials_ttl`` seconds (a fast identity source:
+    at every connect), off the event loop when the source is slow."""
 
     def __init__(
         self, settings: Settings, secrets: SecretSource | None = None, identity: TokenSource | None = None
@@ -371,6 +403,8 @@ class CredentialProvider:
         self._refresher: asyncio.Task[Credentials] | None = None
 
     def stale(self) -> bool:
+        if self.identity is not None and self._fast():
+            return True  # a file or a variable: read again at every connect (microseconds; rotated by others)
         if self.resolved_at is None or time.monotonic() - self.resolved_at >= self.settings.credentials_ttl:
             return True
         return self.refresh_in() <= 0
@@ -414,7 +448,8 @@ class CredentialProvider:
         return not self.settings.secret_scope and not _references(self.settings)
 
     def needs_new_connection(self, old: Credentials) -> bool:
-        """True when what nats-py binds per connection changed (NKey, TLS material, set of methods)."""
+        """True when what nats-py binds per connection changed (NKey, TLS material, set of methods, an identity's
+        token and so its inbox prefix)."""
         return old._bound() != self.current._bound()
 
     def _kick(self) -> None:
@@ -446,7 +481,9 @@ class CredentialProvider:
             opts["user_jwt_cb"], opts["signature_cb"] = user_jwt, signature
         elif c.nkey_seed is not None:
             opts["nkeys_seed_str"] = c.nkey_seed.reveal()  # bound per connection: a new seed reconnects
-        if c.token is not None:
+        if c.identity:
+            opts.update(c.identity_options())  # a new token needs a new connection (its inbox): never a callback
+        elif c.token is not None:
             opts["token"] = lambda: self._value("token")
         if c.user and c.password is not None:
             opts["user"] = lambda: self._value("user")

@@ -9,11 +9,14 @@ and the buffer (``save``: a disconnect puts what is in memory on disk). The send
 Credentials come from a ``CredentialProvider`` (``auth.py``, given the injected secret source): nats-py
 reads them through callbacks at every reconnect; on a disconnect or an authorization error they are
 re-resolved (at most every ``credentials_ttl``), and when what nats-py binds per connection changed (NKey,
-TLS) — or the server closed the connection for good — the connection is replaced by a new one
-(``restart``). When a server closes the connection for a control line or a payload it refused (``-ERR``),
-the largest in-flight event is known to exceed its limit: the limit is lowered to just below it, so that
-event (and any as large) is dead-lettered at its next attempt — one refusal per distinct offending size at
-most, each restart backing off. Everything runs on the worker's event loop; nats-py is imported there.
+TLS, an identity's token with its inbox prefix) — or the server closed the connection for good — the
+connection is replaced by a new one (``restart``). An identity token is renewed ahead of its expiry and the
+connection restarted with it (``_renew_identity``): what was in flight is sent again on the new connection and
+the stream drops the duplicates (``Nats-Msg-Id``). When a server closes the connection for a control line or
+a payload it refused (``-ERR``), the largest in-flight event is known to exceed its limit: the limit is lowered
+to just below it, so that event (and any as large) is dead-lettered at its next attempt — one refusal per
+distinct offending size at most, each restart backing off. Everything runs on the worker's event loop; nats-py
+is imported there.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
     from databricks_nats.ports import SecretSource, TokenSource
-    from databricks_nats.transport.auth import CredentialProvider
+    from databricks_nats.transport.auth import CredentialProvider, Credentials
     from databricks_nats.transport.stream import StreamReport
 
 __all__ = ["Link"]
@@ -89,6 +92,7 @@ class Link:
         self.buffer: Saver
         self._stats, self._say = stats, say
         self._credentials: CredentialProvider | None = None
+        self._in_use: Credentials | None = None  # what the current connection (or attempt) was built from
         self._connecting: NATS | None = None
         self._connector: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -156,6 +160,7 @@ class Link:
                 await self._credentials.refresh_async()
                 if self._credentials.last_error:  # connecting anyway: the server says no, and we retry
                     self._stats.error("credentials", self._credentials.last_error)
+                self._in_use = self._credentials.current
                 await nc.connect(
                     list(self.settings.url),
                     name=self.settings.client_name,
@@ -243,18 +248,23 @@ class Link:
     async def _recheck_credentials(self, gen: int, why: str) -> None:
         """Re-resolve credentials when stale; reconnect ourselves when nats-py cannot apply the change."""
         assert self._credentials is not None
-        before = self._credentials.current
+        before = self._in_use or self._credentials.current  # what the connection nats-py reconnects was built from
         await self._credentials.refresh_async()
         if gen == self._generation and self._credentials.needs_new_connection(before):
             self.restart(f"{why}; credentials changed")
 
     async def _renew_identity(self, provider: CredentialProvider) -> None:
-        """Read a new identity token ahead of the current one's expiry, so that a reconnect (the server ends the
-        connection when the NATS user it got expires) always presents a fresh one. The connection itself stays."""
+        """Read a new identity token ahead of the current one's expiry and, once it differs from the one the
+        connection presented, restart the connection with it: nats-py binds the token and its inbox prefix per
+        connection (``auth.inbox_prefix``), and the NATS user the server gave for the old token ends with it.
+        In-flight events are requeued by the new connection; the stream drops what it already has."""
         while not self.closing:
             await asyncio.sleep(min(max(provider.refresh_in(), 1.0), 30.0))
             if provider.refresh_in() <= 0:
                 await provider.refresh_async(force=True)
+                used = self._in_use
+                if used is not None and not self.closing and provider.needs_new_connection(used):
+                    self.restart("identity token renewed")
 
     # ---- the stream ---------------------------------------------------------------------------------------
 

@@ -219,11 +219,40 @@ def test_env_lists_expand_every_subject_and_the_default_stream_per_env() -> None
     )
     assert Settings(workspace="ws1", env="staging").stream_name == "DBX_ws1_staging"
     assert perms.pub_deny == ("dbx.ws1.dev.system.>", "dbx.ws1.staging.system.>")
-    assert perms.sub_allow == ("_INBOX.>",)
-    assert perms.as_nats() == {
+    assert perms.sub_allow == ("_INBOX.>",)  # the client's own inboxes: narrowed per token by the service
+    mine = perms.with_inbox("_INBOX.0123abcd")
+    assert mine.as_nats() == {
         "pub": {"allow": list(perms.pub_allow), "deny": list(perms.pub_deny)},
-        "sub": {"allow": ["_INBOX.>"]},
+        "sub": {"allow": ["_INBOX.0123abcd.>"]},
     }
+    assert perms.as_nats()["sub"] == {"allow": ["_INBOX.>"]}  # inbox = "shared": as written
+
+
+def test_with_inbox_narrows_only_the_shared_inbox_grant() -> None:
+    """``_INBOX.>`` (from a profile or listed) becomes the connection's own inboxes; other subjects, deny lists
+    and a grant without inboxes stay as they are."""
+    p = Policy.from_dict(
+        {
+            "rules": [
+                {
+                    "name": "r",
+                    "when": {"any": True},
+                    "subscribe": ["a.>", "_INBOX.>"],
+                    "jetstream": "consumer",
+                    "workspace": "ws1",
+                    "env": "dev",
+                    "deny_subscribe": ["_INBOX.>"],
+                }
+            ]
+        }
+    )
+    perms = p.decide(oidc()).permissions
+    assert perms is not None
+    assert perms.sub_allow == ("a.>", "_INBOX.>")  # listed once: the profile's adds nothing new
+    narrowed = perms.with_inbox("_INBOX.h")
+    assert narrowed.sub_allow == ("a.>", "_INBOX.h.>")
+    assert (narrowed.sub_deny, narrowed.pub_allow) == (perms.sub_deny, perms.pub_allow)
+    assert Permissions(pub_allow=("a.>",)).with_inbox("_INBOX.h") == Permissions(pub_allow=("a.>",))
 
 
 def test_an_empty_allow_list_is_written_as_deny_everything() -> None:
@@ -345,6 +374,7 @@ def test_the_example_policy_gives_its_documented_decisions() -> None:
         f"$JS.API.STREAM.INFO.DBX_{WS}_prod",
     }  # fmt: skip
     assert prod_job.permissions.sub_allow == ("_INBOX.>",)
+    assert prod_job.permissions.with_inbox("_INBOX.h").sub_allow == ("_INBOX.h.>",)
     assert p.decide(aws("databricks-team-a-prod-gpu")).rule == "team-a-prod-instance-profile"
     assert not p.decide(aws("databricks-team-a-prod-gpu", account="210987654321")).allowed
 

@@ -1,5 +1,6 @@
 """The client side of identity-bound publishing: the ``oidc_token`` sources, the settings that name them, and
-the credential provider presenting a fresh token at every connect (reading it again before it expires)."""
+the credential provider presenting a fresh token at every connect (reading it again before it expires), bound
+per connection with the token's own inbox prefix."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ from databricks_nats.integrations.identity.sources import (
 )
 from databricks_nats.integrations.identity.unverified import jwt_expiry
 from databricks_nats.settings import resolve_settings
-from databricks_nats.transport.auth import CredentialProvider, auth_options, resolve_credentials
+from databricks_nats.transport.auth import CredentialProvider, auth_options, inbox_prefix, resolve_credentials
+from databricks_nats.values import Secret
 
 
 def _jwt(exp: float | None, sub: str = "svc") -> str:
@@ -122,27 +124,49 @@ def test_jwt_expiry_reads_exp_and_ignores_what_is_not_a_jwt() -> None:
         assert jwt_expiry(other) is None
 
 
-def test_every_connect_presents_a_fresh_token_once_the_current_one_is_near_its_expiry(tmp_path: Path) -> None:
-    """nats-py reads the token callback at every (re)connect: an expiring token is read again right there."""
+def test_a_fast_source_is_read_at_every_connect_and_binds_its_token_and_inbox_per_connection(tmp_path: Path) -> None:
+    """A file (or a variable) is read again at every connect, whatever ``credentials_ttl``; the token is a fixed
+    option of the connection (not a callback nats-py reads at its own reconnects) with that token's inbox prefix,
+    and a new token means a new connection."""
     path = tmp_path / "token"
     first = _jwt(time.time() + 3600, "first")
     path.write_text(first)
     settings = _settings(oidc_token=f"file:{path}", credentials_ttl=3600)
     provider = CredentialProvider(settings, identity=token_source(settings))
-    provider.refresh()
-    token_cb = provider.connect_options()["token"]
-    path.write_text(_jwt(time.time() + 3600, "second"))
-    assert token_cb() == first  # an hour left: the resolved token is reused (credentials_ttl)
+    used = provider.refresh()
+    options = provider.connect_options()
+    assert options == {"token": first, "inbox_prefix": inbox_prefix(first)}
+    assert not provider.needs_new_connection(used)
+    second = _jwt(time.time() + 3600, "second")
+    path.write_text(second)
+    assert provider.stale()  # an hour left, credentials_ttl an hour: read again anyway (the next connect)
+    assert asyncio.run(provider.refresh_async()).token == Secret(second)
+    assert provider.needs_new_connection(used)  # its inbox prefix changes with it
+    assert provider.connect_options() == {"token": second, "inbox_prefix": inbox_prefix(second)}
     expiring = _jwt(time.time() + 20, "expiring")
     path.write_text(expiring)
     provider.refresh()
     assert 0 < provider.refresh_in() <= 20 - 5  # a quarter of its life (at most a minute) before it expires
-    path.write_text(_jwt(time.time() - 1, "expired"))
-    provider.refresh()
-    assert provider.stale()
-    fresh = _jwt(time.time() + 3600, "fresh")
-    path.write_text(fresh)
-    assert token_cb() == fresh
+
+
+def test_the_inbox_rule_is_sha256_of_the_exact_token() -> None:
+    """What docs/identity.md tells other clients: ``_INBOX.`` + the first 32 hex digits of SHA-256(token)."""
+    assert inbox_prefix("abc") == "_INBOX.ba7816bf8f01cfea414140de5dae2223"
+    assert inbox_prefix("abc ") != inbox_prefix("abc")  # the exact string presented, not a normalised one
+
+
+def test_static_tokens_keep_the_default_inbox_and_a_callback() -> None:
+    """Only an identity's token gets an inbox of its own: a static token stays a callback (read at every
+    reconnect) and changing it needs no new connection."""
+    settings = _settings(token="static-one")
+    provider = CredentialProvider(settings)
+    used = provider.refresh()
+    options = provider.connect_options()
+    assert callable(options["token"])
+    assert "inbox_prefix" not in options
+    assert "inbox_prefix" not in auth_options(settings)
+    provider.current = resolve_credentials(_settings(token="static-two"))
+    assert not provider.needs_new_connection(used)
 
 
 def test_a_slow_source_is_read_on_a_thread_ahead_of_expiry(tmp_path: Path) -> None:
@@ -178,7 +202,8 @@ def test_one_off_connections_present_the_identity_token(monkeypatch) -> None:
     token = _jwt(time.time() + 600)
     monkeypatch.setenv("MY_TOKEN", token)
     settings = _settings(oidc_token="env:MY_TOKEN")
-    assert auth_options(settings, identity=token_source(settings))["token"] == token
+    options = auth_options(settings, identity=token_source(settings))
+    assert options == {"token": token, "inbox_prefix": inbox_prefix(token)}
 
 
 def test_doctor_describes_a_databricks_proof_without_its_token() -> None:

@@ -13,6 +13,7 @@
     xkey_seed = "/etc/databricks-nats/xkey.nk"         # optional: encrypted callout (server's auth_callout.xkey)
     policy = "/etc/databricks-nats/policy.toml"        # re-read when it changes: the next connect uses it
     workers = 8                                        # verifications at once (JWKS and STS are HTTP calls)
+    inbox = "per-token"                                # or "shared": see below
 
     [[oidc]]                                           # one table per trusted issuer
     issuer = "https://<workspace-host>/oidc"
@@ -37,6 +38,11 @@ A ``[[databricks]]`` workspace accepts what ``oidc_token = "databricks"`` presen
 (a PAT, a job cluster's or serverless' native token, OAuth): the service asks the workspace who the token is.
 An OAuth JWT of a workspace whose ``<host>/oidc`` is also an ``[[oidc]]`` issuer is verified offline instead.
 
+``inbox``: a grant of subscribe ``_INBOX.>`` becomes ``_INBOX.<h>.>`` for the token presented (``per-token``,
+the default; ``h`` per ``transport.auth.inbox_prefix``), so an identity cannot read another's replies (JetStream
+acks and pulled messages). ``shared`` keeps ``_INBOX.>`` for clients that cannot set an inbox prefix: weaker,
+every identity may then read every other's replies.
+
 ``[nats]`` and ``[audit]`` take the client's settings (``Settings``): URLs, credentials, TLS, spool. Every
 problem is a ``ConfigurationError`` naming the file and the key.
 """
@@ -58,6 +64,7 @@ from databricks_nats.values import Secret
 __all__ = ["ServiceConfig"]
 
 AUTH_SUBJECT = "$SYS.REQ.USER.AUTH"
+INBOX_MODES = ("per-token", "shared")
 
 
 def _secret(path: str, key: str, value: Any) -> Secret:
@@ -97,6 +104,10 @@ class ServiceConfig:
     workers: int = 8
     audit_per_second: float = 5.0  # audit events per identity (or per refusal reason) and second, burst 10
     queue: str = "databricks-nats-auth"  # instances in one queue group share the requests
+    inbox: str = "per-token"  # "shared": every identity may subscribe _INBOX.> (clients without an inbox prefix)
+
+    def __post_init__(self) -> None:
+        _check_inbox(self.inbox, "ServiceConfig")
 
     def __repr__(self) -> str:
         return (
@@ -110,12 +121,14 @@ class ServiceConfig:
         callout = data.get("callout")
         if not isinstance(callout, Mapping):
             raise ConfigurationError("callout", f"{path}: a [callout] table is required")
-        unknown = set(callout) - {"account", "issuer_seed", "xkey_seed", "policy", "workers", "audit_per_second"}
+        known = {"account", "issuer_seed", "xkey_seed", "policy", "workers", "audit_per_second", "inbox"}
+        unknown = set(callout) - known
         if unknown:
             raise ConfigurationError("callout", f"{path}: unknown key {sorted(unknown)[0]!r} in [callout]")
         for key in ("account", "policy"):
             if not callout.get(key):
                 raise ConfigurationError(key, f"{path}: [callout] {key} is required")
+        inbox = _check_inbox(callout.get("inbox", "per-token"), f"{path}: [callout]")
         base = os.path.dirname(os.path.abspath(path))
         policy = os.path.join(base, os.path.expanduser(str(callout["policy"])))
         issuers = []
@@ -151,7 +164,15 @@ class ServiceConfig:
             else None,
             workers=int(callout.get("workers", 8)),
             audit_per_second=float(callout.get("audit_per_second", 5.0)),
+            inbox=inbox,
         )
+
+
+def _check_inbox(value: Any, where: str) -> str:
+    if value not in INBOX_MODES:
+        problem = 'inbox must be "per-token" (the default) or "shared" (weaker: every identity may read every reply)'
+        raise ConfigurationError("inbox", f"{where} {problem}, not {value!r}")
+    return str(value)
 
 
 def _workspaces(path: str, tables: Any) -> tuple[DatabricksWorkspace, ...]:

@@ -28,7 +28,10 @@ checked at load (one token of ``[A-Za-z0-9_-]``, the prefix dotted tokens; never
 every expanded subject (no empty token, wildcards as whole tokens, ``>`` last).
 
 Every allowed identity may publish ``$SYS.REQ.USER.INFO`` (``databricks-nats doctor`` shows the permissions
-it got; the reply comes on ``_INBOX.>``, which a core-only rule must list in ``subscribe``). The profiles add,
+it got; the reply comes on ``_INBOX.>``, which a core-only rule must list in ``subscribe``). ``_INBOX.>`` in a
+subscribe allow list stands for *the client's own inboxes*: the service narrows it to ``_INBOX.<h>.>`` for the
+token presented (``Permissions.with_inbox``, ``transport.auth.inbox_prefix``) unless configured ``inbox =
+"shared"``, so no identity reads another's replies. The profiles add,
 per stream: *publisher* ``$JS.API.INFO`` and ``$JS.API.STREAM.INFO.<stream>`` and subscribe ``_INBOX.>``
 (acks and API replies; the stream is provisioned by an admin); *consumer* also creates, reads, deletes and
 pulls consumers of the stream and acks its messages (JetStream read access is per stream, whatever the
@@ -39,6 +42,7 @@ missing list as everything). Rules are compiled at load: a decision is a few reg
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import itertools
 import os
@@ -51,9 +55,10 @@ from typing import Any
 from databricks_nats.errors import ConfigurationError
 from databricks_nats.integrations.identity.identity import Identity
 
-__all__ = ["PROFILES", "USER_INFO", "Decision", "Permissions", "Policy", "Rule"]
+__all__ = ["INBOXES", "PROFILES", "USER_INFO", "Decision", "Permissions", "Policy", "Rule"]
 
 USER_INFO = "$SYS.REQ.USER.INFO"
+INBOXES = "_INBOX.>"  # in a subscribe allow list: the client's own inboxes (narrowed per token by the service)
 _JS_PUBLISH = "$JS.API.INFO $JS.API.STREAM.INFO.{stream}"
 _JS_CONSUME = (
     "$JS.API.CONSUMER.CREATE.{stream} $JS.API.CONSUMER.CREATE.{stream}.> $JS.API.CONSUMER.DURABLE.CREATE.{stream}.*"
@@ -68,9 +73,9 @@ _JS_ADMIN = (  # "$JS.API.CONSUMER.*.<stream>[.>]" covers the consumer's create,
 )
 PROFILES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # profile: (publish, subscribe) it adds
     "none": ((), ()),
-    "publisher": (tuple(_JS_PUBLISH.split()), ("_INBOX.>",)),
-    "consumer": (tuple(f"{_JS_PUBLISH} {_JS_CONSUME}".split()), ("_INBOX.>",)),
-    "admin": (tuple(f"$JS.API.INFO {_JS_ADMIN}".split()), ("_INBOX.>",)),
+    "publisher": (tuple(_JS_PUBLISH.split()), (INBOXES,)),
+    "consumer": (tuple(f"{_JS_PUBLISH} {_JS_CONSUME}".split()), (INBOXES,)),
+    "admin": (tuple(f"$JS.API.INFO {_JS_ADMIN}".split()), (INBOXES,)),
 }
 _TOP = {"prefix", "workspace", "env", "stream", "max_ttl", "rules"}
 _LISTS = ("publish", "subscribe", "deny_publish", "deny_subscribe")
@@ -92,6 +97,16 @@ class Permissions:
     pub_deny: tuple[str, ...] = ()
     sub_allow: tuple[str, ...] = ()
     sub_deny: tuple[str, ...] = ()
+
+    def with_inbox(self, prefix: str) -> Permissions:
+        """These permissions with the subscribe grant ``_INBOX.>`` narrowed to ``<prefix>.>`` (a connection's own
+        inboxes, ``transport.auth.inbox_prefix``); other subjects, and the deny lists, stay as written."""
+        if INBOXES not in self.sub_allow:
+            return self
+        own = f"{prefix}.>"
+        return dataclasses.replace(
+            self, sub_allow=tuple(dict.fromkeys(own if s == INBOXES else s for s in self.sub_allow))
+        )
 
     def as_nats(self) -> dict[str, Any]:
         """``{"pub": {"allow": [...], "deny": [...]}, "sub": {...}}`` as in a NATS user JWT (empty lists omitted;

@@ -13,12 +13,15 @@ One request, followed through (``respond``, on a worker thread):
 4. the policy (re-read when its file changes: the next connect uses the new one) maps the ``Identity`` to
    permissions, deny by default;
 5. the answer is a user JWT for the request's user key in ``account``, signed by the issuer key, expiring at
-   ``min(token exp, rule max_ttl)``; or an error naming the reason. Sealed for the server when encrypted;
+   ``min(token exp, rule max_ttl)``, whose subscribe grant ``_INBOX.>`` is narrowed to the token's own inboxes
+   (``_INBOX.<h>.>``, ``transport.auth.inbox_prefix``; ``inbox = "shared"`` keeps ``_INBOX.>``); or an error
+   naming the reason. Sealed for the server when encrypted;
 6. the decision is audited (``audit.py``): an event on ``system.auth.granted|denied`` and a log line.
 
 Nothing a client sends can crash the service: every failure becomes a refusal with a reason, counted in
-``stats()``. ``AuthService`` is embeddable (``start``/``stop`` in a running loop, ``running()`` on a thread of
-its own); ``serve()`` is what ``databricks-nats auth-service --config FILE`` runs.
+``stats()`` (the worker threads share the counts: kept under a lock). ``AuthService`` is embeddable
+(``start``/``stop`` in a running loop, ``running()`` on a thread of its own); ``serve()`` is what
+``databricks-nats auth-service --config FILE`` runs.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from databricks_nats.integrations.identity.audit import Auditor
 from databricks_nats.integrations.identity.config import AUTH_SUBJECT, ServiceConfig
 from databricks_nats.integrations.identity.identity import Identity, Refused
 from databricks_nats.integrations.identity.policy import Policy
+from databricks_nats.transport.auth import inbox_prefix
 
 __all__ = ["AuthService", "serve"]
 
@@ -129,6 +133,7 @@ class AuthService:
             self.audit_client = Client(config.audit, context=NoContext(), secrets=MappingSecrets({}))
         self.auditor = Auditor(self.audit_client.emit if self.audit_client else None, config.audit_per_second)
         self.counts: collections.Counter[str] = collections.Counter()
+        self._counts_lock = threading.Lock()  # workers count concurrently; Counter's += is not atomic
         self.latencies: collections.deque[float] = collections.deque(maxlen=_LATENCIES)
         self._pool = ThreadPoolExecutor(max(1, config.workers), thread_name_prefix="databricks-nats-auth")
         self._nc: Any = None
@@ -153,13 +158,21 @@ class AuthService:
         answer = self._decide(request).encode()
         if self._xkey is not None and server_xkey:
             answer = xkey.seal(answer, self._xkey, server_xkey)
-        self.latencies.append(time.perf_counter() - started)
+        with self._counts_lock:
+            self.latencies.append(time.perf_counter() - started)
         return answer
 
+    def _count(self, *keys: str) -> int:
+        """Add one to each of ``keys``; the first one's new count."""
+        with self._counts_lock:
+            for key in keys:
+                self.counts[key] += 1
+            return self.counts[keys[0]]
+
     def _unreadable(self, why: str) -> None:
-        self.counts["unreadable"] += 1
-        if self.counts["unreadable"] == 1 or self.counts["unreadable"] % 1000 == 0:
-            log.warning("auth: %s (%d so far)", why, self.counts["unreadable"])
+        n = self._count("unreadable")
+        if n == 1 or n % 1000 == 0:
+            log.warning("auth: %s (%d so far)", why, n)
         return None
 
     def _verify(self, token: str) -> Identity:
@@ -194,7 +207,10 @@ class AuthService:
             expires = min(identity.expires_at or float("inf"), now + decision.ttl)
             if expires <= now:
                 raise Refused("token expired")
-            perms = decision.permissions.as_nats()
+            granted = decision.permissions
+            if self.config.inbox == "per-token":  # the token's own inboxes only: no identity reads another's replies
+                granted = granted.with_inbox(inbox_prefix(token))
+            perms = granted.as_nats()
             user = natsjwt.user_jwt(
                 user_nkey=request.user_nkey,
                 account=self.config.account,
@@ -209,7 +225,7 @@ class AuthService:
         except Refused as e:
             return self._refuse(request, identity, rule, e.reason)
         except Exception as e:  # noqa: BLE001 - a bug or a library's surprise: refuse this client, keep serving
-            self.counts["errors"] += 1
+            self._count("errors")
             where = e.__traceback__
             while where is not None and where.tb_next is not None:
                 where = where.tb_next
@@ -217,7 +233,7 @@ class AuthService:
             # The type and place only: a message could quote what the client sent.
             log.error("auth: refusing a client after an unexpected %s at %s", type(e).__name__, at)
             return self._refuse(request, identity, rule, "internal error")
-        self.counts["granted"] += 1
+        self._count("granted")
         self.auditor.record(
             True,
             identity=identity,
@@ -235,8 +251,7 @@ class AuthService:
     def _refuse(
         self, request: natsjwt.AuthorizationRequest, identity: Identity | None, rule: str | None, why: str
     ) -> str:
-        self.counts["denied"] += 1
-        self.counts[f"denied: {why}"] += 1
+        self._count("denied", f"denied: {why}")
         self.auditor.record(
             False, identity=identity, rule=rule, reason=why, client=_client(request), server=request.server_name
         )
@@ -246,13 +261,14 @@ class AuthService:
 
     def stats(self) -> dict[str, Any]:
         """Decisions so far: granted, denied (and by reason), unreadable requests, errors, audit, latency."""
-        times = sorted(self.latencies)
+        with self._counts_lock:
+            counts, times = dict(self.counts), sorted(self.latencies)
         out: dict[str, Any] = {
-            "granted": self.counts["granted"],
-            "denied": self.counts["denied"],
-            "denied_by_reason": {k[8:]: v for k, v in self.counts.items() if k.startswith("denied: ")},
-            "unreadable": self.counts["unreadable"],
-            "errors": self.counts["errors"],
+            "granted": counts.get("granted", 0),
+            "denied": counts.get("denied", 0),
+            "denied_by_reason": {k[8:]: v for k, v in counts.items() if k.startswith("denied: ")},
+            "unreadable": counts.get("unreadable", 0),
+            "errors": counts.get("errors", 0),
             "audit_recorded": self.auditor.recorded,
             "audit_suppressed": self.auditor.suppressed,
         }
@@ -300,7 +316,7 @@ class AuthService:
         try:
             answer = await loop.run_in_executor(self._pool, self.respond, msg.data, server_xkey)
         except Exception as e:  # noqa: BLE001 - never: respond refuses instead of raising; but never crash
-            self.counts["errors"] += 1
+            self._count("errors")
             log.error("auth: a request failed with %s", type(e).__name__)
             return
         if answer is not None and msg.reply:
