@@ -8,7 +8,8 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import nats
@@ -17,6 +18,7 @@ import pytest
 from databricks_nats.client import Client
 from databricks_nats.ports import NoContext
 from databricks_nats.testing import read_stream
+from tests.identity.callout_server import AUDIENCE
 from tests.identity.conftest import Stack
 
 pytestmark = pytest.mark.slow
@@ -24,13 +26,18 @@ pytestmark = pytest.mark.slow
 N = 20
 
 
-def _connect(stack: Stack, token: str) -> str | None:
-    """Connect with ``token`` and publish once: None when accepted, else the error nats-py reports."""
+def _connect(stack: Stack, token: str, name: str | None = None) -> str | None:
+    """Connect with ``token`` (as connection ``name``): None when accepted, else the error nats-py reports."""
 
     async def run() -> str | None:
         try:
             nc = await nats.connect(
-                stack.server.url, token=token, allow_reconnect=False, max_reconnect_attempts=1, connect_timeout=5
+                stack.server.url,
+                token=token,
+                name=name,
+                allow_reconnect=False,
+                max_reconnect_attempts=1,
+                connect_timeout=5,
             )
         except Exception as e:  # the refusal is the result
             return f"{type(e).__name__}: {e}"
@@ -63,6 +70,21 @@ def _denials(stack: Stack) -> dict[str, int]:
     return dict(stack.service.stats()["denied_by_reason"])
 
 
+def _audited(stack: Stack) -> list[dict[str, Any]]:
+    """Every audit event so far (the envelopes), once the service's audit publisher has delivered them."""
+    assert stack.service.audit_client.flush(30).ok
+    return [m["envelope"] for m in read_stream(stack.admin_url, stack.service.audit_client.settings.stream_name)]
+
+
+def _unknown_kid(stack: Stack) -> str:
+    """Signed by a key the issuer never published, under a kid it never used: one JWKS refresh, still unknown."""
+    from tests.identity.oidc_issuer import new_key
+
+    return stack.issuer.mint(
+        sub="svc-team-a", aud=AUDIENCE, kid="never-published", key=new_key("RS256"), extra_claims={"groups": ["team-a"]}
+    )
+
+
 def test_a_valid_token_publishes_exactly_where_the_policy_says(stack: Stack, tmp_path) -> None:
     stream = _ensure_stream(stack)
     token = tmp_path / "token"
@@ -88,23 +110,40 @@ def test_a_valid_token_publishes_exactly_where_the_policy_says(stack: Stack, tmp
         (lambda s: s.issuer.forge(sub="svc-team-a", aud="nats-auth"), "bad signature"),
         (lambda s: s.issuer.mint_none(sub="svc-team-a", aud="nats-auth"), "algorithm not allowed"),
         (lambda s: s.issuer.mint_hs256_with_public_key(sub="svc-team-a", aud="nats-auth"), "algorithm not allowed"),
+        (_unknown_kid, "unknown signing key"),
         (lambda s: "garbage", "malformed token"),
         (lambda s: s.mint(sub="svc-blocked"), "rule blocked denies"),
         (lambda s: s.mint(sub="svc-nobody", groups=()), "no rule matches (deny by default)"),
     ],
     ids=[
         "expired", "not-yet-valid", "wrong-audience", "wrong-issuer", "forged", "alg-none", "hs256-confusion",
-        "garbage", "denied-by-rule", "no-rule",
+        "unknown-kid", "garbage", "denied-by-rule", "no-rule",
     ],
 )  # fmt: skip
-def test_a_bad_token_is_refused_with_its_reason_counted(stack: Stack, make: Any, reason: str) -> None:
+def test_a_bad_token_is_refused_with_its_reason_counted_and_audited(
+    stack: Stack, make: Any, reason: str, assert_valid_event: Callable[[dict[str, Any]], None]
+) -> None:
+    """Refused by the real server, counted by reason, and audited: a schema-valid ``system.auth.denied`` event
+    for this very connection (found by its name) naming the reason, and holding nothing of the token."""
     token = make(stack)
     stack.tokens.append(token)
     before = _denials(stack).get(reason, 0)
-    error = _connect(stack, token)
+    name = f"refused-{uuid.uuid4().hex[:8]}"
+    error = _connect(stack, token, name)
     assert error is not None
     assert "authorization" in error.lower(), error
     assert _denials(stack).get(reason, 0) == before + 1, _denials(stack)
+    mine = [e for e in _audited(stack) if e["data"]["client"].get("name") == name]
+    assert len(mine) == 1, mine
+    event = mine[0]
+    assert_valid_event(event)
+    assert event["type"].endswith("system.auth.denied")
+    assert event["subject"] == "dbx.platform.prod.system.auth.denied"
+    assert event["data"]["reason"] == reason
+    assert event["data"]["permissions"] == {}
+    text = json.dumps(event)
+    for part in {token, *token.split(".")} - {""}:
+        assert part not in text, "token material in the audit event"
 
 
 def test_unknown_kid_after_key_rotation_at_the_issuer_is_accepted(stack: Stack) -> None:
