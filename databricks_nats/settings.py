@@ -12,8 +12,8 @@ integration. A section's fields are settings like any other (same flat names, va
 Spark conf keys), and every ``Settings`` carries one instance of each registered section: read
 ``settings.section(MlflowSettings).metrics_mode`` (typed) or ``settings.metrics_mode``.
 
-The settings file (TOML, flat keys named like the settings) is where serverless compute, which has no
-cluster environment variables, gets its settings: see ``settings_file``. A secret's value may be a
+Values are looked up by ``setting_sources``. The settings file (TOML, flat keys named like the settings) is
+where serverless compute, which has no cluster environment variables, gets its settings: see ``settings_file``. A secret's value may be a
 ``{{secrets/<scope>/<key>}}`` reference, read at every (re)connect through the client's secret source
 (``ports.SecretSource``; Databricks secret scopes by default).
 """
@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from databricks_nats import _sections, config_file
+from databricks_nats import _sections, config_file, setting_sources
 from databricks_nats.errors import ConfigurationError, SubjectError
 from databricks_nats.model.subjects import validate_name, validate_prefix
 from databricks_nats.values import (
@@ -63,8 +62,8 @@ __all__ = [
     "settings_file",
 ]
 
-ENV_PREFIX = "DATABRICKS_NATS_"
-SPARK_PREFIX = "spark.databricks_nats."
+ENV_PREFIX, SPARK_PREFIX = setting_sources.ENV_PREFIX, setting_sources.SPARK_PREFIX
+settings_file = setting_sources.settings_file
 CONFIG_PARAMETER = config_file.CONFIG_PARAMETER
 
 
@@ -310,72 +309,11 @@ def _fields() -> dict[str, tuple[type[Any] | None, dataclasses.Field[Any]]]:
     return out
 
 
-def _spark_conf() -> Mapping[str, str]:
-    """Our keys from the active Spark session's conf, only if PySpark is already imported."""
-    if "pyspark.sql" not in sys.modules:
-        return {}
-    try:
-        from pyspark.sql import SparkSession
-
-        spark = SparkSession.getActiveSession()
-        if spark is None:
-            return {}
-        out = {}
-        for name in _fields():
-            value = spark.conf.get(SPARK_PREFIX + name, None)
-            if value is not None:
-                out[name] = value
-        return out
-    except Exception:  # noqa: BLE001 - a broken or stopped session must not stop configuration
-        return {}
-
-
-def settings_file(environ: Mapping[str, str] | None = None) -> tuple[str, str] | None:
-    """(path, how it was found) of the settings file in effect, or None (see ``config_file``)."""
-    return config_file.find(environ)
-
-
-def _file_values(path: str) -> dict[str, Any]:
-    """The settings of a settings file; unknown keys and unreadable files are ConfigurationErrors."""
-    values = config_file.load(path)
-    known = _fields()
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ConfigurationError("config", f"{path}: unknown setting {unknown[0]!r}; known: {', '.join(known)}")
-    return values
-
-
-def _sources(
-    environ: Mapping[str, str] | None, spark_conf: Mapping[str, str] | None, kwargs: Mapping[str, Any]
-) -> list[tuple[str, Callable[[str], Any]]]:
-    """The raw value of each setting from each source, highest precedence first: (origin, lookup)."""
-    environ = os.environ if environ is None else environ
-    known = _fields()
-    unknown = set(kwargs) - set(known)
-    if unknown:
-        raise ConfigurationError(sorted(unknown)[0], f"unknown setting; known: {', '.join(sorted(known))}")
-    found = settings_file(environ)
-    file_values = _file_values(found[0]) if found else {}
-    conf = _spark_conf() if spark_conf is None else spark_conf
-    return [
-        ("argument", lambda n: kwargs.get(n)),
-        ("environment", lambda n: environ.get(ENV_PREFIX + n.upper())),
-        (f"file {found[0]}" if found else "file", lambda n: file_values.get(n)),
-        ("spark conf", lambda n: conf.get(n)),
-    ]
-
-
-def _origin_name(origin: str, name: str) -> str:
-    return {"argument": f"argument {name}", "environment": ENV_PREFIX + name.upper()}.get(
-        origin, SPARK_PREFIX + name if origin == "spark conf" else f"{origin} ({name})"
-    )
-
-
 def _resolve(
     environ: Mapping[str, str] | None, spark_conf: Mapping[str, str] | None, kwargs: Mapping[str, Any]
 ) -> tuple[Settings, dict[str, str]]:
     _sections.load()
-    sources = _sources(environ, spark_conf, kwargs)
+    sources = setting_sources.sources(environ, spark_conf, kwargs, list(_fields()))
     values: dict[type[Any] | None, dict[str, Any]] = {None: {}, **{kind: {} for kind in _SECTIONS.values()}}
     origins: dict[str, str] = {}
     for name, (owner, f) in _fields().items():
@@ -386,7 +324,9 @@ def _resolve(
             values[owner][name] = f.metadata["parse"](raw)
         except (TypeError, ValueError) as e:
             shown = "****" if f.metadata["secret"] else (redact_url(repr(raw)) if name == "url" else repr(raw))[:80]
-            raise ConfigurationError(name, f"{e} (from {_origin_name(origin, name)}, value {shown})") from None
+            raise ConfigurationError(
+                name, f"{e} (from {setting_sources.origin_name(origin, name)}, value {shown})"
+            ) from None
         origins[name] = origin
     sections = tuple(kind(**given) for kind, given in values.items() if kind is not None)
     return Settings(**values[None], sections=sections), origins

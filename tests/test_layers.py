@@ -27,6 +27,7 @@ LAYERS = {
     "databricks_nats.config_file": 1,
     "databricks_nats.jobparams": 1,
     "databricks_nats.settings": 1,
+    "databricks_nats.setting_sources": 1,
     "databricks_nats.ports": 1,
     "databricks_nats.transport": 2,
 }
