@@ -296,3 +296,112 @@ def test_runs_publish_back_with_the_causation_of_their_event_and_a_loop_is_cut(
     assert loop["data"]["target"] == "airflow:dag/echo"
     assert loop["data"]["correlation_id"] == echo.id
     assert _dag_runs(airflow_db_copy, "echo") == ["success"]
+
+
+def _try(events: list[dict[str, Any]], event_type: str, task_id: str) -> list[tuple[str, int]]:
+    return [(e["data"]["state"], e["data"]["try_number"]) for e in _of(events, event_type, task_id=task_id)]
+
+
+@pytest.mark.slow
+def test_failure_retry_and_skip_are_published_and_a_loop_without_dag_ids_stops_at_the_hop_limit(
+    start_airflow: Any, airflow_db_copy: Path, live: Any, assert_valid_event: Any
+) -> None:
+    """With lazy provider discovery (Airflow's default: the listener comes through the ``airflow.plugins`` entry
+    point), a task that fails, is retried and fails again publishes running/up_for_retry (try 1) then
+    running/failed (try 2), a task that skips itself publishes skipped, and the run publishes dag_run.failed; two
+    DAGs triggering each other with triggers that know no DAG (so only the hop limit applies) and hop_limit 3
+    run exactly three times (ping, pong, ping), and the cut is announced once as system.loop.detected."""
+    airflow = start_airflow(
+        "lifecycle_dags.py",
+        AIRFLOW__DATABRICKS_NATS__LISTENER="True",
+        AIRFLOW__CORE__LAZY_DISCOVER_PROVIDERS="True",
+    )
+    where = {"url": ",".join(live.url), "workspace": live.workspace, "env": live.env}
+    durables = [
+        NatsEventTrigger(event_type="mlflow.model.alias_set", match={"name": name, "alias": "champion"}, **where)
+        for name in ("main.ml.flaky", "main.ml.pingpong")
+    ] + [
+        NatsEventTrigger(event_type="airflow.task.success", match={"dag_id": dag}, settings={"hop_limit": 3}, **where)
+        for dag in ("ping", "pong")
+    ]
+
+    def consumers_exist() -> bool:
+        return all(_consumer_exists(live, t.durable) for t in durables)
+
+    _wait("the triggerer did not create the durable consumers", consumers_exist, airflow, 240)
+    flaky = databricks_nats.emit(
+        "mlflow.model.alias_set", {"name": "main.ml.flaky", "alias": "champion", "version": "1"}
+    )
+    kick = databricks_nats.emit(
+        "mlflow.model.alias_set", {"name": "main.ml.pingpong", "alias": "champion", "version": "1"}
+    )
+    assert flaky is not None
+    assert kick is not None
+    assert databricks_nats.flush(timeout=10).ok
+
+    def published() -> list[dict[str, Any]] | None:
+        events = stream_events(live, timeout=0.5)
+        failed = _of(events, "airflow.dag_run.failed", dag_id="fail_retry_skip")
+        ran = len(_of(events, "airflow.dag_run.success", dag_id="ping")) + len(
+            _of(events, "airflow.dag_run.success", dag_id="pong")
+        )
+        return events if failed and ran == 3 and _of(events, "system.loop.detected") else None
+
+    events = _wait("no dag_run.failed, three ping/pong runs and a loop report", published, airflow, 300)
+    for event in events:
+        if event["type"].removeprefix("databricks.").startswith(("airflow.", "system.loop")):
+            assert_valid_event(event)
+
+    # Failure, retry, skip: the states Airflow 3.3's task runner reports to the listener, with the try numbers.
+    failing = [e for e in events if e["data"].get("dag_id") == "fail_retry_skip" and "task_id" in e["data"]]
+    assert _try(failing, "airflow.task.running", "flaky") == [("running", 1), ("running", 2)], airflow.task_logs()
+    assert _try(failing, "airflow.task.up_for_retry", "flaky") == [("up_for_retry", 1)]
+    assert _try(failing, "airflow.task.failed", "flaky") == [("failed", 2)]
+    assert _try(failing, "airflow.task.skipped", "skipper") == [("skipped", 1)]
+    assert _try(failing, "airflow.task.success", "flaky") + _try(failing, "airflow.task.success", "skipper") == []
+    cause = (flaky.id, flaky.id, 1, "airflow:dag/fail_retry_skip")
+    run_events = _of(events, "airflow.dag_run.running", dag_id="fail_retry_skip")
+    [run_failed] = _of(events, "airflow.dag_run.failed", dag_id="fail_retry_skip")
+    assert [e["data"]["state"] for e in run_events] == ["running"]
+    assert run_failed["data"]["state"] == "failed"
+    assert run_failed["data"]["assets"] == []
+    for event in [*failing, *run_events, run_failed]:
+        assert _cause(event) == cause, event
+    assert _dag_runs(airflow_db_copy, "fail_retry_skip") == ["failed"]
+
+    # The loop: ping (hop 1), pong (hop 2), ping (hop 3); pong refuses ping's hop-3 success.
+    hops = [
+        (e["data"]["dag_id"], e["hop"])
+        for e in events
+        if e["type"].removeprefix("databricks.") == "airflow.task.success" and e["data"]["dag_id"] in ("ping", "pong")
+    ]
+    assert hops == [("ping", 1), ("pong", 2), ("ping", 3)]
+    [loop] = _of(events, "system.loop.detected")
+    assert loop["data"]["event_id"] == _of(events, "airflow.task.success", dag_id="ping")[-1]["id"]
+    assert loop["data"]["correlation_id"] == kick.id
+    assert loop["data"]["hop"] == 3
+    assert loop["data"]["target"] is None
+    assert "hop limit 3" in loop["data"]["reason"]
+    assert loop["data"]["via"] == ["airflow:dag/ping", "airflow:dag/pong", "airflow:dag/ping"]
+    assert (_dag_runs(airflow_db_copy, "ping"), _dag_runs(airflow_db_copy, "pong")) == (["success"] * 2, ["success"])
+    # Counted and logged by the guard in the triggerer (the one refusal: pong's trigger, hop 3).
+    refusals = [line for line in airflow.logs("triggerer", 10**8).splitlines() if "not acting on event" in line]
+    assert len(refusals) == 1, refusals
+    assert loop["data"]["event_id"] in refusals[0]
+    assert "hop limit 3 reached" in refusals[0]
+
+
+def _consumer_exists(live: Any, durable: str | None) -> bool:
+    from databricks_nats.transport import reader
+
+    async def check() -> bool:
+        nc = await reader.connect(live, "test")
+        try:
+            await nc.jetstream().consumer_info(live.stream_name, durable)
+            return True
+        except Exception:
+            return False
+        finally:
+            await nc.close()
+
+    return asyncio.run(check())

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
+import pytest
 from airflow.providers_manager import ProvidersManager
 
 import databricks_nats
@@ -86,15 +92,15 @@ def test_message_queue_trigger_runs_our_trigger(live: Any, consumer_ready: Any) 
     assert asyncio.run(main())["data"]["version"] == "3"
 
 
-def test_provider_registers_the_nats_connection_type_and_the_listener_plugin() -> None:
-    """ProvidersManager knows the nats connection type (NatsHook), the listener plugin and the [databricks_nats]
-    config section; the provider information is valid against Airflow's own schema."""
+def test_provider_registers_the_nats_connection_type_and_the_config_section() -> None:
+    """ProvidersManager knows the nats connection type (NatsHook) and the [databricks_nats] config section, not the
+    listener plugin (the entry point brings that); the provider information is valid against Airflow's schema."""
     import json
     from importlib.resources import files
 
     import jsonschema
 
-    from databricks_nats.integrations.airflow import NatsHook, NatsListenerPlugin, get_provider_info
+    from databricks_nats.integrations.airflow import NatsHook, get_provider_info
 
     schema = json.loads(files("airflow").joinpath("provider_info.schema.json").read_text())
     jsonschema.validate(get_provider_info(), schema)
@@ -106,11 +112,32 @@ def test_provider_registers_the_nats_connection_type_and_the_listener_plugin() -
     assert hook.hook_class_name == f"{NatsHook.__module__}.NatsHook"
     manager = ProvidersManager()
     manager.initialize_providers_plugins()
-    [plugin] = [p for p in manager.plugins if p.provider_name == "databricks-nats"]
-    assert plugin.plugin_class == f"{NatsListenerPlugin.__module__}.NatsListenerPlugin"
+    assert [p for p in manager.plugins if p.provider_name == "databricks-nats"] == []
     manager.initialize_providers_configuration()
     options = dict(manager.provider_configs)["databricks-nats"]["databricks_nats"]["options"]
     assert (options["listener"]["default"], options["flush_timeout"]["default"]) == ("False", "2.0")
+
+
+@pytest.mark.parametrize("lazy", ["True", "False"])
+def test_listener_plugin_is_loaded_once_from_the_entry_point(airflow_home: Path, lazy: str) -> None:
+    """Airflow's plugins manager loads NatsListenerPlugin (through the airflow.plugins entry point) with lazy
+    provider discovery (Airflow's default) and without, exactly once and without an import error, and hands the
+    listener module to the listener manager."""
+    probe = (
+        "import json\n"
+        "from airflow import plugins_manager as pm\n"
+        "from airflow.listeners.listener import get_listener_manager\n"
+        "plugins, errors = pm._get_plugins()\n"
+        "listeners = [getattr(p, '__name__', '') for p in get_listener_manager().pm.get_plugins()]\n"
+        "print(json.dumps([[p.name for p in plugins], errors, listeners]))\n"
+    )
+    env = {**os.environ, "AIRFLOW__CORE__LAZY_DISCOVER_PROVIDERS": lazy}
+    result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    names, errors, listeners = json.loads(result.stdout.strip().splitlines()[-1])
+    assert names.count("databricks_nats") == 1
+    assert errors == {}
+    assert "databricks_nats.integrations.airflow.listener" in listeners
 
 
 def test_listener_is_off_unless_switched_on(monkeypatch: Any) -> None:

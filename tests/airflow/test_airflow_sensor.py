@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+import databricks_nats
+
 HERE = Path(__file__).parent
 
 
@@ -48,3 +50,22 @@ def test_blocking_sensor_hands_the_event_to_xcom(sensor_dags: Any, tmp_path: Pat
     """With deferrable=False the sensor waits in the worker and returns the same CloudEvent."""
     got = _run(sensor_dags.wait_for_champion_blocking, tmp_path / "deployed.json")
     assert got["event"]["id"] == got["promoted"]
+
+
+@pytest.mark.parametrize("mode", ["deferred", "blocking"])
+def test_sensor_refuses_an_event_whose_chain_went_through_its_dag(
+    sensor_dags: Any, tmp_path: Path, live: Any, mode: str
+) -> None:
+    """An event whose chain already went through the sensor's own DAG (the sensor passes its dag_id to the loop
+    guard) is refused and reported as system.loop.detected; the sensor keeps waiting and takes the next one."""
+    dag = getattr(sensor_dags, f"wait_past_a_loop_{mode}")
+    got = _run(dag, tmp_path / "deployed.json")
+    assert got["event"]["id"] == got["promoted"]
+    assert got["event"]["data"]["version"] == "14"
+    where = {"url": ",".join(live.url), "workspace": live.workspace, "env": live.env}
+    with databricks_nats.subscribe("system.loop.detected", start="all", **where) as sub:
+        report = sub.next(30.0).envelope["data"]
+    assert report["target"] == f"airflow:dag/{dag.dag_id}"
+    assert report["correlation_id"] == "loop-root"
+    assert report["event_type"] == "mlflow.model.alias_set"
+    assert "went through" in report["reason"]

@@ -19,7 +19,13 @@ def _option(description: str, kind: str, default: str, example: str) -> dict[str
 
 
 def get_provider_info() -> dict[str, Any]:
-    """What Airflow needs: the distribution, the ``nats`` message queue and connection type, the listener plugin."""
+    """What Airflow needs: the distribution, the ``nats`` message queue and connection type, the config section.
+
+    Not the listener plugin: it has the ``airflow.plugins`` entry point, which Airflow loads in every component
+    whatever ``[core] lazy_discover_providers`` says. Declared here too, it would be loaded a second time when
+    providers are discovered eagerly, and Airflow would list "Plugin 'databricks_nats' already registered" as a
+    plugin import error.
+    """
     return {
         "package-name": "databricks-nats",
         "name": "Databricks NATS",
@@ -40,7 +46,6 @@ def get_provider_info() -> dict[str, Any]:
                 "hook-name": "NATS (databricks-nats)",
             }
         ],
-        "plugins": [{"name": "databricks_nats", "plugin-class": f"{_PACKAGE}.plugin.NatsListenerPlugin"}],
         "config": {
             "databricks_nats": {
                 "description": "Publishing Airflow's DAG-run and task events to NATS (databricks-nats).",
