@@ -28,3 +28,18 @@ def double(x: int) -> int:
 def steps(n: int) -> int:
     """A flow with two task runs, for the forwarder."""
     return double(double(n))
+
+
+@flow(name="databricks-nats-echo")
+def echo(block: str, note: str = "") -> str:
+    """Emits with a plain ``databricks_nats.emit`` inside ``caused_by_flow_run`` (settings from a NatsSettings block),
+    flushes, and returns the event's id."""
+    import databricks_nats
+    from databricks_nats.prefect import NatsSettings, caused_by_flow_run
+
+    databricks_nats.configure(**NatsSettings.load(block).settings())
+    with caused_by_flow_run():
+        event = databricks_nats.emit("custom.echo.sent", {"note": note}, keys=["echo"])
+    assert event is not None
+    assert databricks_nats.flush(30).ok
+    return event.id

@@ -11,7 +11,8 @@
   ``databricks-nats prefect-forward``.
 * ``publish`` — a Prefect task emitting an event and waiting until it is stored (``tasks``).
 * ``NatsSettings`` — a Prefect block with the NATS settings and credentials (``blocks``).
-* ``flow_run_causation`` / ``causation_tag`` — the causation a bridged flow run carries (``lineage``).
+* ``flow_run_causation`` / ``causation_tag`` / ``caused_by_flow_run`` — the causation a bridged flow run carries
+  (``lineage``: a tag from ``run_deployment_on``, Prefect's record of the action for an automation).
 
 The names are imported on first use (so registering the CLI subcommand imports nothing else), and Prefect
 itself only when a bridge or runner starts.
@@ -33,6 +34,7 @@ __all__ = [
     "bridge",
     "bridge_async",
     "causation_tag",
+    "caused_by_flow_run",
     "event_id_for",
     "flow_run_causation",
     "forward",
@@ -64,6 +66,7 @@ _WHERE = {
     "publish": ".tasks",
     "publish_event": ".tasks",
     "causation_tag": ".lineage",
+    "caused_by_flow_run": ".lineage",
     "flow_run_causation": ".lineage",
     "ParameterError": ".deployments",
     "render_parameters": ".deployments",
@@ -87,7 +90,7 @@ if TYPE_CHECKING:
         run_deployment_on_async,
     )
     from databricks_nats.integrations.prefect.forwarder import ForwardResult, event_id_for, forward, forward_async
-    from databricks_nats.integrations.prefect.lineage import causation_tag, flow_run_causation
+    from databricks_nats.integrations.prefect.lineage import causation_tag, caused_by_flow_run, flow_run_causation
     from databricks_nats.integrations.prefect.resources import FAMILIES, prefect_event_fields, resource_id
     from databricks_nats.integrations.prefect.tasks import publish, publish_event
 

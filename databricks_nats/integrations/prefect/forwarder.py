@@ -17,8 +17,9 @@ restart resumes from it, ``lookback`` seconds earlier.
 Nothing twice: our event id is a UUIDv5 of the Prefect event id (the state's id), so the ``Nats-Msg-Id`` of a
 re-forwarded event is the same and JetStream stores it once (within the stream's duplicate window, one hour by
 default: keep ``lookback`` well below it). States other than running, completed, failed, crashed and
-cancelled (scheduled, pending, paused…) are not forwarded. Causation: a flow run the bridge started carries
-its triggering event's causation in a tag (``lineage``); its events and its task runs' carry it on.
+cancelled (scheduled, pending, paused…) are not forwarded. Causation: a flow run ``run_deployment_on`` started
+carries its triggering event's causation in a tag; one an automation started on a bridged event is linked to it
+by Prefect's record of the action (``lineage``); its events and its task runs' carry it on, one hop deeper.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from databricks_nats.integrations.prefect.bridging import Stop, _stopped, block_settings
-from databricks_nats.integrations.prefect.lineage import causation_from_tags
+from databricks_nats.integrations.prefect.lineage import automation_causation, causation_from_tags, deployment_target
 from databricks_nats.transport.loop import blocking
 
 __all__ = ["ForwardResult", "event_id_for", "forward", "forward_async"]
@@ -178,7 +179,10 @@ async def _convert(event: Any, runs: _Runs) -> tuple[str, dict[str, Any], Any] |
         data.update(task_run_id=run_id, task_name=_task_name(name, task), url=_ui_url("task-run", run_id))
         if action != "running":
             data["duration_ms"] = _ms(task.get("start_time"), when)
-    return f"prefect.{kind}.{action}", data, causation_from_tags(run.tags)
+    causation = causation_from_tags(run.tags) or await automation_causation(
+        runs.client, run, deployment_target(flow_name, deployment)
+    )
+    return f"prefect.{kind}.{action}", data, causation
 
 
 def _publish(client: Any, event_type: str, data: dict[str, Any], causation: Any, when: dt.datetime, eid: str) -> None:
