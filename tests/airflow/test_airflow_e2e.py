@@ -1,7 +1,9 @@
 """End to end: a real scheduler, triggerer, dag-processor and api-server turn a NATS event into a DAG run.
 
-The components load the provider's plugin (``lazy_discover_providers = False``), so the listener is there;
-it publishes only where it is switched on (``[databricks_nats] listener = True``).
+The components load the listener plugin through the package's ``airflow.plugins`` entry point, so the listener is
+there; it publishes only where it is switched on (``[databricks_nats] listener = True``). Providers are discovered
+eagerly (``lazy_discover_providers = False``: the plugin is still loaded once) except in the lifecycle test, which
+keeps Airflow's default (lazy).
 """
 
 from __future__ import annotations
@@ -106,7 +108,7 @@ def _setup(
         "DATABRICKS_NATS_WORKSPACE": live.workspace,
         "DATABRICKS_NATS_ENV": live.env,
         "NATS_TEST_OUT": str(tmp_path / "deployed.json"),
-        "AIRFLOW__CORE__LAZY_DISCOVER_PROVIDERS": "False",  # Airflow loads provider plugins only so
+        "AIRFLOW__CORE__LAZY_DISCOVER_PROVIDERS": "False",  # eager; the lifecycle test keeps the default (lazy)
         "DATABRICKS_NATS_SPOOL_DIR": str(tmp_path / "airflow-spool"),
         **extra_env,
     }

@@ -6,7 +6,8 @@
 * ``MessageQueueTrigger(scheme="nats", ...)`` resolves to ``NatsEventTrigger`` through the provider
   registered by the ``apache_airflow_provider`` entry point (``provider.get_provider_info``).
 * ``cloudevents(triggering_asset_events)`` — every CloudEvent of a (possibly merged) asset-triggered run.
-* Publishing back: ``NatsListenerPlugin`` (``airflow.dag_run.*`` / ``airflow.task.*`` events, switched on by
+* Publishing back: ``NatsListenerPlugin`` (loaded through the ``airflow.plugins`` entry point;
+  ``airflow.dag_run.*`` / ``airflow.task.*`` events, switched on by
   ``DATABRICKS_NATS_AIRFLOW_LISTENER`` or ``[databricks_nats] listener``), ``NatsPublishOperator`` and
   ``NatsHook`` with the ``nats`` connection type; events emitted in a run a NATS event started carry its
   causation (``run_causation``).
