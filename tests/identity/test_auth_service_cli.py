@@ -99,6 +99,15 @@ def test_new_keys_never_overwrites_and_writes_nothing_when_a_key_exists(tmp_path
     assert all((keys / name).read_text() == "the operator's key\n" for name in names)
 
 
+def test_new_keys_into_something_that_is_not_a_directory_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    r = _new_keys(tmp_path / "a-file")
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert f"{tmp_path / 'a-file'} is not a directory" in r.stderr
+    assert (tmp_path / "a-file").read_text() == ""
+    assert "Traceback" not in r.stderr
+
+
 # ---- --config FILE ------------------------------------------------------------------------------------------------
 
 

@@ -18,8 +18,12 @@ __all__ = ["add_parser"]
 
 def _write_private(path: str, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text + "\n")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text + "\n")
+    except BaseException:  # a half-written key is no key
+        os.unlink(path)
+        raise
 
 
 def cmd_auth_service(args: argparse.Namespace) -> int:
@@ -31,21 +35,25 @@ def cmd_auth_service(args: argparse.Namespace) -> int:
         paths = [os.path.join(args.new_keys, name) for name in ("issuer.nk", "xkey.nk")]
         # Every file is checked before any is written: a pair is written whole or not at all (a lone new
         # issuer.nk next to an old xkey.nk would be a key whose public half was never printed).
+        if os.path.lexists(args.new_keys) and not os.path.isdir(args.new_keys):
+            raise ConfigurationError("new_keys", f"{args.new_keys} is not a directory")
         for path in paths:
             if os.path.lexists(path):
                 raise ConfigurationError("new_keys", f"{path} exists: keys are never overwritten")
-        os.makedirs(args.new_keys, mode=0o700, exist_ok=True)
         issuer_seed, issuer = natsjwt.new_account_key()
         xkey_seed, xkey_public = xkey.new_xkey()
         written: list[str] = []
         try:
+            os.makedirs(args.new_keys, mode=0o700, exist_ok=True)
             for path, seed in zip(paths, (issuer_seed, xkey_seed), strict=True):
                 _write_private(path, seed)
                 written.append(path)
-        except FileExistsError as e:  # created meanwhile by someone else: undo ours
+        except OSError as e:  # not writable, not a directory, or a key created meanwhile: undo ours
             for path in written:
                 os.unlink(path)
-            raise ConfigurationError("new_keys", f"{e.filename} exists: keys are never overwritten") from None
+            if isinstance(e, FileExistsError) and e.filename in paths:
+                raise ConfigurationError("new_keys", f"{e.filename} exists: keys are never overwritten") from None
+            raise ConfigurationError("new_keys", f"{e.filename or args.new_keys}: {e.strerror}") from None
         print(f"wrote {args.new_keys}/issuer.nk and {args.new_keys}/xkey.nk (owner-only); for nats-server:\n")
         print(
             "authorization {\n  auth_callout {\n"
