@@ -28,7 +28,8 @@ async def connect(
     settings: Settings, name: str = "reader", secrets: SecretSource | None = None, identity: TokenSource | None = None
 ) -> Any:
     """A plain connection (no reconnect loop) with the configured credentials; ``secrets`` reads secret scopes,
-    ``identity`` gets the identity token (``oidc_token``, ``aws_iam``)."""
+    ``identity`` gets the identity token (``oidc_token``, ``aws_iam``), presented with the inbox prefix the auth
+    service grants for it (``auth.inbox_prefix``: pulls and API replies come back there)."""
     import nats
 
     from databricks_nats.transport.auth import auth_options
