@@ -61,6 +61,7 @@ def test_the_example_service_config_loads_with_the_files_it_names(tmp_path: Path
     assert config.xkey_seed is not None
     assert config.xkey_seed.reveal() == files["xkey.nk"]
     assert config.policy == str(path.parent / "policy.toml")
+    assert config.inbox == "per-token"
     Policy.load(config.policy)  # the policy the example names is a valid one
     issuers = {i.issuer for i in config.oidc}
     assert any(i.startswith("https://login.microsoftonline.com/") and i.endswith("/v2.0") for i in issuers)
