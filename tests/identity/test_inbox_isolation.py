@@ -285,10 +285,17 @@ def test_shared_inboxes_restore_the_old_grant_and_a_bad_mode_fails_at_load(iso: 
             prod.close()
 
     config = tmp_path / "auth.toml"
-    config.write_text(
-        '[callout]\naccount = "APP"\npolicy = "policy.toml"\nissuer_seed = "x"\ninbox = "private"\n'
-        f'[[oidc]]\nissuer = "{iso.issuer.url}"\naudiences = ["{AUDIENCE}"]\n'
-    )
+
+    def write(inbox: str) -> str:
+        config.write_text(
+            f'[callout]\naccount = "APP"\npolicy = "policy.toml"\nissuer_seed = "x"\n{inbox}\n'
+            f'[[oidc]]\nissuer = "{iso.issuer.url}"\naudiences = ["{AUDIENCE}"]\n'
+        )
+        return str(config)
+
+    assert ServiceConfig.load(write("")).inbox == "per-token"
+    assert ServiceConfig.load(write('inbox = "shared"')).inbox == "shared"
+    write('inbox = "private"')
     with pytest.raises(ConfigurationError, match=r'inbox must be "per-token" .* or "shared"'):
         ServiceConfig.load(str(config))
     with pytest.raises(ConfigurationError, match="not 'private'"):

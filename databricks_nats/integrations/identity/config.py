@@ -112,7 +112,7 @@ class ServiceConfig:
     def __repr__(self) -> str:
         return (
             f"ServiceConfig(account={self.account!r}, policy={self.policy!r}, oidc={len(self.oidc)} issuer(s), "
-            f"databricks={len(self.databricks)} workspace(s))"
+            f"databricks={len(self.databricks)} workspace(s), inbox={self.inbox!r})"
         )
 
     @classmethod

@@ -300,7 +300,7 @@ class AuthService:
         )
         await self._nc.subscribe(AUTH_SUBJECT, queue=self.config.queue, cb=self._on_request)
         await self._nc.flush()
-        log.info("auth: serving %s for account %s", AUTH_SUBJECT, self.config.account)
+        log.info("auth: serving %s for account %s (inboxes: %s)", AUTH_SUBJECT, self.config.account, self.config.inbox)
 
     async def _on_error(self, e: Exception) -> None:
         log.warning("auth: NATS: %s", type(e).__name__ if not str(e) else e)
