@@ -16,19 +16,42 @@ from databricks_nats.settings import resolve_settings
 FORWARDED = {"RUNNING", "COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
+def _stream_end(live: dict[str, str]) -> int:
+    """The last sequence stored in this test's stream now (0: empty or missing)."""
+    import asyncio
+
+    from databricks_nats.transport import reader
+
+    async def last() -> int:
+        settings = resolve_settings(**live)
+        nc = await reader.connect(settings)
+        try:
+            return (await reader.bounds(nc.jetstream(), settings.stream_name))[1]
+        except Exception:  # no stream yet: nothing stored
+            return 0
+        finally:
+            await nc.close()
+
+    return asyncio.run(last())
+
+
 def read_stream(live: dict[str, str], prefix: str = "") -> list[Any]:
-    """Every event stored in this test's stream (no de-duplication on the reading side), oldest first."""
+    """Every event stored in this test's stream when called (no de-duplication on the reading side), oldest first;
+    it ends at the stream's last sequence of that moment, so a stream still being written to is read to an end."""
+    end = _stream_end(live)
+    found: list[Any] = []
+    if end == 0:
+        return found
     sub = databricks_nats.subscribe(start="all", dedupe=False, **live)
-    found = []
     try:
-        while True:
+        while not found or found[-1].seq < end:
             try:
-                event = sub.next(3)
+                found.append(sub.next(10))
             except WaitTimeout:
-                return [e for e in found if e.type.startswith(prefix)]
-            found.append(event)
+                break  # only when the stream lost messages (limits): what was read is all there is
     finally:
         sub.close()
+    return [e for e in found if e.type.startswith(prefix)]
 
 
 def prefect_state_events(flow_run_ids: set[str]) -> list[Any]:
@@ -166,51 +189,143 @@ def test_block_keeps_credentials_secret(prefect_api: str) -> None:
     assert "pa55-word" not in repr(settings)
 
 
+_PROGRAM = (
+    "import argparse, sys\n"
+    "from databricks_nats.integrations.prefect.cli import add_parser\n"
+    "parser = argparse.ArgumentParser(prog='databricks-nats')\n"
+    "add_parser(parser.add_subparsers(dest='command', required=True))\n"
+    "args = parser.parse_args(sys.argv[1:])\n"
+    "sys.exit(args.func(args))\n"
+)
+
+
+class _Forwarder:
+    """``databricks-nats prefect-forward`` as a process of its own; its log lines are collected as they come."""
+
+    def __init__(self, live: dict[str, str], prefect_api: str, tmp_path: Path, state_file: Path) -> None:
+        import os
+        import subprocess
+        import sys
+
+        argv = ["prefect-forward", "--state-file", str(state_file), "--url", live["url"]]
+        argv += ["--workspace", live["workspace"], "--env", live["env"], "--sweep-interval", "2", "--lookback", "60"]
+        env = {**os.environ, "PREFECT_API_URL": prefect_api, "DATABRICKS_NATS_SPOOL_DIR": str(tmp_path / "cli-spool")}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _PROGRAM, *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        self.lines: list[bytes] = []
+        assert self.proc.stderr is not None
+        stderr = self.proc.stderr
+        self.reader = threading.Thread(target=lambda: self.lines.extend(iter(stderr.readline, b"")), daemon=True)
+        self.reader.start()
+
+    def following(self) -> bool:
+        return any(b"following Prefect's events" in x for x in self.lines)
+
+    def forwarded(self) -> int:
+        """How many events it published (and JetStream acknowledged, stored or dropped as a duplicate)."""
+        return sum(b" forwarded prefect." in x for x in self.lines)
+
+    def end(self, sig: int) -> tuple[int, str, str]:
+        """Send ``sig``, wait for the exit: (return code, stdout, stderr)."""
+        try:
+            self.proc.send_signal(sig)
+            self.proc.wait(60)
+            self.reader.join(10)
+            out = self.proc.stdout.read() if self.proc.stdout is not None else b""
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode, out.decode(), b"".join(self.lines).decode()
+
+
 def test_cli_forwards_until_sigterm(live: dict[str, str], prefect_api: str, tmp_path: Path, eventually: Any) -> None:
     """prefect-forward runs as a process, publishes a flow run's completion, keeps its resume point, stops cleanly."""
-    import os
     import signal
-    import subprocess
-    import sys
 
-    program = (
-        "import argparse, sys\n"
-        "from databricks_nats.integrations.prefect.cli import add_parser\n"
-        "parser = argparse.ArgumentParser(prog='databricks-nats')\n"
-        "add_parser(parser.add_subparsers(dest='command', required=True))\n"
-        "args = parser.parse_args(sys.argv[1:])\n"
-        "sys.exit(args.func(args))\n"
-    )
     state_file = tmp_path / "cli-state.json"
-    argv = ["prefect-forward", "--state-file", str(state_file), "--url", live["url"]]
-    argv += ["--workspace", live["workspace"], "--env", live["env"], "--sweep-interval", "2"]
-    env = {**os.environ, "PREFECT_API_URL": prefect_api, "DATABRICKS_NATS_SPOOL_DIR": str(tmp_path / "cli-spool")}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", program, *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    lines: list[bytes] = []
-    assert proc.stderr is not None
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, b"")), daemon=True)
-    reader.start()
+    forwarder = _Forwarder(live, prefect_api, tmp_path, state_file)
     try:
-        eventually(lambda: any(b"following Prefect's events" in x for x in lines), 60, "the forwarder following")
+        eventually(forwarder.following, 60, "the forwarder following")
         [run] = _run_flows(1, 100)
         done = eventually(
             lambda: [e for e in read_stream(live, "prefect.flow_run.completed") if e.data["flow_run_id"] == run],
             60,
             "the flow run's completion on NATS",
         )
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
-        reader.join(10)
-        out = proc.stdout.read() if proc.stdout is not None else b""
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-    err = b"".join(lines).decode()
-    assert proc.returncode == 0, err
+        code, out, err = forwarder.end(signal.SIGTERM)
+    assert code == 0, err
     assert len(done) == 1
-    assert "event(s) forwarded (stopped: SIGTERM)" in out.decode()
-    assert "stopped by stop" not in out.decode() + err
+    assert "event(s) forwarded (stopped: SIGTERM)" in out
+    assert "stopped by stop" not in out + err
     assert state_file.exists()
+
+
+def test_forwarder_killed_mid_stream_loses_nothing_and_stores_nothing_twice(
+    live: dict[str, str], prefect_api: str, tmp_path: Path, eventually: Any
+) -> None:
+    """SIGKILL (no clean stop: whatever was published but not yet in the resume point is published again) while
+    flow runs keep changing state, then a restart: every state change is in the stream once (JetStream drops the
+    re-published ones: same ids), as a subscriber of the stream sees it."""
+    import signal
+
+    state_file = tmp_path / "kill-state.json"
+    runs: set[str] = set()
+    stop_flows = threading.Event()
+
+    def keep_running_flows() -> None:
+        n = 200
+        while not stop_flows.is_set():
+            runs.update(_run_flows(1, n))
+            n += 1
+
+    def ours() -> list[Any]:
+        return [e for e in read_stream(live, "prefect.") if e.data["flow_run_id"] in runs]
+
+    def two_more_runs() -> Any:
+        target = len(runs) + 2
+        return lambda: len(runs) >= target
+
+    first = _Forwarder(live, prefect_api, tmp_path, state_file)
+    flows = threading.Thread(target=keep_running_flows)
+    second = None
+    try:
+        eventually(first.following, 60, "the first forwarder following")
+        flows.start()
+        eventually(lambda: len(ours()) >= 8, 60, "the first forwarder's events on NATS")
+        code, _, _ = first.end(signal.SIGKILL)  # mid-stream: the flows keep running
+        assert code == -signal.SIGKILL
+        eventually(two_more_runs(), 120, "two more flow runs while no forwarder runs")
+        second = _Forwarder(live, prefect_api, tmp_path, state_file)
+        eventually(second.following, 60, "the second forwarder following")
+        eventually(two_more_runs(), 120, "two more flow runs after the restart")
+    finally:
+        stop_flows.set()
+        flows.join(120)
+    try:
+        expected = eventually(
+            lambda: (
+                (found := prefect_state_events(runs)) and len({str(e.id) for e in found}) >= 6 * len(runs) and found
+            ),
+            60,
+            "the Prefect server's state-change events",
+        )
+        want = {event_id_for(e.id) for e in expected}
+        eventually(lambda: want <= {e.id for e in ours()}, 120, "every state change on NATS")
+    finally:
+        code, _, err = second.end(signal.SIGTERM)
+    assert code == 0, err
+
+    everything = read_stream(live, "prefect.")
+    counts = collections.Counter(e.id for e in everything)
+    assert {i: n for i, n in counts.items() if n > 1} == {}  # nothing twice
+    stored = [e for e in everything if e.data["flow_run_id"] in runs]
+    assert {e.id for e in stored} == want  # nothing lost
+    published = first.forwarded() + second.forwarded()
+    print(
+        f"\nforwarder SIGKILL: {len(runs)} flow runs, {len(want)} state changes expected, {len(stored)} stored "
+        f"({len(everything)} in the stream); published {published} times by the two processes "
+        f"({first.forwarded()} + {second.forwarded()}): {published - len(everything)} duplicates dropped by JetStream"
+    )
