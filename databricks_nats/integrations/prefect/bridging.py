@@ -5,7 +5,9 @@ events client, and the NATS message is acknowledged only after Prefect confirmed
 ping/pong after the event, the same checkpoint Prefect uses to know an event was delivered). If sending
 fails the bridge stops with the error and the message is handed back to JetStream: the durable consumer
 delivers it again when the bridge restarts. Redelivered events keep their id, which is the Prefect event
-id, so Prefect stores them once and its triggers fire once.
+id, so Prefect stores them once and its triggers fire once. The payload is the whole CloudEvent, causation
+attributes included: that is how a flow run an automation starts on it is linked back to its chain
+(``lineage``).
 
 A stream that does not exist yet (the bridge started before anything created it) is waited for: the bridge
 logs once that it waits, with how to create it (``databricks-nats streams ensure``), and retries every few

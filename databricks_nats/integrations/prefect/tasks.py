@@ -11,8 +11,9 @@
 It goes through the library's durable publisher (spool, retries, ``Nats-Msg-Id``) and then flushes, so the
 task completes only once JetStream acknowledged the event; a flush that times out fails the task (Prefect's
 retries then apply: the retry publishes a new event — give ``retries`` only where a repeat is harmless).
-Inside a flow run the bridge started, the event carries the causation of the NATS event that started it (one
-hop deeper, ``via`` the deployment), read from the flow run's tag (``lineage``). Returns the event's id.
+Inside a flow run a NATS event started (``run_deployment_on``, or an automation on a bridged event), the event
+carries the causation of that NATS event (one hop deeper, ``via`` the deployment; ``lineage``). Returns the
+event's id.
 """
 
 from __future__ import annotations
