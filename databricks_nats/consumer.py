@@ -312,6 +312,8 @@ def subscribe(
     ``start`` (for a new consumer) is ``"new"`` (default), ``"all"``, ``"last"``, a stream sequence, a time or
     a duration ago such as ``"10m"`` (``StartPosition``); an invalid one raises ``ConfigurationError``.
     ``secrets`` reads a ``secret_scope`` or ``{{secrets/…}}`` references (default: Databricks secret scopes).
+    In a ``for`` / ``async for`` body, what is emitted is caused by the event at hand (``causationid`` …); after
+    the loop (``break``, an exception) the causation is what it was before it.
     """
     resolved = _settings(settings)
     fields = dict(match) if isinstance(match, Mapping) else {}
