@@ -13,9 +13,9 @@ Spark conf keys), and every ``Settings`` carries one instance of each registered
 ``settings.section(MlflowSettings).metrics_mode`` (typed) or ``settings.metrics_mode``.
 
 Values are looked up by ``setting_sources``. The settings file (TOML, flat keys named like the settings) is
-where serverless compute, which has no cluster environment variables, gets its settings: see ``settings_file``. A secret's value may be a
-``{{secrets/<scope>/<key>}}`` reference, read at every (re)connect through the client's secret source
-(``ports.SecretSource``; Databricks secret scopes by default).
+where serverless compute, which has no cluster environment variables, gets its settings: see
+``settings_file``. A secret's value may be a ``{{secrets/<scope>/<key>}}`` reference, read at every
+(re)connect through the client's secret source (``ports.SecretSource``; Databricks secret scopes by default).
 """
 
 from __future__ import annotations
