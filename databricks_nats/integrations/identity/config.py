@@ -102,7 +102,7 @@ class ServiceConfig:
     aws_audience: str | None = None
     audit: Settings | None = None
     workers: int = 8
-    audit_per_second: float = 5.0  # audit events per identity (or per refusal reason) and second, burst 10
+    audit_per_second: float = 5.0  # per second and key (grant: identity; refusal: reason, host, identity), burst 10
     queue: str = "databricks-nats-auth"  # instances in one queue group share the requests
     inbox: str = "per-token"  # "shared": every identity may subscribe _INBOX.> (clients without an inbox prefix)
 
