@@ -72,13 +72,23 @@ def _in_namespace(script: str, env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
-def _next_json(proc: subprocess.Popen[str]) -> dict[str, Any]:
+def _next_json(proc: subprocess.Popen[str], phase: str | None = None) -> dict[str, Any]:
+    """The process's next report; one of another phase means a step failed: stop there, with its stderr."""
     assert proc.stdout is not None
     for line in proc.stdout:
         if line.startswith("{"):
-            return json.loads(line)
+            report: dict[str, Any] = json.loads(line)
+            if phase is None or report.get("phase") == phase:
+                return report
+            proc.kill()
+            raise AssertionError(f"expected the {phase!r} report, got {report}: {_stderr(proc)}")
     proc.wait(30)
-    raise AssertionError(f"process ended without a report: {proc.stderr.read()[-3000:] if proc.stderr else ''}")
+    raise AssertionError(f"process ended without a report: {_stderr(proc)}")
+
+
+def _stderr(proc: subprocess.Popen[str]) -> str:
+    proc.wait(30)
+    return proc.stderr.read()[-3000:] if proc.stderr else ""
 
 
 _EVENTS = r"""
@@ -143,12 +153,12 @@ def test_full_disk_loses_nothing_and_flush_is_ok_only_when_everything_is_acked(
     env["DATABRICKS_NATS_MEMORY_MAX_EVENTS"] = "2000"  # most events spill to the disk, which fills up meanwhile
     proc = _in_namespace(script, env)
     try:
-        emitted = _next_json(proc)
+        emitted = _next_json(proc, "emitted")
         fresh_server.start()
         assert proc.stdin is not None
         proc.stdin.write("go\n")
         proc.stdin.flush()
-        done = _next_json(proc)
+        done = _next_json(proc, "done")
         _, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -174,11 +184,11 @@ _KILLED_ON_FULL_DISK = (
     + r"""
 dn.configure()
 emit_many(2000, "incompressible", sys.argv[1])
-deadline = time.monotonic() + 20
+deadline = time.monotonic() + 60
 while dn.stats()["secured"] < 2000 and time.monotonic() < deadline:
     time.sleep(0.05)
 s = dn.stats()
-assert dn._api._current()._spool.unpersisted == 0  # all on disk before the disk fills up
+unpersisted = dn._api._current()._spool.unpersisted  # 0: all on disk before the disk fills up
 filler = os.path.join(os.path.dirname(os.path.dirname(s["spool_path"])), "filler")
 with open(filler, "wb") as f:  # take every byte that is left
     try:
@@ -187,7 +197,7 @@ with open(filler, "wb") as f:  # take every byte that is left
             f.flush()
     except OSError:
         pass
-report(phase="killed")
+report(phase="killed", unpersisted=unpersisted)
 os.kill(os.getpid(), signal.SIGKILL)
 """
 )
@@ -228,13 +238,13 @@ def test_a_process_killed_on_a_full_disk_is_replayed_by_the_next_one_that_cannot
     }
     proc = _in_namespace(script, env)
     try:
-        killed = _next_json(proc)
-        started = _next_json(proc)
+        killed = _next_json(proc, "killed")
+        started = _next_json(proc, "started")
         fresh_server.start()
         assert proc.stdin is not None
         proc.stdin.write("go\n")
         proc.stdin.flush()
-        done = _next_json(proc)
+        done = _next_json(proc, "done")
         left = _next_json(proc)
         _, stderr = proc.communicate(timeout=60)
     finally:
@@ -242,6 +252,7 @@ def test_a_process_killed_on_a_full_disk_is_replayed_by_the_next_one_that_cannot
             proc.kill()
             proc.wait()
     ids = ids_path.read_text().splitlines()
+    assert (killed["secured"], killed["unpersisted"]) == (2000, 0), f"not all on disk before it filled: {killed}"
     secured = ids[: killed["secured"]]
     stored = [m["envelope"]["id"] for m in read_stream(fresh_server.url, settings.stream_name)]
     print(f"R9 killed on a full disk: secured {len(secured)}, replayed {started['replayed']}, "
