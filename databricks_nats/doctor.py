@@ -141,7 +141,8 @@ async def _doctor(settings: Any, timeout: float, say: Any, problem: Any) -> None
 
     from databricks_nats._factory import default_identity
     from databricks_nats.integrations.databricks import DatabricksSecrets
-    from databricks_nats.transport.auth import CredentialProvider, credentials_source
+    from databricks_nats.transport.auth import credentials_source
+    from databricks_nats.transport.credential_provider import CredentialProvider
     from databricks_nats.transport.stream import _differences, wanted_config
     from databricks_nats.values import redact_url
 

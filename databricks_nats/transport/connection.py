@@ -41,7 +41,8 @@ if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
     from databricks_nats.ports import SecretSource, TokenSource
-    from databricks_nats.transport.auth import CredentialProvider, Credentials
+    from databricks_nats.transport.auth import Credentials
+    from databricks_nats.transport.credential_provider import CredentialProvider
     from databricks_nats.transport.stream import StreamReport
 
 __all__ = ["Link"]
@@ -143,7 +144,7 @@ class Link:
     async def connect_forever(self, wait: float = 0.0) -> None:
         from nats.aio.client import Client
 
-        from databricks_nats.transport.auth import CredentialProvider
+        from databricks_nats.transport.credential_provider import CredentialProvider
 
         if self._credentials is None:
             self._credentials = CredentialProvider(self.settings, secrets=self.secrets, identity=self.identity)

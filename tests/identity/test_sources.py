@@ -26,7 +26,8 @@ from databricks_nats.integrations.identity.sources import (
 )
 from databricks_nats.integrations.identity.unverified import jwt_expiry
 from databricks_nats.settings import resolve_settings
-from databricks_nats.transport.auth import CredentialProvider, auth_options, inbox_prefix, resolve_credentials
+from databricks_nats.transport.auth import auth_options, inbox_prefix, resolve_credentials
+from databricks_nats.transport.credential_provider import CredentialProvider
 from databricks_nats.values import Secret
 
 
